@@ -1,0 +1,66 @@
+"""The plugin's own hook implementations: built-in inner optimizers, schedules and loss terms.
+
+They are registered like any third-party plugin, so a plugin can add names or override these.
+"""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+from .inner import SCHEDULE_FREE_REASON, InnerSpec
+
+_TORCH_NAMES = ["ASGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD"]
+
+
+def _inner_specs() -> dict[str, InnerSpec]:
+    specs = {name: InnerSpec(f"torch.optim:{name}") for name in _TORCH_NAMES}
+    bnb = "bitsandbytes"
+    specs.update(
+        {
+            # The names kohya sd-scripts users type for --optimizer_type, with the same meaning there
+            # (library/train_util.py get_optimizer).
+            "AdamW8bit": InnerSpec("bitsandbytes.optim:AdamW8bit", pip=bnb),
+            "PagedAdamW8bit": InnerSpec("bitsandbytes.optim:PagedAdamW8bit", pip=bnb),
+            "PagedAdamW": InnerSpec("bitsandbytes.optim:PagedAdamW", pip=bnb),
+            "PagedAdamW32bit": InnerSpec("bitsandbytes.optim:PagedAdamW32bit", pip=bnb),
+            "Lion8bit": InnerSpec("bitsandbytes.optim:Lion8bit", pip=bnb),
+            "PagedLion8bit": InnerSpec("bitsandbytes.optim:PagedLion8bit", pip=bnb),
+            "SGDNesterov": InnerSpec("torch.optim:SGD", defaults={"nesterov": True, "momentum": 0.9}),
+            "SGDNesterov8bit": InnerSpec("bitsandbytes.optim:SGD8bit", pip=bnb, defaults={"nesterov": True, "momentum": 0.9}),
+            "Lion": InnerSpec("lion_pytorch:Lion", pip="lion-pytorch"),
+            "Prodigy": InnerSpec("prodigyopt:Prodigy", pip="prodigyopt"),
+            "CAME": InnerSpec("came_pytorch:CAME", pip="came-pytorch"),
+            # kohya's AdaFactor is transformers' (relative_step etc.); torch.optim.Adafactor differs and
+            # stays reachable as inner='torch.optim.Adafactor'.
+            "AdaFactor": InnerSpec("transformers.optimization:Adafactor", pip="transformers"),
+            "DAdaptation": InnerSpec("dadaptation:DAdaptAdamPreprint", pip="dadaptation"),
+            "DAdaptAdamPreprint": InnerSpec("dadaptation:DAdaptAdamPreprint", pip="dadaptation"),
+            "DAdaptAdaGrad": InnerSpec("dadaptation:DAdaptAdaGrad", pip="dadaptation"),
+            "DAdaptAdam": InnerSpec("dadaptation:DAdaptAdam", pip="dadaptation"),
+            "DAdaptAdan": InnerSpec("dadaptation:DAdaptAdan", pip="dadaptation"),
+            "DAdaptAdanIP": InnerSpec("dadaptation.experimental:DAdaptAdanIP", pip="dadaptation"),
+            "DAdaptLion": InnerSpec("dadaptation:DAdaptLion", pip="dadaptation"),
+            "DAdaptSGD": InnerSpec("dadaptation:DAdaptSGD", pip="dadaptation"),
+        }
+    )
+    for name in ("AdamWScheduleFree", "RAdamScheduleFree", "SGDScheduleFree"):
+        specs[name] = InnerSpec(f"schedulefree:{name}", pip="schedulefree", refuse=SCHEDULE_FREE_REASON)
+    return specs
+
+
+@hookimpl
+def loli_inner_optimizers():
+    return _inner_specs()
+
+
+@hookimpl
+def loli_schedules():
+    from .schedule import BUILTIN_ORDERS
+
+    return dict(BUILTIN_ORDERS)
+
+
+@hookimpl
+def loli_loss_terms():
+    from .loss import BUILTIN_TERMS
+
+    return dict(BUILTIN_TERMS)

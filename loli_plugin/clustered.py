@@ -1,0 +1,341 @@
+"""LoliClustered: K optimizer states over one set of weights, one per timestep cluster.
+
+Design (why it is exact and cheap):
+- There is ONE inner optimizer. Its per-parameter ``state`` dict is swapped, by reference, among K
+  banks before each step; nothing is copied. Stepping bank k is therefore literally the inner
+  optimizer's own ``step()`` on the state it would have had if only cluster k's steps had existed.
+- ``param_groups`` is the inner's own list, shared with this wrapper: LR schedulers, gradient
+  clipping, accelerate, GradScaler and the trainers' LR logging read and write the dicts the inner
+  optimizer uses.
+- Some optimizers keep running values in the param group itself (Prodigy's ``d``, ``d_numerator``,
+  ``k``; D-Adaptation's ``d``). Every group value that the inner's ``step()`` changes is banked
+  per cluster too, so each cluster adapts on its own history. The host-owned ``lr`` and
+  ``initial_lr`` are never banked: schedulers must keep control of them.
+- Between steps the optimizer is *positioned* on ``current_cluster`` (the cluster of the next
+  step): ``state`` and the banked group values are that cluster's.
+
+The state_dict keeps torch's layout (``state`` keyed by parameter index, ``param_groups``) so hosts
+that move state to a device (accelerate) or re-map parameter indices (OneTrainer) keep working; each
+parameter's entry is ``{cluster: inner_state}``. It is made of tensors and plain containers only, so
+``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .errors import LoliConfigError, LoliStateError
+from .inner import find_refusal, resolve_inner
+from .options import DEFAULT_CLUSTERS, check_clusters
+from .schedule import ClusterSchedule
+
+STATE_FORMAT = 1
+META_KEY = "loli"
+BANKED_KEY = "loli_banked"  # in a saved param group: {cluster: {key: value}}
+INITIAL_KEY = "loli_initial"  # in a saved param group: {key: value before any step}
+
+# Group keys the host owns. An LR scheduler writes them between steps; banking them would undo it.
+HOST_OWNED_KEYS = frozenset({"params", "lr", "initial_lr", "name", "names"})
+
+
+def _snap(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, dict, set)):
+        return copy.deepcopy(value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # objects whose == is not a bool (arrays): identity was the only safe answer
+        return False
+
+
+class LoliClustered(torch.optim.Optimizer):
+    """Wrap an inner optimizer and keep one state per timestep cluster.
+
+    Args:
+        params: parameters or param groups, as for any torch optimizer.
+        inner: optimizer name (``"AdamW"``, ``"AdamW8bit"``, ``"Lion"``, ``"Prodigy"``, ``"CAME"``, ...,
+            resolved through the ``loli_inner_optimizers`` hook), a dotted path, a class or a callable
+            ``f(params, **kwargs) -> Optimizer``.
+        clusters: number of timestep clusters K (one optimizer state each).
+        schedule: order of clusters over steps: ``"shuffle"`` (default), ``"random"``, ``"round_robin"``
+            or a name a plugin registers.
+        seed: seed of the schedule; every rank must use the same one.
+        **inner_kwargs: passed to the inner optimizer (``lr``, ``weight_decay``, ``betas``, ...).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        inner: Any = "AdamW",
+        clusters: int = DEFAULT_CLUSTERS,
+        schedule: str = "shuffle",
+        seed: int = 0,
+        **inner_kwargs: Any,
+    ):
+        clusters = check_clusters(clusters)
+        name, factory, implied = resolve_inner(inner)
+        optimizer = factory(params, **{**implied, **inner_kwargs})
+        self._setup(optimizer, name, clusters, schedule, seed)
+
+    @classmethod
+    def wrap(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        clusters: int = DEFAULT_CLUSTERS,
+        schedule: str = "shuffle",
+        seed: int = 0,
+        name: str | None = None,
+    ) -> "LoliClustered":
+        """Bank an optimizer a host already built (OneTrainer builds its inner optimizers itself)."""
+        clusters = check_clusters(clusters)
+        name = name or type(optimizer).__name__
+        reason = find_refusal(type(optimizer))
+        if reason:
+            raise LoliConfigError(f"inner={name!r} cannot be used inside LoliClustered: {reason}")
+        if any(len(s) for s in optimizer.state.values()):
+            raise LoliConfigError(
+                "LoliClustered.wrap() needs a freshly built optimizer; this one already has state. "
+                "Wrap it before the first step or before loading a checkpoint into it"
+            )
+        self = cls.__new__(cls)
+        self._setup(optimizer, name, clusters, schedule, seed)
+        return self
+
+    def _setup(self, optimizer: torch.optim.Optimizer, name: str, clusters: int, schedule: str, seed: int) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise LoliConfigError(
+                f"inner={name!r} built a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
+                "LoliClustered can only bank torch optimizers"
+            )
+        self.schedule = ClusterSchedule(clusters, schedule, seed)
+        self.inner_name = name
+        self._ready = False
+        # torch.optim.Optimizer.__init__ installs the step hooks and validates the groups; the dicts it
+        # receives are the inner's own, and the list is replaced by the inner's list right after.
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.inner = optimizer
+        self.param_groups = optimizer.param_groups
+        self._banks: list[defaultdict] = [defaultdict(dict) for _ in range(clusters)]
+        self._banks[self.schedule.current] = optimizer.state
+        self._bank_steps = [0] * clusters
+        n_groups = len(self.param_groups)
+        # per group: value of each banked key before its first change (absent: the inner adds it lazily)
+        self._initial: list[dict] = [{} for _ in range(n_groups)]
+        self._banked_keys: list[set] = [set() for _ in range(n_groups)]
+        self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
+        self._ready = True
+        self._position(self.schedule.current)
+
+    # ------------------------------------------------------------------ public properties
+    @property
+    def clusters(self) -> int:
+        return self.schedule.clusters
+
+    @property
+    def current_cluster(self) -> int:
+        """The cluster of the NEXT optimizer step; constant across a gradient-accumulation window."""
+        return self.schedule.current
+
+    def peek(self, n: int = 1) -> list[int]:
+        return self.schedule.peek(n)
+
+    @property
+    def bank_steps(self) -> list[int]:
+        """How many optimizer steps each cluster's state has taken."""
+        return list(self._bank_steps)
+
+    def bank(self, k: int) -> defaultdict:
+        """The per-parameter state of cluster ``k`` (the inner optimizer's own layout)."""
+        return self._banks[k]
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, closure: Callable | None = None):
+        k = self.schedule.current
+        self._position(k)
+        before = [self._group_values(g) for g in self.param_groups]
+        loss = self.inner.step() if closure is None else self.inner.step(closure)
+        self._record_group_values(k, before)
+        self._bank_steps[k] += 1
+        self.schedule.advance()
+        self._position(self.schedule.current)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        if not getattr(self, "_ready", False):  # called by torch.optim.Optimizer.__init__ in _setup
+            return super().add_param_group(param_group)
+        self.inner.add_param_group(param_group)
+        self.param_groups = self.inner.param_groups
+        self._initial.append({})
+        self._banked_keys.append(set())
+        for values in self._bank_values:
+            values.append({})
+
+    def _group_values(self, group: dict) -> dict:
+        return {key: _snap(v) for key, v in group.items() if key not in HOST_OWNED_KEYS}
+
+    def _record_group_values(self, k: int, before: list[dict]) -> None:
+        for i, group in enumerate(self.param_groups):
+            keys = self._banked_keys[i]
+            for key, value in group.items():
+                if key not in HOST_OWNED_KEYS and key not in keys and not _same(before[i].get(key, _MISSING), value):
+                    keys.add(key)
+                    # Its first change is now, so every bank stepped so far saw the value from before this step.
+                    if key in before[i]:
+                        self._initial[i][key] = before[i][key]
+            self._bank_values[k][i] = {key: _snap(group[key]) for key in keys if key in group}
+
+    def _position(self, k: int) -> None:
+        """Make cluster k's state and banked group values the inner optimizer's."""
+        self.inner.state = self._banks[k]
+        self.state = self._banks[k]
+        for i, group in enumerate(self.param_groups):
+            values, initial = self._bank_values[k][i], self._initial[i]
+            for key in self._banked_keys[i]:
+                if key in values:
+                    group[key] = _snap(values[key])
+                elif key in initial:
+                    group[key] = _snap(initial[key])
+                else:  # a value the inner creates on its first step: let it create it for this cluster too
+                    group.pop(key, None)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        active = self.inner.state
+        packed: dict[int, dict[int, dict]] = {}
+        groups = None
+        try:
+            for k, bank in enumerate(self._banks):
+                self.inner.state = bank
+                sd = self.inner.state_dict()
+                for idx, st in sd["state"].items():
+                    packed.setdefault(idx, {})[k] = st
+                groups = groups if groups is not None else sd["param_groups"]
+        finally:
+            self.inner.state = active
+        for i, group in enumerate(groups):
+            keys = sorted(self._banked_keys[i])
+            group[BANKED_KEY] = {
+                k: {key: self._bank_values[k][i][key] for key in keys if key in self._bank_values[k][i]}
+                for k in range(self.clusters)
+                if self._bank_values[k][i]
+            }
+            group[INITIAL_KEY] = {key: self._initial[i][key] for key in keys if key in self._initial[i]}
+        state_dict = {
+            "state": packed,
+            "param_groups": groups,
+            META_KEY: {
+                "format": STATE_FORMAT,
+                "clusters": self.clusters,
+                "inner": self.inner_name,
+                "inner_class": f"{type(self.inner).__module__}.{type(self.inner).__qualname__}",
+                "schedule": self.schedule.state_dict(),
+                "bank_steps": list(self._bank_steps),
+            },
+        }
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = state_dict.copy()  # shallow, like torch: pre-hooks may replace entries
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        meta = self._check_meta(state_dict)
+        saved = (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial)
+        try:
+            self._load_banks(state_dict, meta)
+        except Exception as exc:
+            # leave the optimizer exactly as it was: a failed resume must not half-load banks
+            self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial = saved
+            self.param_groups = self.inner.param_groups
+            self._position(self.schedule.current)
+            if isinstance(exc, (LoliStateError, LoliConfigError)):
+                raise
+            raise LoliStateError(
+                f"the saved LoliClustered state does not fit this optimizer ({type(exc).__name__}: {exc}); "
+                "the network's parameters (modules, rank, train_* switches) must be the same as when it was saved, "
+                "and the file must be complete; otherwise start without resuming the optimizer state"
+            ) from exc
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _check_meta(self, state_dict: dict) -> dict:
+        meta = state_dict.get(META_KEY) if isinstance(state_dict, dict) else None
+        if not isinstance(meta, dict):
+            raise LoliStateError(
+                "this optimizer state was not saved by LoliClustered (it has no 'loli' entry), so it holds no "
+                "cluster states; resume it with the optimizer that saved it, or start without resuming the optimizer state"
+            )
+        if meta.get("format") != STATE_FORMAT:
+            raise LoliStateError(
+                f"optimizer state format {meta.get('format')!r} is not supported by this loli-plugin (format {STATE_FORMAT}); "
+                "use the loli-plugin version that saved it"
+            )
+        if meta.get("clusters") != self.clusters:
+            raise LoliStateError(
+                f"the saved optimizer state has clusters={meta.get('clusters')} but this run uses clusters={self.clusters}; "
+                f"set clusters={meta.get('clusters')} to resume it, or start without resuming the optimizer state"
+            )
+        saved_inner = str(meta.get("inner", ""))
+        if saved_inner.lower() != self.inner_name.lower():
+            raise LoliStateError(
+                f"the saved optimizer state was made with inner={saved_inner!r} but this run uses inner={self.inner_name!r}; "
+                f"set inner={saved_inner!r} to resume it, or start without resuming the optimizer state"
+            )
+        if not isinstance(state_dict.get("state"), dict) or not isinstance(state_dict.get("param_groups"), list):
+            raise LoliStateError("the saved optimizer state is incomplete (no 'state' or 'param_groups'); the file may be truncated")
+        return meta
+
+    def _load_banks(self, state_dict: dict, meta: dict) -> None:
+        saved_groups = state_dict["param_groups"]
+        plain_groups = [{key: v for key, v in g.items() if key not in (BANKED_KEY, INITIAL_KEY)} for g in saved_groups]
+        banked = [g.get(BANKED_KEY, {}) for g in saved_groups]
+        initial = [dict(g.get(INITIAL_KEY, {})) for g in saved_groups]
+        banks = []
+        for k in range(self.clusters):
+            state_k = {idx: per_cluster[k] for idx, per_cluster in state_dict["state"].items() if k in per_cluster}
+            # The inner's own load_state_dict casts and places every tensor the way it expects
+            # (torch casts to the parameter's dtype/device; bitsandbytes handles its quantized state).
+            # Banked group values need no care here: _position() sets them before every step.
+            self.inner.load_state_dict({"state": state_k, "param_groups": plain_groups})
+            banks.append(self.inner.state)
+        self.inner.load_state_dict({"state": {}, "param_groups": plain_groups})
+        self.param_groups = self.inner.param_groups  # torch's load_state_dict builds new group dicts
+        self._banks = banks
+        self._bank_values = [[dict(b.get(k, {})) for b in banked] for k in range(self.clusters)]
+        self._banked_keys = [set(init) | {key for b in bg.values() for key in b} for init, bg in zip(initial, banked)]
+        self._initial = initial
+        self.schedule.load_state_dict(meta["schedule"])
+        self._bank_steps = [int(n) for n in meta.get("bank_steps", [0] * self.clusters)]
+        self._position(self.schedule.current)
+
+    def __repr__(self) -> str:
+        return (
+            f"LoliClustered(inner={self.inner_name}, clusters={self.clusters}, schedule={self.schedule.strategy!r}, "
+            f"seed={self.schedule.seed}, step={self.schedule.step})\n{self.inner!r}"
+        )
+
+
+_MISSING = object()

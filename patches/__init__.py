@@ -1,0 +1,1 @@
+"""Version-checked monkeypatches of trainer internals (installed as ``loli_plugin.patches``)."""
