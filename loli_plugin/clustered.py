@@ -138,6 +138,10 @@ class LoliClustered(torch.optim.Optimizer):
         self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
         self._ready = True
         self._position(self.schedule.current)
+        # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
+        from .plugins import get_plugin_manager
+
+        get_plugin_manager().hook.loli_optimizer_created(optimizer=self)
 
     # ------------------------------------------------------------------ public properties
     @property

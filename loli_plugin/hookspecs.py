@@ -51,3 +51,10 @@ def loli_trainer_adapters():
 def loli_log(step, logs):
     """Called with the per-cluster loss logs (``{"loss/cluster_03": ..., ...}``) whenever a host asks
     ``ClusterLossMonitor.logs()``; implementations may forward them to their own loggers."""
+
+
+@hookspec
+def loli_optimizer_created(optimizer):
+    """Called once when a ``LoliClustered`` is built. Trainer adapters use it to attach to the trainer
+    that is building it (kohya's dotted ``--optimizer_type loli_plugin.LoliClustered`` route has no
+    other entry point); they must do nothing when their trainer is not running."""

@@ -16,6 +16,9 @@ def build_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     from . import builtins
 
     pm.register(builtins, name="loli_plugin.builtins")
+    from .adapters import kohya as kohya_adapter  # light: imports nothing of sd-scripts
+
+    pm.register(kohya_adapter, name="loli_plugin.adapters.kohya")
     if load_entrypoints:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm

@@ -1,0 +1,320 @@
+"""Patches for kohya-ss/sd-scripts (>= v0.10.0; read and tested at commit 48d368f, v0.10.1-5).
+
+Each wrapper cites the function it wraps. Only ``library.*`` module functions are wrapped, never
+trainer methods: when ``train_network.py`` runs as ``__main__`` its ``NetworkTrainer`` is a different
+class object from the one other scripts import, while every script calls these functions through
+their module (``train_util.get_optimizer(...)``), so wrapping the module attribute reaches them all.
+
+Two instrumentors:
+
+* ``ENTRY`` (installed when ``library.train_util`` is imported, through the ``.pth`` hook or the
+  ``python -m loli_plugin.kohya`` launcher): the parser gets ``--loss_type loli`` and
+  ``--loli_loss_weights``; ``get_optimizer`` understands the short name ``LoliClustered``.
+* ``TRAINING`` and the per-family sampler instrumentors (installed when a run actually uses a Loli
+  feature): the loss, and the timestep samplers that draw from one cluster per optimizer step.
+  Runs that use no Loli option never get them, so their behaviour is the stock one.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+
+import torch
+
+from ..errors import LoliConfigError
+from ..sampling import cluster_uniform
+from .base import Instrumentor, LoliUnsupportedTrainerError, PatchTarget
+
+SUPPORTED = "kohya-ss/sd-scripts v0.10.0 or newer (tested at commit 48d368f, v0.10.1-5)"
+
+#: --optimizer_type values that select the plugin. Avoid names ending in "8bit" or "schedulefree":
+#: get_optimizer and is_schedulefree_optimizer branch on those suffixes.
+SHORT_NAMES = ("loliclustered", "loli_clustered")
+DOTTED_NAME = "loli_plugin.LoliClustered"
+#: optimizer_args keys whose values are plain names; the plugin quotes them so kohya's
+#: ast.literal_eval accepts `inner=AdamW8bit` as well as `inner='AdamW8bit'`.
+NAME_KEYS = ("inner", "schedule")
+
+
+def _run():
+    from ..adapters import kohya
+
+    return kohya.active_run()
+
+
+# --------------------------------------------------------------------------- parser
+def add_training_arguments(wrapped, instance, args, kwargs):
+    """library/train_util.py ``add_training_arguments(parser, support_dreambooth)`` defines the closed
+    ``--loss_type`` choices; add ``loli`` to them and the ``--loli_loss_weights`` option."""
+    result = wrapped(*args, **kwargs)
+    parser = args[0] if args else kwargs["parser"]
+    for action in parser._actions:
+        if "--loss_type" in action.option_strings and action.choices is not None and "loli" not in action.choices:
+            action.choices = [*action.choices, "loli"]
+            action.help = (action.help or "") + " / loli: loli-plugin's MSE+L1+cosine loss (see --loli_loss_weights)"
+    if not any("--loli_loss_weights" in a.option_strings for a in parser._actions):
+        parser.add_argument(
+            "--loli_loss_weights",
+            type=str,
+            default=None,
+            help='loli-plugin: weights of --loss_type loli, e.g. "mse=0.4,l1=0.4,cos=0.2" (the default)',
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- optimizer
+def quote_name_args(optimizer_args):
+    """Quote bare values of the plugin's name keys (``inner=AdamW8bit`` -> ``inner='AdamW8bit'``)."""
+    out = []
+    for arg in optimizer_args or []:
+        key, sep, value = arg.partition("=")
+        if sep and key.strip() in NAME_KEYS:
+            try:
+                ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                value = repr(value.strip())
+            arg = f"{key.strip()}={value}"
+        out.append(arg)
+    return out
+
+
+def get_optimizer(wrapped, instance, args, kwargs):
+    """library/train_util.py ``get_optimizer(args, trainable_params)``: route the short name to the
+    dotted-class branch of the same function (so kohya's own argument parsing and logging run), and
+    activate the plugin for runs that only use ``--loss_type loli``."""
+    from ..adapters import kohya
+
+    run_args = args[0] if args else kwargs["args"]
+    rest = args[1:] if args else ()
+    kw = {k: v for k, v in kwargs.items() if k != "args"}
+    opt_type = (run_args.optimizer_type or "").strip()
+    if opt_type.lower() in SHORT_NAMES:
+        routed = copy.copy(run_args)
+        routed.optimizer_type = DOTTED_NAME
+        routed.optimizer_args = quote_name_args(run_args.optimizer_args)
+        with kohya.building_optimizer(run_args):
+            return wrapped(routed, *rest, **kw)
+    with kohya.building_optimizer(run_args):
+        result = wrapped(run_args, *rest, **kw)
+    if getattr(run_args, "loss_type", None) == "loli" and kohya.active_run() is None:
+        kohya.activate(run_args, optimizer=None)  # the Loli loss alone, with the user's optimizer
+    return result
+
+
+ENTRY = Instrumentor(
+    "kohya-ss/sd-scripts",
+    SUPPORTED,
+    [
+        PatchTarget("library.train_util", "add_training_arguments", ["parser", "support_dreambooth"], add_training_arguments,
+                    "adds --loss_type loli and --loli_loss_weights"),
+        PatchTarget("library.train_util", "get_optimizer", ["args", "trainable_params"], get_optimizer,
+                    "accepts --optimizer_type LoliClustered"),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- loss
+def conditional_loss(wrapped, instance, args, kwargs):
+    """library/train_util.py ``conditional_loss(model_pred, target, loss_type, reduction, huber_c)``:
+    ``loss_type == "loli"`` computes the Loli loss; every other loss type runs the original untouched."""
+    bound = dict(zip(("model_pred", "target", "loss_type", "reduction", "huber_c"), args), **kwargs)
+    if bound.get("loss_type") != "loli":
+        return wrapped(*args, **kwargs)
+    run = _run()
+    if run is None:
+        raise LoliConfigError("--loss_type loli is set but loli-plugin was not activated for this run; "
+                              "start the script with `python -m loli_plugin.kohya SCRIPT ...` or reinstall loli-plugin")
+    from ..loss import loli_loss
+
+    return loli_loss(bound["model_pred"], bound["target"], weights=run.loss_weights, reduction=bound.get("reduction", "none"))
+
+
+# --------------------------------------------------------------------------- SD1/SD2/SDXL timesteps
+def get_timesteps(wrapped, instance, args, kwargs):
+    """library/train_util.py ``get_timesteps(min_timestep, max_timestep, b_size, device)``: the uniform
+    integer draw ``torch.randint(min, max)`` becomes a draw from the current cluster's slice of the
+    same range. ``min >= max`` is kohya's fixed-timestep validation: handed to the original."""
+    bound = dict(zip(("min_timestep", "max_timestep", "b_size", "device"), args), **kwargs)
+    run = _run()
+    lo, hi = int(bound["min_timestep"]), int(bound["max_timestep"])
+    if run is None or not run.stratify or lo >= hi:
+        return wrapped(*args, **kwargs)
+    from ..sampling import DiscreteUniform
+
+    k = run.take_cluster()
+    t = DiscreteUniform(lo, hi).sample_cluster(int(bound["b_size"]), k, run.clusters)
+    return t.long().to(bound["device"])
+
+
+TRAINING = Instrumentor(
+    "kohya-ss/sd-scripts",
+    SUPPORTED,
+    [
+        PatchTarget("library.train_util", "conditional_loss", ["model_pred", "target", "loss_type", "reduction", "huber_c"],
+                    conditional_loss, "--loss_type loli"),
+        PatchTarget("library.train_util", "get_timesteps", ["min_timestep", "max_timestep", "b_size", "device"],
+                    get_timesteps, "SD1.x/2.x/SDXL timesteps from one cluster per step"),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- flow-matching families
+class StratifiedTorch:
+    """Stands in for a sampler module's ``torch`` global during one call of its sampler.
+
+    The SD3, Flux (also Chroma, Anima, HunyuanImage) and Lumina samplers draw their timesteps inline
+    with ``torch.rand``/``torch.randn``/``torch.normal`` and then apply kohya's own transform
+    (sigmoid, shift, flux time shift, mode, table lookup). Replacing only that first draw with the
+    same distribution's k-th quantile slice keeps every transform kohya's: the cluster is a slice of
+    kohya's own distribution, whatever the options. Later draws (ip_noise_gamma's randn_like/rand)
+    go to the real torch. Everything else is delegated attribute by attribute.
+    """
+
+    def __init__(self, real, k: int, clusters: int, batch: int, where: str):
+        self._real, self._k, self._clusters, self._batch, self._where = real, k, clusters, batch, where
+        self.drawn = False
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def _uniform(self, size, kwargs, dtype):
+        if self.drawn:
+            return None
+        n = math.prod(size) if size else 1
+        if n != self._batch:
+            raise LoliUnsupportedTrainerError(
+                f"{self._where}: expected the timestep draw to have one value per sample ({self._batch}), "
+                f"got size {tuple(size)}. Supported: {SUPPORTED}"
+            )
+        self.drawn = True
+        u = cluster_uniform(n, self._k, self._clusters, generator=kwargs.get("generator"), dtype=dtype)
+        return u.reshape(tuple(size))
+
+    @staticmethod
+    def _size(args, kwargs):
+        if "size" in kwargs:
+            size = kwargs["size"]
+        elif len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)):
+            size = args[0]
+        else:
+            size = args
+        return tuple(int(s) for s in (size if isinstance(size, (tuple, list, torch.Size)) else (size,)))
+
+    def _finish(self, t, kwargs):
+        return t.to(device=kwargs.get("device"), dtype=kwargs.get("dtype") or torch.get_default_dtype())
+
+    def rand(self, *args, **kwargs):
+        dtype = kwargs.get("dtype") or torch.get_default_dtype()
+        u = self._uniform(self._size(args, kwargs), kwargs, dtype)
+        return self._real.rand(*args, **kwargs) if u is None else u.to(kwargs.get("device"))
+
+    def randn(self, *args, **kwargs):
+        u = self._uniform(self._size(args, kwargs), kwargs, torch.float64)
+        return self._real.randn(*args, **kwargs) if u is None else self._finish(torch.special.ndtri(u), kwargs)
+
+    def normal(self, *args, **kwargs):
+        names = ("mean", "std", "size")
+        bound = dict(zip(names, args), **kwargs)
+        if self.drawn or "size" not in bound or isinstance(bound.get("mean"), torch.Tensor) or isinstance(bound.get("std"), torch.Tensor):
+            if not self.drawn:
+                raise LoliUnsupportedTrainerError(f"{self._where}: unexpected torch.normal form. Supported: {SUPPORTED}")
+            return self._real.normal(*args, **kwargs)
+        u = self._uniform(self._size((), bound), bound, torch.float64)
+        return self._finish(float(bound["mean"]) + float(bound["std"]) * torch.special.ndtri(u), bound)
+
+
+def _flow_reflect(family: str, run_args) -> bool:
+    """True when kohya's transform from the raw draw to the timestep is decreasing for these options,
+    so cluster k is drawn from the mirrored slice and cluster 0 always holds the lowest timesteps.
+
+    flux/lumina ``sigma`` branch: ``noise_scheduler.timesteps`` is descending, so the timestep falls
+    as the draw rises, unless ``weighting_scheme == "mode"``, whose own map also falls (two falls
+    make a rise). SD3: the draw's transform rises, except "mode".
+    """
+    scheme = getattr(run_args, "weighting_scheme", None)
+    if family == "sd3":
+        return scheme == "mode"
+    sampling = getattr(run_args, "timestep_sampling", None)
+    if sampling in ("uniform", "sigmoid", "shift", "flux_shift", "nextdit_shift"):
+        return False
+    return scheme != "mode"
+
+
+def _flow_sampler(family: str, module_name: str, params):
+    def wrapper(wrapped, instance, args, kwargs):
+        run = _run()
+        bound = dict(zip(params, args), **kwargs)
+        run_args = bound["args"]
+        # kohya's validation fixes the timestep with min_timestep == max_timestep; hand it over.
+        validating = run_args.min_timestep is not None and run_args.min_timestep == run_args.max_timestep
+        if run is None or not run.stratify or validating:
+            return wrapped(*args, **kwargs)
+        import sys
+
+        module = sys.modules[module_name]
+        latents = bound["latents"]
+        k = run.take_cluster()
+        if _flow_reflect(family, run_args):
+            k = run.clusters - 1 - k
+        proxy = StratifiedTorch(module.torch, k, run.clusters, latents.shape[0], f"{module_name}.get_noisy_model_input_and_timesteps")
+        real = module.torch
+        module.torch = proxy
+        module._loli_clamp_density = True
+        try:
+            result = wrapped(*args, **kwargs)
+        finally:
+            module.torch = real
+            module._loli_clamp_density = False
+        if not proxy.drawn:
+            raise LoliUnsupportedTrainerError(
+                f"{module_name}.get_noisy_model_input_and_timesteps made no timestep draw loli-plugin recognises "
+                f"(timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}, "
+                f"weighting_scheme={getattr(run_args, 'weighting_scheme', None)!r}). Supported: {SUPPORTED}"
+            )
+        return result
+
+    wrapper.__doc__ = f"library/{module_name.split('.')[-1]}.py get_noisy_model_input_and_timesteps: draw from one cluster"
+    return wrapper
+
+
+_LAST_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
+
+
+def _density_clamp(module_name: str):
+    def wrapper(wrapped, instance, args, kwargs):
+        """``compute_density_for_timestep_sampling``: under "mode" a draw near 0 maps to u == 1.0 in
+        float32, and the caller's ``noise_scheduler.timesteps[(u * N).long()]`` indexes past the end.
+        While a cluster draw is in progress, clamp u just below 1."""
+        import sys
+
+        u = wrapped(*args, **kwargs)
+        if getattr(sys.modules[module_name], "_loli_clamp_density", False):
+            u = u.clamp(max=_LAST_BELOW_ONE)
+        return u
+
+    return wrapper
+
+
+_DENSITY_PARAMS = ["weighting_scheme", "batch_size", "logit_mean", "logit_std", "mode_scale"]
+_FLOW_PARAMS = ["args", "noise_scheduler", "latents", "noise", "device", "dtype"]
+
+
+def _family(module: str, params, with_density: bool, family: str, why: str) -> Instrumentor:
+    targets = [PatchTarget(module, "get_noisy_model_input_and_timesteps", params, _flow_sampler(family, module, params), why)]
+    if with_density:
+        targets.append(PatchTarget(module, "compute_density_for_timestep_sampling", _DENSITY_PARAMS, _density_clamp(module),
+                                   "keeps u < 1 so the scheduler-table index stays in range"))
+    return Instrumentor("kohya-ss/sd-scripts", SUPPORTED, targets)
+
+
+#: module -> instrumentor, installed when the module is (or gets) imported during a Loli run.
+FAMILIES = {
+    "library.sd3_train_utils": _family("library.sd3_train_utils", ["args", "latents", "noise", "device", "dtype"], False, "sd3",
+                                       "SD3 timesteps from one cluster per step"),
+    "library.flux_train_utils": _family("library.flux_train_utils", _FLOW_PARAMS, True, "flux",
+                                        "Flux/Chroma/Anima/HunyuanImage timesteps from one cluster per step"),
+    "library.lumina_train_util": _family("library.lumina_train_util", _FLOW_PARAMS, True, "lumina",
+                                         "Lumina timesteps from one cluster per step"),
+}
