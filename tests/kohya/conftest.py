@@ -1,0 +1,89 @@
+"""Fixtures for the tests that run the real kohya-ss/sd-scripts.
+
+sd-scripts is not on PyPI and its code is never committed here. The tests find an export of it at
+``$LOLI_KOHYA_DIR`` or, by default, ``~/.cache/loli-plugin/trainers/sd-scripts``, and need to run in
+a venv that has sd-scripts' own requirements and loli-plugin installed from a wheel (so the
+``.pth`` hook is the real one). ``bash .ci/kohya-env.sh`` builds both; without them every test here
+is skipped with the reason and the commands.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+DEFAULT_DIR = Path("~/.cache/loli-plugin/trainers/sd-scripts").expanduser()
+KOHYA_DIR = Path(os.environ.get("LOLI_KOHYA_DIR") or DEFAULT_DIR)
+HOW_TO = (
+    "to run the real-sd-scripts tests: fetch github:kohya-ss/sd-scripts, export it at the pinned commit with "
+    f"`../shared/tools/export-trainer MIRROR {DEFAULT_DIR}` (or set LOLI_KOHYA_DIR), then `bash .ci/kohya-env.sh`, "
+    "which builds .venv-kohya and runs these tests in it"
+)
+
+
+def _skip_reason() -> str | None:
+    if not (KOHYA_DIR / "library" / "train_util.py").is_file():
+        return f"sd-scripts not found at {KOHYA_DIR}; {HOW_TO}"
+    try:
+        import accelerate  # noqa: F401
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not the sd-scripts venv"
+        return f"sd-scripts' requirements are not installed in this venv ({type(exc).__name__}: {exc}); {HOW_TO}"
+    return None
+
+
+SKIP = _skip_reason()
+
+
+def pytest_collection_modifyitems(config, items):
+    if SKIP is None:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.skip(reason=SKIP))
+
+
+@pytest.fixture(scope="session")
+def kohya():
+    """The imported sd-scripts modules (train_util, train_network, ...), with its folder on sys.path."""
+    if str(KOHYA_DIR) not in sys.path:
+        sys.path.insert(0, str(KOHYA_DIR))
+    import _loli_plugin_autoload
+
+    assert _loli_plugin_autoload.INSTALLED, "loli_plugin.pth did not run: install loli-plugin from a wheel (not -e)"
+    import train_network
+    from library import train_util
+
+    import loli_plugin.patches.kohya as patches
+
+    assert patches.ENTRY.instrumented, "the post-import hook did not patch library.train_util"
+
+    class K:
+        pass
+
+    k = K()
+    k.dir, k.train_util, k.train_network, k.patches = KOHYA_DIR, train_util, train_network, patches
+    return k
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run():
+    yield
+    if "loli_plugin.adapters.kohya" in sys.modules:
+        sys.modules["loli_plugin.adapters.kohya"].deactivate()
+
+
+@pytest.fixture
+def parse(kohya):
+    """Parse a command line with the real train_network.setup_parser()."""
+
+    def parse(*argv, parser=None):
+        p = parser or kohya.train_network.setup_parser()
+        return p.parse_args(["--pretrained_model_name_or_path", "unused", "--learning_rate", "1e-3", *argv])
+
+    return parse

@@ -1,0 +1,128 @@
+"""The real sd-scripts parser and get_optimizer with the plugin's options."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from loli_plugin import LoliClustered, LoliConfigError
+from loli_plugin.adapters import kohya as adapter
+from loli_plugin.patches.base import LoliUnsupportedTrainerError
+
+
+def params():
+    torch.manual_seed(0)
+    unet = {f"u{i}": torch.nn.Parameter(torch.randn(8, 4)) for i in range(3)}
+    te = {f"t{i}": torch.nn.Parameter(torch.randn(4)) for i in range(2)}
+    # train_network.py passes each group's params as dict_values, with per-group learning rates
+    return [{"params": unet.values(), "lr": 1e-3}, {"params": te.values(), "lr": 5e-4}]
+
+
+def test_wheel_install_brings_the_pth_hook(kohya):
+    # A fresh interpreter of this venv: the hook is registered at start, without importing torch.
+    code = "import sys; print('_loli_plugin_autoload' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
+    # and LOLI_PLUGIN_DISABLE=1 turns it off
+    env = {"LOLI_PLUGIN_DISABLE": "1", "PATH": ""}
+    code = "import _loli_plugin_autoload as a; print(a.INSTALLED)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip() == "False"
+
+
+def test_parser_accepts_loli_options(kohya, parse):
+    args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW8bit", "clusters=4",
+                 "--loss_type", "loli", "--loli_loss_weights", "mse=0.5,l1=0.5")
+    assert args.loss_type == "loli" and args.loli_loss_weights == "mse=0.5,l1=0.5"
+    # the stock choices are all still there
+    action = next(a for a in kohya.train_network.setup_parser()._actions if "--loss_type" in a.option_strings)
+    assert action.choices == ["l1", "l2", "huber", "smooth_l1", "loli"]
+
+
+@pytest.mark.parametrize(
+    "optimizer_type, optimizer_args",
+    [
+        ("LoliClustered", ["inner=AdamW", "clusters=4", "schedule=round_robin", "weight_decay=0.01"]),  # bare names
+        ("loliclustered", ["inner='AdamW'", "clusters=4", "schedule='round_robin'", "weight_decay=0.01"]),
+        ("loli_plugin.LoliClustered", ["inner='AdamW'", "clusters=4", "schedule='round_robin'", "weight_decay=0.01"]),
+    ],
+)
+def test_real_get_optimizer_builds_loli_clustered(kohya, parse, optimizer_type, optimizer_args):
+    args = parse("--optimizer_type", optimizer_type, "--optimizer_args", *optimizer_args)
+    name, arg_text, opt = kohya.train_util.get_optimizer(args, params())
+    assert isinstance(opt, LoliClustered) and name == "loli_plugin.clustered.LoliClustered"
+    assert opt.clusters == 4 and opt.inner_name == "AdamW" and opt.schedule.strategy == "round_robin"
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 5e-4] and opt.param_groups[0]["weight_decay"] == 0.01
+    assert "clusters=4" in arg_text
+    run = adapter.active_run()
+    assert run is not None and run.optimizer is opt and run.stratify
+    # kohya's own LR scheduler factory accepts it and drives the shared param_groups
+    sched = kohya.train_util.get_scheduler_fix(args, opt, 1)
+    assert sched.get_last_lr() == [1e-3, 5e-4]
+
+
+def test_k1_through_kohya_is_bit_exact_with_kohyas_adamw(kohya, parse):
+    a = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=1")
+    b = parse("--optimizer_type", "AdamW")
+    pa, pb = params(), params()
+    _, _, oa = kohya.train_util.get_optimizer(a, pa)
+    adapter.deactivate()
+    _, _, ob = kohya.train_util.get_optimizer(b, pb)
+    ta = [p for g in pa for p in g["params"]]
+    tb = [p for g in pb for p in g["params"]]
+    for step in range(5):
+        for x, y in zip(ta, tb):
+            g = torch.sin(x.detach() * (step + 1))
+            x.grad, y.grad = g.clone(), g.clone()
+        oa.step(), ob.step()
+    assert all(torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+def test_loss_alone_activates_without_the_optimizer(kohya, parse):
+    args = parse("--optimizer_type", "AdamW", "--loss_type", "loli", "--loli_loss_weights", "mse=1,cos=0.5")
+    _, _, opt = kohya.train_util.get_optimizer(args, params())
+    assert isinstance(opt, torch.optim.AdamW)
+    run = adapter.active_run()
+    assert run.loss_weights == {"mse": 1.0, "cos": 0.5} and not run.stratify
+
+
+def test_plain_runs_are_not_touched(kohya, parse):
+    args = parse("--optimizer_type", "AdamW")
+    kohya.train_util.get_optimizer(args, params())
+    assert adapter.active_run() is None and not kohya.patches.TRAINING.instrumented
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--optimizer_args", "clusters=0"], "clusters must be >= 1"),
+        (["--optimizer_args", "inner=NoSuchOpt"], "NoSuchOpt"),
+        (["--optimizer_args", "inner=AdamWScheduleFree"], "schedule-free"),
+        (["--loss_type", "loli", "--loli_loss_weights", "mse=-1"], "--loli_loss_weights"),
+        (["--min_timestep", "100", "--max_timestep", "105"], "clusters=10 is larger than the 5 timesteps"),
+        (["--deepspeed"], "--deepspeed"),
+    ],
+)
+def test_bad_options_fail_before_training(kohya, parse, argv, match):
+    args = parse("--optimizer_type", "LoliClustered", *argv)
+    with pytest.raises((LoliConfigError, ImportError, ValueError), match=match):
+        kohya.train_util.get_optimizer(args, params())
+
+
+def test_unsupported_sd_scripts_version_fails_loudly(kohya, parse, monkeypatch):
+    # An older sd-scripts (v0.9.x) had conditional_loss(model_pred, target, reduction, loss_type, huber_c).
+    def old_conditional_loss(model_pred, target, reduction, loss_type, huber_c=None):
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(kohya.train_util, "conditional_loss", old_conditional_loss)
+    args = parse("--optimizer_type", "LoliClustered")
+    with pytest.raises(LoliUnsupportedTrainerError, match=r"conditional_loss: expected parameters .*v0\.10\.0 or newer"):
+        kohya.train_util.get_optimizer(args, params())
+
+
+def test_doctor_reports_the_checkout(kohya, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "doctor", str(kohya.dir)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "48d368f" in out.stdout and "library.train_util.get_optimizer: ok" in out.stdout
+    assert "short names (.pth hook): active" in out.stdout
