@@ -5,6 +5,7 @@
 # disk) and loli-plugin installed from a freshly built wheel, so the .pth hook is the real one.
 kohya_dir=${LOLI_KOHYA_DIR:-$HOME/.cache/loli-plugin/trainers/sd-scripts}
 kvenv=${LOLI_KOHYA_VENV:-$root/.venv-kohya}
+export LOLI_KOHYA_VENV=$kvenv
 if [[ ! -f $kohya_dir/library/train_util.py ]]; then
   echo "[loli] sd-scripts not found at $kohya_dir: tests/kohya are skipped." >&2
   echo "[loli]   get it: fetch github:kohya-ss/sd-scripts, then ../shared/tools/export-trainer MIRROR $kohya_dir" >&2

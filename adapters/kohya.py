@@ -22,6 +22,8 @@ import contextlib
 import logging
 import sys
 import weakref
+
+import torch
 from dataclasses import dataclass, field
 
 from ..errors import LoliConfigError
@@ -51,12 +53,25 @@ class KohyaRun:
         return self.optimizer_ref() if self.optimizer_ref is not None else None
 
     def take_cluster(self) -> int:
-        """The cluster of the optimizer step being accumulated; remembered for the loss logs."""
+        """The cluster of the optimizer step being accumulated, for a training draw.
+
+        The loss of the same micro-batch (next ``conditional_loss`` call) is recorded under it.
+        """
         opt = self.optimizer
         if opt is None:
             raise LoliConfigError("the LoliClustered optimizer of this run is gone; timesteps cannot follow its clusters")
         self.drawn_cluster = opt.current_cluster
         return self.drawn_cluster
+
+    def untracked_draw(self) -> None:
+        """A draw handed to kohya (validation): its loss must not enter the per-cluster history."""
+        self.drawn_cluster = None
+
+    def record_loss(self, loss) -> None:
+        """Record a training micro-batch's raw loss (before masks and SNR weights) under its cluster."""
+        if self.monitor is not None and self.drawn_cluster is not None and torch.is_grad_enabled():
+            self.monitor.update(self.drawn_cluster, loss.detach().float().mean())
+        self.drawn_cluster = None
 
 
 def active_run() -> KohyaRun | None:
@@ -214,26 +229,46 @@ def _attach_monitor_state(optimizer, monitor) -> None:
 
 
 def _hook_logs(accelerator, run: KohyaRun) -> None:
-    """Add the per-cluster logs to kohya's step logs on this one Accelerator instance.
+    """Add the per-cluster logs to every tracker of this one Accelerator instance.
 
-    train_network.py logs ``{"loss/current": ...}`` through ``accelerator.log(logs, step=global_step)``
-    after every micro-batch; the loss it reports is the last micro-batch's, whose timesteps came from
-    ``run.drawn_cluster``. The value is already a Python float (kohya called ``.item()``), so this adds
-    no device sync. Validation logs use other keys and pass through untouched.
+    train_network.py (NetworkTrainer.accelerator_logging) writes its step logs straight to the
+    trackers (``tracker.log(logs, step=...)``), other scripts through ``accelerator.log``, which ends in
+    the same trackers; so the trackers' ``log`` is the one place both pass. Trackers are created by
+    ``accelerator.init_trackers`` after the optimizer exists, hence the wrap of that method too. Only
+    this instance is touched, never accelerate's classes. Reading the monitor costs one small
+    device-to-host copy per log call, after kohya's own ``loss.item()`` has synchronised anyway.
     """
-    original = accelerator.log
-    if getattr(original, "_loli_wrapped", False):
+    if getattr(accelerator, "_loli_hooked", False):
         return
+    accelerator._loli_hooked = True
+    for tracker in accelerator.trackers:
+        _wrap_tracker(tracker, run)
+    original_init = accelerator.init_trackers
 
-    def log_with_clusters(values, *args, **kwargs):
-        current = _RUN
-        if current is run and isinstance(values, dict) and "loss/current" in values and run.drawn_cluster is not None:
-            run.monitor.update(run.drawn_cluster, float(values["loss/current"]))
+    def init_trackers(*args, **kwargs):
+        result = original_init(*args, **kwargs)
+        for tracker in accelerator.trackers:
+            _wrap_tracker(tracker, run)
+        return result
+
+    accelerator.init_trackers = init_trackers
+
+
+STEP_LOSS_KEYS = ("loss/current", "loss")  # train_network.py's step logs; fine_tune.py / sdxl_train.py's
+
+
+def _wrap_tracker(tracker, run: KohyaRun) -> None:
+    if getattr(tracker, "_loli_wrapped", False):
+        return
+    original = tracker.log
+
+    def log(values, *args, **kwargs):
+        if _RUN is run and isinstance(values, dict) and any(k in values for k in STEP_LOSS_KEYS):
             values = {**values, **run.monitor.logs()}
         return original(values, *args, **kwargs)
 
-    log_with_clusters._loli_wrapped = True
-    accelerator.log = log_with_clusters
+    tracker.log = log
+    tracker._loli_wrapped = True
 
 
 # --------------------------------------------------------------------------- hooks and entry points

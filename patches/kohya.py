@@ -120,15 +120,20 @@ def conditional_loss(wrapped, instance, args, kwargs):
     """library/train_util.py ``conditional_loss(model_pred, target, loss_type, reduction, huber_c)``:
     ``loss_type == "loli"`` computes the Loli loss; every other loss type runs the original untouched."""
     bound = dict(zip(("model_pred", "target", "loss_type", "reduction", "huber_c"), args), **kwargs)
-    if bound.get("loss_type") != "loli":
-        return wrapped(*args, **kwargs)
     run = _run()
+    if bound.get("loss_type") != "loli":
+        loss = wrapped(*args, **kwargs)
+        if run is not None:
+            run.record_loss(loss)
+        return loss
     if run is None:
         raise LoliConfigError("--loss_type loli is set but loli-plugin was not activated for this run; "
                               "start the script with `python -m loli_plugin.kohya SCRIPT ...` or reinstall loli-plugin")
     from ..loss import loli_loss
 
-    return loli_loss(bound["model_pred"], bound["target"], weights=run.loss_weights, reduction=bound.get("reduction", "none"))
+    loss = loli_loss(bound["model_pred"], bound["target"], weights=run.loss_weights, reduction=bound.get("reduction", "none"))
+    run.record_loss(loss)
+    return loss
 
 
 # --------------------------------------------------------------------------- SD1/SD2/SDXL timesteps
@@ -140,6 +145,8 @@ def get_timesteps(wrapped, instance, args, kwargs):
     run = _run()
     lo, hi = int(bound["min_timestep"]), int(bound["max_timestep"])
     if run is None or not run.stratify or lo >= hi:
+        if run is not None:
+            run.untracked_draw()
         return wrapped(*args, **kwargs)
     from ..sampling import DiscreteUniform
 
@@ -250,6 +257,8 @@ def _flow_sampler(family: str, module_name: str, params):
         # kohya's validation fixes the timestep with min_timestep == max_timestep; hand it over.
         validating = run_args.min_timestep is not None and run_args.min_timestep == run_args.max_timestep
         if run is None or not run.stratify or validating:
+            if run is not None:
+                run.untracked_draw()
             return wrapped(*args, **kwargs)
         import sys
 

@@ -3,8 +3,8 @@
 sd-scripts is not on PyPI and its code is never committed here. The tests find an export of it at
 ``$LOLI_KOHYA_DIR`` or, by default, ``~/.cache/loli-plugin/trainers/sd-scripts``, and need to run in
 a venv that has sd-scripts' own requirements and loli-plugin installed from a wheel (so the
-``.pth`` hook is the real one). ``bash .ci/kohya-env.sh`` builds both; without them every test here
-is skipped with the reason and the commands.
+``.pth`` hook is the real one). ``bash .ci/run`` builds it (``.ci/kohya-env.sh``) and runs them;
+without them every test here is skipped with the reason and the commands.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ DEFAULT_DIR = Path("~/.cache/loli-plugin/trainers/sd-scripts").expanduser()
 KOHYA_DIR = Path(os.environ.get("LOLI_KOHYA_DIR") or DEFAULT_DIR)
 HOW_TO = (
     "to run the real-sd-scripts tests: fetch github:kohya-ss/sd-scripts, export it at the pinned commit with "
-    f"`../shared/tools/export-trainer MIRROR {DEFAULT_DIR}` (or set LOLI_KOHYA_DIR), then `bash .ci/kohya-env.sh`, "
-    "which builds .venv-kohya and runs these tests in it"
+    f"`../shared/tools/export-trainer MIRROR {DEFAULT_DIR}` (or set LOLI_KOHYA_DIR), then `bash .ci/run`, "
+    "which builds .venv-kohya-ci (sd-scripts' pins + loli-plugin from a wheel) and runs these tests in it"
 )
 
 
@@ -33,6 +33,12 @@ def _skip_reason() -> str | None:
         import transformers  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means "not the sd-scripts venv"
         return f"sd-scripts' requirements are not installed in this venv ({type(exc).__name__}: {exc}); {HOW_TO}"
+    try:
+        import _loli_plugin_autoload
+    except ImportError:
+        return f"loli-plugin's startup hook is not installed in this venv; {HOW_TO}"
+    if not _loli_plugin_autoload.INSTALLED:
+        return f"loli_plugin.pth did not run (LOLI_PLUGIN_DISABLE set, or an editable install); {HOW_TO}"
     return None
 
 

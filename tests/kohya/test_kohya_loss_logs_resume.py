@@ -57,25 +57,53 @@ def test_loli_loss_composes_with_masks_snr_and_v_pred_scaling(kohya, parse):
     assert pred.grad[:, :, 4:].abs().max() == 0 and pred.grad[:, :, :4].abs().max() > 0
 
 
-def test_per_cluster_logs_reach_kohyas_accelerator_log(kohya, parse):
+def test_per_cluster_logs_reach_kohyas_trackers(kohya, parse):
     from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
 
-    accelerator = Accelerator(cpu=True)
-    logged = []
-    accelerator.log = lambda values, step=None, log_kwargs=None: logged.append((step, dict(values)))
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory, main_process_only = "recorder", False, False
+
+        def __init__(self):
+            super().__init__()
+            self.logged = []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            pass
+
+        def log(self, values, step=None, **kwargs):
+            self.logged.append((step, dict(values)))
+
+    recorder = Recorder()
+    accelerator = Accelerator(cpu=True, log_with=[recorder])
     args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=3", "--max_timestep", "999")
     _, _, opt = kohya.train_util.get_optimizer(args, [torch.nn.Parameter(torch.zeros(2))])  # finds `accelerator` above
+    accelerator.init_trackers("network_train")  # as train_network.py does, after get_optimizer
+    tracker = accelerator.get_tracker("recorder", unwrap=False)
+    pred, target = pred_target()
     for step in range(12):  # 4 steps per cluster: past the monitor's 3-step warm-up
-        t = kohya.train_util.get_timesteps(0, 999, 2, "cpu")  # the training draw records its cluster
+        t = kohya.train_util.get_timesteps(0, 999, 2, "cpu")  # the training draw remembers its cluster
         k = opt.current_cluster
         assert (t // 333 == k).all()
+        kohya.train_util.conditional_loss(pred * 0 + k + 1.0, target * 0, "l1", "none", None)  # loss = k + 1
         opt.step()
-        accelerator.log({"loss/current": 1.0 + k, "loss/average": 1.0}, step=step + 1)
-    accelerator.log({"loss/validation/step_current": 0.5}, step=13)  # validation logs pass untouched
-    step, last = logged[-2]
+        tracker.log({"loss/current": 0.0, "loss/average": 0.0}, step=step + 1)  # NetworkTrainer.accelerator_logging
+    # validation: fixed timestep (handed to kohya), its loss is not recorded, its logs pass untouched
+    kohya.train_util.get_timesteps(500, 500, 2, "cpu")
+    with torch.no_grad():
+        kohya.train_util.conditional_loss(pred * 0 + 100.0, target * 0, "l1", "none", None)
+    accelerator.log({"loss/validation/step_current": 0.5}, step=13)
+    tracker.log({"loss/current": 0.0}, step=14)
+    step, last = recorder.logged[-3]
     assert step == 12 and {"loss/cluster_00", "loss/cluster_01", "loss/cluster_02", "loss/normalized", "loli/cluster"} <= set(last)
-    assert last["loss/cluster_02"] == pytest.approx(3.0) and last["loss/normalized"] == pytest.approx(1.0)
-    assert logged[-1][1] == {"loss/validation/step_current": 0.5}
+    assert [last[f"loss/cluster_{k:02d}"] for k in range(3)] == pytest.approx([1.0, 2.0, 3.0])
+    assert last["loss/normalized"] == pytest.approx(1.0)
+    assert recorder.logged[-2] == (13, {"loss/validation/step_current": 0.5})
+    assert recorder.logged[-1][1]["loss/cluster_00"] == pytest.approx(1.0)  # the validation loss did not enter
 
 
 def train_some(kohya, args, opt, model, steps, gen):
@@ -107,13 +135,13 @@ def test_save_state_and_resume_equal_an_uninterrupted_run(kohya, parse, tmp_path
     accelerator, args, model, opt = fresh()
     train_some(kohya, args, opt, model, 8, torch.Generator().manual_seed(1))
     straight = [p.detach().clone() for p in model.parameters()]
-    straight_logs = adapter.active_run().monitor.state_dict()
+    straight_monitor = adapter.active_run().monitor.state_dict()
     adapter.deactivate()
 
     accelerator, args, model, opt = fresh()
     gen = torch.Generator().manual_seed(1)
     train_some(kohya, args, opt, model, 3, gen)
-    adapter.active_run().monitor.update(0, 1.0)  # the monitor's history travels with the state too
+    saved_monitor = adapter.active_run().monitor.state_dict()  # 3 recorded losses, travelling with the state
     accelerator.save_state(str(tmp_path / "state"))  # what kohya's --save_state calls
     gen_state = gen.get_state()
     adapter.deactivate()
@@ -121,8 +149,10 @@ def test_save_state_and_resume_equal_an_uninterrupted_run(kohya, parse, tmp_path
     accelerator, args, model, opt = fresh()
     accelerator.load_state(str(tmp_path / "state"))  # what kohya's --resume calls (weights_only loads)
     assert opt.optimizer.schedule.step == 3 and sum(opt.optimizer.bank_steps) == 3
-    assert adapter.active_run().monitor.step == 1
+    assert repr(adapter.active_run().monitor.state_dict()) == repr(saved_monitor)  # repr: NaN == NaN
     gen.set_state(gen_state)
     train_some(kohya, args, opt, model, 5, gen)
     assert all(torch.equal(a, b) for a, b in zip(straight, model.parameters()))
-    assert straight_logs["step"] == 0
+    resumed_monitor = adapter.active_run().monitor.state_dict()
+    assert resumed_monitor["step"] == straight_monitor["step"] == 8
+    assert resumed_monitor["ema"] == pytest.approx(straight_monitor["ema"], nan_ok=True)

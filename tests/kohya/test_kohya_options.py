@@ -126,3 +126,19 @@ def test_doctor_reports_the_checkout(kohya, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "48d368f" in out.stdout and "library.train_util.get_optimizer: ok" in out.stdout
     assert "short names (.pth hook): active" in out.stdout
+
+
+@pytest.mark.parametrize("script, toml", [("sdxl_train_network", "sdxl_lora_loli.toml"), ("flux_train_network", "flux_lora_loli.toml")])
+def test_example_toml_configs_build_the_optimizer(kohya, script, toml, monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "kohya" / toml
+    parser = importlib.import_module(script).setup_parser()
+    monkeypatch.setattr(sys, "argv", [script, "--config_file", str(example)])  # read_config_from_file re-parses argv
+    args = parser.parse_args()
+    args = kohya.train_util.read_config_from_file(args, parser)
+    assert args.optimizer_type == "LoliClustered" and args.loss_type == "loli"
+    name, _, opt = kohya.train_util.get_optimizer(args, params())
+    assert isinstance(opt, LoliClustered) and opt.inner_name == "AdamW8bit" and opt.clusters == 10
+    assert adapter.active_run().loss_weights == {"mse": 0.4, "l1": 0.4, "cos": 0.2}
