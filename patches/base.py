@@ -34,7 +34,7 @@ class PatchTarget:
     """One function to wrap: ``module.attr``, expected to take exactly ``params`` (names, in order)."""
 
     module: str
-    attr: str
+    attr: str  # a module attribute ("create_optimizer") or a class attribute ("ModelSetupNoiseMixin._get_timestep")
     params: Sequence[str]
     wrapper: Callable  # wrapt-style wrapper(wrapped, instance, args, kwargs)
     why: str = ""  # what the wrapper changes, for `loli-plugin doctor`
@@ -43,13 +43,24 @@ class PatchTarget:
     def name(self) -> str:
         return f"{self.module}.{self.attr}"
 
+    def owner(self, mod):
+        """The object holding the attribute (the module, or a class inside it) and the attribute's name."""
+        *path, leaf = self.attr.split(".")
+        owner = mod
+        for part in path:
+            owner = getattr(owner, part, None)
+            if owner is None:
+                return None, leaf
+        return owner, leaf
+
     def problem(self) -> str | None:
         """None if the target exists with the expected signature, else a one-line reason."""
         try:
             mod = importlib.import_module(self.module)
         except Exception as exc:  # ImportError, or the trainer's own import-time errors
             return f"{self.name}: module {self.module} cannot be imported ({type(exc).__name__}: {exc})"
-        fn = getattr(mod, self.attr, None)
+        owner, leaf = self.owner(mod)
+        fn = None if owner is None else owner.__dict__.get(leaf) if isinstance(owner, type) else getattr(owner, leaf, None)
         if fn is None:
             return f"{self.name}: not found"
         fn = getattr(fn, "__wrapped__", fn) if isinstance(fn, wrapt.ObjectProxy) else fn
@@ -94,12 +105,14 @@ class Instrumentor:
             return
         self.check()
         for t in self.targets:
-            mod = importlib.import_module(t.module)
-            self._originals[t.name] = (mod, getattr(mod, t.attr))
-            setattr(mod, t.attr, wrapt.FunctionWrapper(getattr(mod, t.attr), t.wrapper))
+            owner, leaf = t.owner(importlib.import_module(t.module))
+            # a class's own __dict__ entry (not an inherited one), so uninstrument restores exactly it
+            original = owner.__dict__[leaf] if isinstance(owner, type) else getattr(owner, leaf)
+            self._originals[t.name] = (owner, leaf, original)
+            setattr(owner, leaf, wrapt.FunctionWrapper(original, t.wrapper))
 
     def uninstrument(self) -> None:
         """Put the original functions back."""
-        for name, (mod, original) in self._originals.items():
-            setattr(mod, name.rsplit(".", 1)[1], original)
+        for owner, leaf, original in self._originals.values():
+            setattr(owner, leaf, original)
         self._originals.clear()

@@ -150,3 +150,21 @@ def test_stratified_torch_replaces_only_the_first_draw():
     assert proxy.float32 is torch.float32  # everything else is torch's
     with pytest.raises(LoliUnsupportedTrainerError, match="one value per sample"):
         kp.StratifiedTorch(torch, k=0, clusters=2, batch=4, where="test").rand(3)
+
+
+def test_instrumentor_wraps_a_class_method_for_every_subclass(tmp_path, monkeypatch):
+    (tmp_path / "fake_mixin_mod.py").write_text(
+        "class Mixin:\n    def draw(self, n):\n        return n\n\nclass Model(Mixin):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fake_mixin_mod as m
+
+    inst = Instrumentor("fake", "fake 1.x", [PatchTarget("fake_mixin_mod", "Mixin.draw", ["self", "n"],
+                                                         lambda wrapped, instance, args, kwargs: (instance, wrapped(*args)))])
+    inst.instrument()
+    model = m.Model()
+    assert model.draw(3) == (model, 3)  # bound through the descriptor, on a subclass instance
+    inst.uninstrument()
+    assert model.draw(3) == 3 and "draw" not in m.Model.__dict__
+    missing = PatchTarget("fake_mixin_mod", "NoClass.draw", ["self"], None)
+    assert missing.problem() == "fake_mixin_mod.NoClass.draw: not found"
