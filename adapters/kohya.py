@@ -21,13 +21,11 @@ import argparse
 import contextlib
 import logging
 import sys
-import weakref
-
-import torch
 from dataclasses import dataclass, field
 
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
+from .run import LoliRun
 
 log = logging.getLogger("loli_plugin.kohya")
 
@@ -37,41 +35,11 @@ _BUILDING: list = []  # args of the get_optimizer call in progress (innermost la
 
 
 @dataclass
-class KohyaRun:
-    """What the patches need during one training run."""
+class KohyaRun(LoliRun):
+    """What the patches need during one sd-scripts training run."""
 
-    args: argparse.Namespace | None = field(repr=False)
-    clusters: int = 1
+    args: argparse.Namespace | None = field(default=None, repr=False)
     loss_weights: dict | None = None
-    stratify: bool = False
-    optimizer_ref: object = field(default=None, repr=False)
-    monitor: object = field(default=None, repr=False)
-    drawn_cluster: int | None = None
-
-    @property
-    def optimizer(self):
-        return self.optimizer_ref() if self.optimizer_ref is not None else None
-
-    def take_cluster(self) -> int:
-        """The cluster of the optimizer step being accumulated, for a training draw.
-
-        The loss of the same micro-batch (next ``conditional_loss`` call) is recorded under it.
-        """
-        opt = self.optimizer
-        if opt is None:
-            raise LoliConfigError("the LoliClustered optimizer of this run is gone; timesteps cannot follow its clusters")
-        self.drawn_cluster = opt.current_cluster
-        return self.drawn_cluster
-
-    def untracked_draw(self) -> None:
-        """A draw handed to kohya (validation): its loss must not enter the per-cluster history."""
-        self.drawn_cluster = None
-
-    def record_loss(self, loss) -> None:
-        """Record a training micro-batch's raw loss (before masks and SNR weights) under its cluster."""
-        if self.monitor is not None and self.drawn_cluster is not None and torch.is_grad_enabled():
-            self.monitor.update(self.drawn_cluster, loss.detach().float().mean())
-        self.drawn_cluster = None
 
 
 def active_run() -> KohyaRun | None:
@@ -163,14 +131,10 @@ def activate(args, optimizer=None) -> KohyaRun:
     weights = None
     if args is not None and getattr(args, "loss_type", None) == "loli":
         weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
-    run = KohyaRun(args=args, loss_weights=weights)
     if optimizer is not None:
-        from ..monitor import ClusterLossMonitor
-
-        run.clusters, run.stratify = optimizer.clusters, True
-        run.optimizer_ref = weakref.ref(optimizer)
-        run.monitor = ClusterLossMonitor(optimizer.clusters)
-        _attach_monitor_state(optimizer, run.monitor)
+        run = KohyaRun.for_optimizer(optimizer, args=args, loss_weights=weights)
+    else:
+        run = KohyaRun(args=args, loss_weights=weights)
     patches.TRAINING.instrument()
     _RUN = run
     if run.stratify:
@@ -208,24 +172,6 @@ def _instrument_when_imported(module: str, inst) -> None:
             inst.instrument()
 
     wrapt.register_post_import_hook(hook, module)
-
-
-def _attach_monitor_state(optimizer, monitor) -> None:
-    """Carry the loss monitor inside the optimizer's state_dict (kohya's --save_state / --resume save and
-    load it through accelerate together with the cluster banks)."""
-
-    def save(opt, state_dict):
-        state_dict["loli_monitor"] = monitor.state_dict()
-        return state_dict
-
-    def load(opt, state_dict):
-        saved = state_dict.pop("loli_monitor", None)
-        if saved is not None and saved.get("clusters") == monitor.clusters:
-            monitor.load_state_dict(saved)
-        return state_dict
-
-    optimizer.register_state_dict_post_hook(save)
-    optimizer.register_load_state_dict_pre_hook(load)
 
 
 def _hook_logs(accelerator, run: KohyaRun) -> None:

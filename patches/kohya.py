@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import ast
 import copy
-import math
-
 import torch
 
 from ..errors import LoliConfigError
-from ..sampling import cluster_uniform
 from .base import Instrumentor, LoliUnsupportedTrainerError, PatchTarget
+from .draws import StratifiedTorch
 
 SUPPORTED = "kohya-ss/sd-scripts v0.10.0 or newer (tested at commit 48d368f, v0.10.1-5)"
 
@@ -168,70 +166,6 @@ TRAINING = Instrumentor(
 
 
 # --------------------------------------------------------------------------- flow-matching families
-class StratifiedTorch:
-    """Stands in for a sampler module's ``torch`` global during one call of its sampler.
-
-    The SD3, Flux (also Chroma, Anima, HunyuanImage) and Lumina samplers draw their timesteps inline
-    with ``torch.rand``/``torch.randn``/``torch.normal`` and then apply kohya's own transform
-    (sigmoid, shift, flux time shift, mode, table lookup). Replacing only that first draw with the
-    same distribution's k-th quantile slice keeps every transform kohya's: the cluster is a slice of
-    kohya's own distribution, whatever the options. Later draws (ip_noise_gamma's randn_like/rand)
-    go to the real torch. Everything else is delegated attribute by attribute.
-    """
-
-    def __init__(self, real, k: int, clusters: int, batch: int, where: str):
-        self._real, self._k, self._clusters, self._batch, self._where = real, k, clusters, batch, where
-        self.drawn = False
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def _uniform(self, size, kwargs, dtype):
-        if self.drawn:
-            return None
-        n = math.prod(size) if size else 1
-        if n != self._batch:
-            raise LoliUnsupportedTrainerError(
-                f"{self._where}: expected the timestep draw to have one value per sample ({self._batch}), "
-                f"got size {tuple(size)}. Supported: {SUPPORTED}"
-            )
-        self.drawn = True
-        u = cluster_uniform(n, self._k, self._clusters, generator=kwargs.get("generator"), dtype=dtype)
-        return u.reshape(tuple(size))
-
-    @staticmethod
-    def _size(args, kwargs):
-        if "size" in kwargs:
-            size = kwargs["size"]
-        elif len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)):
-            size = args[0]
-        else:
-            size = args
-        return tuple(int(s) for s in (size if isinstance(size, (tuple, list, torch.Size)) else (size,)))
-
-    def _finish(self, t, kwargs):
-        return t.to(device=kwargs.get("device"), dtype=kwargs.get("dtype") or torch.get_default_dtype())
-
-    def rand(self, *args, **kwargs):
-        dtype = kwargs.get("dtype") or torch.get_default_dtype()
-        u = self._uniform(self._size(args, kwargs), kwargs, dtype)
-        return self._real.rand(*args, **kwargs) if u is None else u.to(kwargs.get("device"))
-
-    def randn(self, *args, **kwargs):
-        u = self._uniform(self._size(args, kwargs), kwargs, torch.float64)
-        return self._real.randn(*args, **kwargs) if u is None else self._finish(torch.special.ndtri(u), kwargs)
-
-    def normal(self, *args, **kwargs):
-        names = ("mean", "std", "size")
-        bound = dict(zip(names, args), **kwargs)
-        if self.drawn or "size" not in bound or isinstance(bound.get("mean"), torch.Tensor) or isinstance(bound.get("std"), torch.Tensor):
-            if not self.drawn:
-                raise LoliUnsupportedTrainerError(f"{self._where}: unexpected torch.normal form. Supported: {SUPPORTED}")
-            return self._real.normal(*args, **kwargs)
-        u = self._uniform(self._size((), bound), bound, torch.float64)
-        return self._finish(float(bound["mean"]) + float(bound["std"]) * torch.special.ndtri(u), bound)
-
-
 def _flow_reflect(family: str, run_args) -> bool:
     """True when kohya's transform from the raw draw to the timestep is decreasing for these options,
     so cluster k is drawn from the mirrored slice and cluster 0 always holds the lowest timesteps.
@@ -267,7 +201,7 @@ def _flow_sampler(family: str, module_name: str, params):
         k = run.take_cluster()
         if _flow_reflect(family, run_args):
             k = run.clusters - 1 - k
-        proxy = StratifiedTorch(module.torch, k, run.clusters, latents.shape[0], f"{module_name}.get_noisy_model_input_and_timesteps")
+        proxy = StratifiedTorch(module.torch, k, run.clusters, latents.shape[0], f"{module_name}.get_noisy_model_input_and_timesteps", SUPPORTED)
         real = module.torch
         module.torch = proxy
         module._loli_clamp_density = True

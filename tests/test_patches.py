@@ -168,3 +168,11 @@ def test_instrumentor_wraps_a_class_method_for_every_subclass(tmp_path, monkeypa
     assert model.draw(3) == 3 and "draw" not in m.Model.__dict__
     missing = PatchTarget("fake_mixin_mod", "NoClass.draw", ["self"], None)
     assert missing.problem() == "fake_mixin_mod.NoClass.draw: not found"
+
+
+def test_onetrainer_watch_lists_agree():
+    import _loli_plugin_autoload
+
+    from loli_plugin.adapters import onetrainer
+
+    assert _loli_plugin_autoload.ONETRAINER_MODULES == onetrainer.WATCHED

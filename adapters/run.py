@@ -1,0 +1,73 @@
+"""State shared by the trainer adapters for one training run: which optimizer drives the clusters,
+which cluster the last training draw came from, and the per-cluster loss monitor."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LoliConfigError
+
+
+@dataclass
+class LoliRun:
+    clusters: int = 1
+    stratify: bool = False
+    optimizer_ref: object = field(default=None, repr=False)
+    monitor: object = field(default=None, repr=False)
+    drawn_cluster: int | None = None
+
+    @classmethod
+    def for_optimizer(cls, optimizer, **kwargs) -> "LoliRun":
+        """A run whose timesteps follow ``optimizer``'s clusters, with a loss monitor carried in its state."""
+        from ..monitor import ClusterLossMonitor
+
+        run = cls(clusters=optimizer.clusters, stratify=True, optimizer_ref=weakref.ref(optimizer), **kwargs)
+        run.monitor = ClusterLossMonitor(optimizer.clusters)
+        attach_monitor_state(optimizer, run.monitor)
+        return run
+
+    @property
+    def optimizer(self):
+        return self.optimizer_ref() if self.optimizer_ref is not None else None
+
+    def take_cluster(self) -> int:
+        """The cluster of the optimizer step being accumulated, for a training draw.
+
+        The loss of the same micro-batch (the next recorded loss) is filed under it.
+        """
+        opt = self.optimizer
+        if opt is None:
+            raise LoliConfigError("the LoliClustered optimizer of this run is gone; timesteps cannot follow its clusters")
+        self.drawn_cluster = opt.current_cluster
+        return self.drawn_cluster
+
+    def untracked_draw(self) -> None:
+        """A draw handed to the trainer (validation): its loss must not enter the per-cluster history."""
+        self.drawn_cluster = None
+
+    def record_loss(self, loss) -> None:
+        """Record a training micro-batch's loss under its cluster (no device sync: the monitor keeps the tensor)."""
+        if self.monitor is not None and self.drawn_cluster is not None and torch.is_grad_enabled():
+            self.monitor.update(self.drawn_cluster, loss.detach().float().mean())
+        self.drawn_cluster = None
+
+
+def attach_monitor_state(optimizer, monitor) -> None:
+    """Carry the loss monitor inside the optimizer's state_dict (the trainers' save/resume of the optimizer
+    state then carries the per-cluster history together with the cluster banks)."""
+
+    def save(opt, state_dict):
+        state_dict["loli_monitor"] = monitor.state_dict()
+        return state_dict
+
+    def load(opt, state_dict):
+        saved = state_dict.pop("loli_monitor", None)
+        if saved is not None and saved.get("clusters") == monitor.clusters:
+            monitor.load_state_dict(saved)
+        return state_dict
+
+    optimizer.register_state_dict_post_hook(save)
+    optimizer.register_load_state_dict_pre_hook(load)

@@ -1,0 +1,89 @@
+"""Fixtures for the tests that run the real Nerogar/OneTrainer.
+
+OneTrainer and its data loader mgds are not on PyPI and their code is never committed here. The
+tests find exports of them at ``$LOLI_ONETRAINER_DIR`` / ``$LOLI_MGDS_DIR`` or, by default,
+``~/.cache/loli-plugin/trainers/OneTrainer`` and ``.../mgds``, and run in a venv with OneTrainer's
+pins and loli-plugin installed from a wheel (``bash .ci/run`` builds it with
+``.ci/onetrainer-env.sh``). Without them every test here is skipped with the reason and the commands.
+OneTrainer loads modules and resources by paths relative to its root, so the tests run from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TRAINERS = Path("~/.cache/loli-plugin/trainers").expanduser()
+OT_DIR = Path(os.environ.get("LOLI_ONETRAINER_DIR") or TRAINERS / "OneTrainer")
+MGDS_DIR = Path(os.environ.get("LOLI_MGDS_DIR") or OT_DIR.parent / "mgds")
+HOW_TO = (
+    "to run the real-OneTrainer tests: fetch github:Nerogar/OneTrainer and github:Nerogar/mgds, export them at the "
+    f"pinned commits with `../shared/tools/export-trainer MIRROR {TRAINERS}/OneTrainer` (and .../mgds), or set "
+    "LOLI_ONETRAINER_DIR / LOLI_MGDS_DIR, then `bash .ci/run`, which builds .venv-onetrainer-ci "
+    "(OneTrainer's pins + loli-plugin from a wheel) and runs these tests in it"
+)
+
+
+def _skip_reason() -> str | None:
+    if not (OT_DIR / "modules" / "util" / "create.py").is_file():
+        return f"OneTrainer not found at {OT_DIR}; {HOW_TO}"
+    if not (MGDS_DIR / "src" / "mgds").is_dir():
+        return f"mgds not found at {MGDS_DIR}; {HOW_TO}"
+    for name in ("transformers", "diffusers", "customtkinter", "PySide6"):
+        if importlib.util.find_spec(name) is None:
+            return f"OneTrainer's requirements are not installed in this venv (no {name}); {HOW_TO}"
+    try:
+        import _loli_plugin_autoload
+    except ImportError:
+        return f"loli-plugin's startup hook is not installed in this venv; {HOW_TO}"
+    if not _loli_plugin_autoload.INSTALLED:
+        return f"loli_plugin.pth did not run (LOLI_PLUGIN_DISABLE set, or an editable install); {HOW_TO}"
+    return None
+
+
+SKIP = _skip_reason()
+
+
+def pytest_collection_modifyitems(config, items):
+    if SKIP is None:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.skip(reason=SKIP))
+
+
+@pytest.fixture(scope="session")
+def ot():
+    """OneTrainer's modules, imported from its root (as its scripts do)."""
+    for path in (str(MGDS_DIR / "src"), str(OT_DIR)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    os.chdir(OT_DIR)
+    from modules.util import create, optimizer_util
+    from modules.util.config import TrainConfig as train_config_module
+    from modules.util.enum.Optimizer import Optimizer
+
+    import loli_plugin.patches.onetrainer as patches
+
+    assert "LOLI_CLUSTERED" in Optimizer.__members__, "the post-import hook did not register LOLI_CLUSTERED"
+    assert patches.TRAINING.instrumented
+
+    class OT:
+        pass
+
+    o = OT()
+    o.dir, o.mgds_dir, o.create, o.optimizer_util, o.Optimizer, o.patches = OT_DIR, MGDS_DIR, create, optimizer_util, Optimizer, patches
+    o.TrainConfig = train_config_module.TrainConfig
+    return o
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run():
+    yield
+    if "loli_plugin.adapters.onetrainer" in sys.modules:
+        sys.modules["loli_plugin.adapters.onetrainer"].deactivate()
