@@ -25,6 +25,20 @@ import wrapt
 from ..errors import LoliError
 
 
+def bind_arguments(wrapped, args, kwargs) -> dict:
+    """The call's arguments by parameter name (``self`` included when a method is called through its
+    class), whichever mix of positional and keyword arguments the trainer used."""
+    sig = _SIGNATURES.get(wrapped)
+    if sig is None:
+        sig = _SIGNATURES[wrapped] = inspect.signature(wrapped)
+    bound = sig.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+_SIGNATURES: dict = {}
+
+
 class LoliUnsupportedTrainerError(LoliError, RuntimeError):
     """The installed trainer does not have the functions, with the signatures, the plugin patches."""
 

@@ -8,13 +8,12 @@ imported. Every wrapper passes through unless the run uses a Loli option.
 
 from __future__ import annotations
 
-import copy
-import enum
 import sys
 
 import torch
 
-from .base import Instrumentor, LoliUnsupportedTrainerError, PatchTarget
+from ..errors import LoliConfigError
+from .base import Instrumentor, LoliUnsupportedTrainerError, PatchTarget, bind_arguments
 from .draws import StratifiedTorch
 
 SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one with the same functions"
@@ -104,7 +103,7 @@ def create_optimizer(wrapped, instance, args, kwargs):
     keeps working), LoliClustered wraps it, and the backup state is loaded into the wrapper."""
     from ..adapters import onetrainer
 
-    bound = dict(zip(("parameter_group_collection", "state_dict", "config", "layer_key_fn"), args), **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
     config = bound["config"]
     if str(config.optimizer.optimizer) != MEMBER:
         return wrapped(*args, **kwargs)
@@ -132,7 +131,8 @@ def get_timestep_discrete(wrapped, instance, args, kwargs):
     multinomial over the pmf, or Beta) becomes a draw from the optimizer's cluster; OneTrainer's own
     transform and shift run unchanged, with OneTrainer's generator. Deterministic (validation) calls and
     the UI's distribution preview (TimestepGenerator) are handed over untouched."""
-    bound = dict(zip(("num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"), args), **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
+    instance = bound.get("self", instance)
     run = _run()
     if run is None or not run.stratify or bound["deterministic"] or type(instance).__name__ == "TimestepGenerator":
         if run is not None and bound.get("deterministic"):
@@ -142,12 +142,17 @@ def get_timestep_discrete(wrapped, instance, args, kwargs):
     n = int(bound["num_train_timesteps"])
     admissible = int(n * config.max_noising_strength) - int(n * config.min_noising_strength)
     if run.clusters > admissible:
-        from ..errors import LoliConfigError
-
         raise LoliConfigError(
             f"Timestep Clusters ({run.clusters}) is larger than the {admissible} timesteps allowed by the min/max "
             "noising strength; lower the cluster count or widen the noising strength range"
         )
+    if str(config.timestep_distribution) == "HEAVY_TAIL":
+        from ..sampling import ModeScale
+
+        try:  # the heavy-tail map folds over itself outside this range: no quantile slices exist
+            ModeScale(config.noising_weight)
+        except LoliConfigError as exc:
+            raise LoliConfigError(f"Noising Weight with the HEAVY_TAIL timestep distribution: {exc}") from None
     k = run.take_cluster()
     if _reflect(config):
         k = run.clusters - 1 - k
@@ -179,7 +184,8 @@ def unmasked_losses(wrapped, instance, args, kwargs):
     """ModelSetupDiffusionLossMixin.__unmasked_losses(self, batch, data, config) -> per-sample (B,) losses
     (or int 0): add ``cos_strength * (1 - cos(pred, target))`` averaged like the other terms."""
     losses = wrapped(*args, **kwargs)
-    batch, data, config = (dict(zip(("batch", "data", "config"), args), **kwargs)[k] for k in ("batch", "data", "config"))
+    bound = bind_arguments(wrapped, args, kwargs)
+    batch, data, config = bound["batch"], bound["data"], bound["config"]
     strength = getattr(config, "cos_strength", 0.0) or 0.0
     if strength == 0:
         return losses
@@ -194,7 +200,8 @@ def masked_losses(wrapped, instance, args, kwargs):
     """ModelSetupDiffusionLossMixin.__masked_losses(self, batch, data, config): the cosine term goes through
     OneTrainer's own ``masked_losses_with_prior`` (mask weight, area normalisation, prior preservation)."""
     losses = wrapped(*args, **kwargs)
-    batch, data, config = (dict(zip(("batch", "data", "config"), args), **kwargs)[k] for k in ("batch", "data", "config"))
+    bound = bind_arguments(wrapped, args, kwargs)
+    batch, data, config = bound["batch"], bound["data"], bound["config"]
     strength = getattr(config, "cos_strength", 0.0) or 0.0
     if strength == 0:
         return losses
@@ -228,7 +235,7 @@ def report_to_tensorboard(wrapped, instance, args, kwargs):
     tensorboard)``: called on the master rank once per optimizer update; add the per-cluster scalars."""
     result = wrapped(*args, **kwargs)
     run = _run()
-    bound = dict(zip(("model", "config", "scheduler", "tensorboard"), args), **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
     if run is not None and run.monitor is not None:
         step = bound["model"].train_progress.global_step
         for tag, value in run.monitor.logs().items():

@@ -15,7 +15,7 @@ component module), so one patch covers both. Older layouts lack these targets an
 
 from __future__ import annotations
 
-from .base import Instrumentor, PatchTarget
+from .base import Instrumentor, PatchTarget, bind_arguments
 from .onetrainer import FIELD_DETAILS, MEMBER, OPTIMIZER_FIELDS, SUPPORTED
 
 SCHEDULES = ["shuffle", "random", "round_robin"]
@@ -23,8 +23,8 @@ COSINE_ROW = 9  # rows 0-8 of the loss frame are OneTrainer's (MSE ... Loss Scal
 
 
 def build_dynamic_content(wrapped, instance, args, kwargs):
-    names = ("master", "controller", "optimizer_ui_state", "update_user_pref_cb", "open_muon_adam_cb")
-    bound = dict(zip(names, args), **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
+    instance = bound.get("self", instance)
     controller = bound["controller"]
     if str(controller.config.optimizer.optimizer) != MEMBER:
         return wrapped(*args, **kwargs)
@@ -67,8 +67,8 @@ def build_dynamic_content(wrapped, instance, args, kwargs):
 
 
 def create_loss_frame(wrapped, instance, args, kwargs):
-    names = ("master", "row", "controller", "ui_state", "supports_vb_loss")
-    bound = dict(zip(names, args), **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
+    instance = bound.get("self", instance)
     components = instance.components
     frames = []
     original_section_frame = components.section_frame

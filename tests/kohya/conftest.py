@@ -3,7 +3,7 @@
 sd-scripts is not on PyPI and its code is never committed here. The tests find an export of it at
 ``$LOLI_KOHYA_DIR`` or, by default, ``~/.cache/loli-plugin/trainers/sd-scripts``, and need to run in
 a venv that has sd-scripts' own requirements and loli-plugin installed from a wheel (so the
-``.pth`` hook is the real one). ``bash .ci/run`` builds it (``.ci/kohya-env.sh``) and runs them;
+``.pth`` hook is the real one). ``bash .ci/run`` builds it (``.ci/trainer-env.sh``) and runs them;
 without them every test here is skipped with the reason and the commands.
 """
 

@@ -4,7 +4,7 @@ OneTrainer and its data loader mgds are not on PyPI and their code is never comm
 tests find exports of them at ``$LOLI_ONETRAINER_DIR`` / ``$LOLI_MGDS_DIR`` or, by default,
 ``~/.cache/loli-plugin/trainers/OneTrainer`` and ``.../mgds``, and run in a venv with OneTrainer's
 pins and loli-plugin installed from a wheel (``bash .ci/run`` builds it with
-``.ci/onetrainer-env.sh``). Without them every test here is skipped with the reason and the commands.
+``.ci/trainer-env.sh``). Without them every test here is skipped with the reason and the commands.
 OneTrainer loads modules and resources by paths relative to its root, so the tests run from there.
 """
 
