@@ -118,6 +118,13 @@ def build_optimizer(create_optimizer, bound: dict):
             "turn off 'Fused Back Pass' in the optimizer window"
         )
     clusters = check_clusters(getattr(oc, "loli_clusters", 10), option="Timestep Clusters (optimizer.loli_clusters)")
+    import _loli_plugin_autoload
+
+    if getattr(config, "multi_gpu", False) and getattr(_loli_plugin_autoload, "VIA_LAUNCHER", False):
+        raise LoliConfigError(
+            "Multi-GPU training with LOLI_CLUSTERED needs loli-plugin's start-up hook in every spawned rank: install "
+            "loli-plugin with pip (not editable) so loli_plugin.pth runs, instead of the python -m loli_plugin.onetrainer launcher"
+        )
 
     inner_optimizer_config = copy.copy(oc)
     inner_optimizer_config.optimizer = inner_member

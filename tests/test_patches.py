@@ -86,7 +86,8 @@ def test_other_library_packages_are_left_alone(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
 
 
-def test_launcher_runs_the_script_as_main(fake_kohya):
+@pytest.mark.parametrize("launcher", ["loli_plugin.kohya", "loli_plugin.onetrainer"])
+def test_launcher_runs_the_script_as_main(fake_kohya, launcher):
     script = fake_kohya / "train_fake.py"
     script.write_text(textwrap.dedent("""
         import argparse, sys
@@ -95,10 +96,10 @@ def test_launcher_runs_the_script_as_main(fake_kohya):
             p = argparse.ArgumentParser(); train_util.add_training_arguments(p, True)
             print(p.parse_args(sys.argv[1:]).loss_type)
     """))
-    out = run_python(None, fake_kohya, {"LOLI_PLUGIN_DISABLE": "1"}, args=["-m", "loli_plugin.kohya", str(script), "--loss_type", "loli"])
+    out = run_python(None, fake_kohya, {"LOLI_PLUGIN_DISABLE": "1"}, args=["-m", launcher, str(script), "--loss_type", "loli"])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "loli"
-    bad = run_python(None, fake_kohya, args=["-m", "loli_plugin.kohya", "no_such_script.py"])
+    bad = run_python(None, fake_kohya, args=["-m", launcher, "no_such_script.py"])
     assert bad.returncode != 0 and "no such script" in bad.stderr
 
 
