@@ -45,7 +45,20 @@ def build_dynamic_content(wrapped, instance, args, kwargs):
     components, master, ui_state = instance.components, bound["master"], bound["optimizer_ui_state"]
     update = bound["update_user_pref_cb"]
 
-    def inner_changed(*_):
+    def inner_changed(value=None, *_):
+        # like OneTrainer's own optimizer switch (optimizer_util.change_optimizer): the new inner's rows start
+        # from its OPTIMIZER_DEFAULT_PARAMETERS, not from the previous inner's values (or blanks)
+        name = str(value if value is not None else controller.config.optimizer.loli_inner)
+        if name in Optimizer.__members__ and name != MEMBER:
+            from modules.util.config.TrainConfig import TrainOptimizerConfig
+
+            fresh = TrainOptimizerConfig.default_values()
+            fresh.from_dict(table[Optimizer[name]])
+            fresh.optimizer = member
+            for key in own:
+                setattr(fresh, key, getattr(controller.config.optimizer, key))
+            fresh.loli_inner = name
+            ui_state.update(fresh)
         if update is not None:
             update()
         rebuild = getattr(instance, "_rebuild_dynamic_ui", None)

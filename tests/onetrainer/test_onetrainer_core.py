@@ -196,3 +196,27 @@ def test_backup_from_another_optimizer_starts_fresh_and_other_k_is_refused(ot, t
     saved = backup(ot, opt, coll, cfg4, tmp_path / "b")
     with pytest.raises(Exception, match="clusters"):
         ot.create.create_optimizer(collection(ot), saved, make_config(ot, clusters=6))
+
+
+def test_a_spawned_rank_rebuilds_the_same_config(ot, tmp_path):
+    """OneTrainer's MultiTrainer spawns fresh interpreters that rebuild the config from
+    ``to_pack_dict``: the .pth hook must register LOLI_CLUSTERED there too, or that rank would
+    silently train with ADAMW ("Could not set optimizer")."""
+    import subprocess
+    import sys
+
+    cfg = make_config(ot, inner="LION", clusters=6)
+    cfg.cos_strength = 0.2
+    cfg.concepts, cfg.samples = [], []
+    packed = tmp_path / "packed.json"
+    packed.write_text(json.dumps(cfg.to_pack_dict(secrets=False)))
+    code = (
+        "import json, sys; from modules.util.config.TrainConfig import TrainConfig; "
+        f"c = TrainConfig.default_values().from_dict(json.load(open({str(packed)!r}))); "
+        "print(c.optimizer.optimizer, c.optimizer.loli_inner, c.optimizer.loli_clusters, c.cos_strength)"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": f"{ot.dir}:{ot.mgds_dir / 'src'}"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ot.dir, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Could not set" not in out.stdout
+    assert out.stdout.split()[-4:] == ["LOLI_CLUSTERED", "LION", "6", "0.2"]
