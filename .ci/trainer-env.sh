@@ -43,5 +43,13 @@ wheel_dir=$(mktemp -d)
 "$tvenv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel_dir"/*.whl
 "$tvenv/bin/pip" install -q --disable-pip-version-check "pluggy>=1.3" "wrapt>=1.14"
 rm -rf "$wheel_dir"
+if [[ $TRAINER == onetrainer ]] && ! command -v Xvfb >/dev/null; then
+  # the customtkinter window test needs a virtual X screen (the Qt one runs offscreen)
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "[loli] installing Debian's xvfb for the customtkinter UI test" >&2
+    apt-get install -y -q xvfb >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q xvfb >/dev/null 2>&1) \
+      || echo "[loli] could not install xvfb: the customtkinter UI test will skip" >&2
+  fi
+fi
 TRAINER_VENV=$tvenv
 TRAINER_TESTS=tests/$TRAINER
