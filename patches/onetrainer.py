@@ -53,6 +53,28 @@ def register_member(module) -> None:
     cls._member_names_.append(MEMBER)
     cls._member_map_[MEMBER] = member
     cls._value2member_map_[MEMBER] = member
+    _delegate_lr_report(cls)
+
+
+def _delegate_lr_report(cls) -> None:
+    """``Optimizer.maybe_adjust_lrs(self, lrs, optimizer)``: what BaseModelSetup.report_to_tensorboard writes
+    as ``lr/<group>``; for an adaptive member (PRODIGY, DADAPT_*) the effective ``lr * d`` of each param group.
+    LOLI_CLUSTERED is not adaptive itself but its inner may be: the call goes to the inner's member, which
+    reads the param groups LoliClustered shares with the inner (``d`` of the cluster that steps next)."""
+    original = cls.__dict__.get("maybe_adjust_lrs")
+    if not callable(original) or getattr(original, "_loli", False):  # absent in another OneTrainer: nothing to report
+        return
+
+    def maybe_adjust_lrs(self, lrs, optimizer):
+        if self._name_ == MEMBER:
+            inner = cls._member_map_.get(str(getattr(optimizer, "inner_name", "")))
+            if inner is not None and inner._name_ != MEMBER:
+                return original(inner, lrs, optimizer)
+        return original(self, lrs, optimizer)
+
+    maybe_adjust_lrs._loli = True
+    maybe_adjust_lrs.__wrapped__ = original
+    type.__setattr__(cls, "maybe_adjust_lrs", maybe_adjust_lrs)
 
 
 def register_default_parameters(module) -> None:

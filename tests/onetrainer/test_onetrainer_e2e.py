@@ -44,10 +44,12 @@ STARTED = f"loli-plugin: LOLI_CLUSTERED(inner=ADAMW, clusters={K}"
 def assets(tmp_path_factory):
     """The tiny SD 1.5 diffusers folder (cached per version of its writer: ~10 s to build) and four captioned images."""
     writer = HERE / "tiny_sd15.py"
+    version = hashlib.sha256(writer.read_bytes() + (HERE.parent / "kohya" / "sd1_assets.py").read_bytes()).hexdigest()[:8]
     cache = Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser()
-    model = cache / f"tiny-sd15-{hashlib.sha256(writer.read_bytes()).hexdigest()[:8]}" / "model"
+    model = cache / f"tiny-sd15-{version}" / "model"
     data = tmp_path_factory.mktemp("data") / "thing"
-    subprocess.run([sys.executable, str(writer), str(model), str(data)], check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(writer), str(model), str(data)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return model, data
 
 
@@ -235,3 +237,31 @@ def test_continue_from_last_backup_continues_the_schedule(first_run, resumed_run
         tag = f"loss/cluster_{k:02d}"
         if k != clusters[0] and tag in logs1:
             assert logs[tag][0][1] == pytest.approx(logs1[tag][-1][1], rel=1e-6), tag
+
+
+def test_lr_report_of_an_adaptive_inner_is_its_effective_lr(ot):
+    """OneTrainer writes ``lr/<group>`` through ``Optimizer.maybe_adjust_lrs``: ``lr * d`` for PRODIGY. For
+    LOLI_CLUSTERED(PRODIGY) it must be the same effective lr (the d of the cluster that steps next), not the
+    raw lr of 1.0."""
+    from modules.util.NamedParameterGroup import NamedParameterGroup, NamedParameterGroupCollection
+
+    def build(name, inner):
+        cfg = ot.TrainConfig.default_values()
+        cfg.optimizer.optimizer = ot.Optimizer[name]
+        cfg.optimizer.from_dict({"loli_inner": inner, "loli_clusters": 2, "fused": False, "foreach": False,
+                                 "stochastic_rounding": False})
+        cfg.learning_rate = 1.0
+        coll = NamedParameterGroupCollection()
+        coll.add_group(NamedParameterGroup("unet", [torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)))], 1.0))
+        opt = ot.create.create_optimizer(coll, None, cfg)
+        for s in range(3):
+            for p in opt.param_groups[0]["params"]:
+                p.grad = torch.sin(p.detach() * (s + 1))
+            opt.step()
+            opt.zero_grad()
+        return cfg.optimizer.optimizer.maybe_adjust_lrs({"unet": 1.0}, opt), opt
+
+    reported, opt = build("LOLI_CLUSTERED", "PRODIGY")
+    assert reported["unet"] == pytest.approx(opt.param_groups[0]["d"]) and reported["unet"] < 1e-3
+    # a non-adaptive inner reports the lr unchanged, as OneTrainer does for it
+    assert build("LOLI_CLUSTERED", "ADAMW")[0] == {"unet": 1.0}
