@@ -10,7 +10,7 @@ if [[ ! -x $venv/bin/python ]]; then
 fi
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
-if ! python -c "import loli_plugin, pytest, scipy" 2>/dev/null || [[ ${LOLI_REINSTALL:-0} == 1 ]]; then
+if ! python -c "import loli_plugin, pytest, scipy, sklearn, peft, matplotlib, tensorboard" 2>/dev/null || [[ ${LOLI_REINSTALL:-0} == 1 ]]; then
   echo "[loli] installing torch (CPU) and loli-plugin[test] into $venv" >&2
   python -m pip install -q --disable-pip-version-check --upgrade pip
   python -m pip install -q --disable-pip-version-check "torch==${LOLI_TORCH_VERSION:-2.13.0}"

@@ -17,7 +17,7 @@ case $TRAINER in
     tvenv=${LOLI_ONETRAINER_VENV:-$root/.venv-onetrainer-ci}; check="import transformers, customtkinter, PySide6, scipy, pytest"
     # OneTrainer's git-pinned diffusers/mgds/muon are not on PyPI: PyPI diffusers, mgds via its export;
     # its CUDA requirements pin bitsandbytes 0.49.1 (newer releases changed AdamW8bit's arguments)
-    extra=(diffusers "bitsandbytes==0.49.1") ;;
+    extra=("diffusers==0.39.0" "bitsandbytes==0.49.1") ;;
   *) echo "[loli] unknown TRAINER=$TRAINER" >&2; return 1 ;;
 esac
 if [[ ! -f $tdir/$marker ]]; then
@@ -29,13 +29,14 @@ if [[ ! -x $tvenv/bin/python ]] || ! (cd "$tdir" && "$tvenv/bin/python" -c "$che
   echo "[loli] building $tvenv for $TRAINER at $tdir (torch 2.14.1 from disk + the trainer's pins)" >&2
   python3 -m venv "$tvenv"
   "$tvenv/bin/pip" install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-  if [[ $TRAINER == kohya ]]; then
-    (cd "$tdir" && "$tvenv/bin/pip" install -q --disable-pip-version-check -r requirements.txt)
-  else
+  if [[ $TRAINER == onetrainer ]]; then
     grep -v "git+" "$tdir/requirements-global.txt" > "$tvenv/requirements-pypi.txt"
-    "$tvenv/bin/pip" install -q --disable-pip-version-check -r "$tvenv/requirements-pypi.txt"
   fi
-  "$tvenv/bin/pip" install -q --disable-pip-version-check pytest scipy hypothesis "${extra[@]}"
+  # one resolve for the trainer's pins and our extras, so an extra cannot upgrade a pinned dependency
+  # (a later, separate `pip install diffusers` pulled huggingface-hub 2.x past transformers 5.5.4's <2.0)
+  reqs=("-r" "$tdir/requirements.txt")
+  [[ $TRAINER == onetrainer ]] && reqs=("-r" "$tvenv/requirements-pypi.txt")
+  (cd "$tdir" && "$tvenv/bin/pip" install -q --disable-pip-version-check "${reqs[@]}" pytest scipy hypothesis "${extra[@]}")
 fi
 echo "[loli] installing loli-plugin into $tvenv from a wheel" >&2
 wheel_dir=$(mktemp -d)

@@ -55,7 +55,7 @@ def bench_optimizer(args) -> dict:
     p_ref = lora_like_params(args.params, rank=args.rank, device=device)
     p_ours = lora_like_params(args.params, rank=args.rank, device=device)
     ref = getattr(torch.optim, args.inner)(p_ref, **kwargs)
-    ours = LoliClustered(p_ours, inner=args.inner, clusters=args.clusters, **kwargs)
+    ours = LoliClustered(p_ours, inner=args.inner, clusters=args.clusters, offload=args.offload, **kwargs)
     grads = [torch.randn_like(p) * 1e-3 for p in p_ref]
     for p, q, g in zip(p_ref, p_ours, grads):
         p.grad, q.grad = g, g.clone()
@@ -89,16 +89,48 @@ def bench_optimizer(args) -> dict:
         "median_ratio": statistics.median(ratios),
         "state_mb_inner": state_bytes(ref) / 2**20,
         "state_mb_loli": state_bytes(ours) / 2**20,
+        "resident_banks": len(ours._offloader.resident & {k for k in range(args.clusters) if ours.bank_steps[k]})
+        if ours._offloader is not None else args.clusters,
     }
     print(f"# machine: {machine_line()}")
     print(f"# {n_params / 1e6:.1f}M parameters in {len(p_ref)} LoRA-shaped tensors (rank {args.rank}), device {device}")
-    print("| inner | K | steps | inner ms/step | LoliClustered ms/step | median ratio | state MB inner | state MB Loli |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| inner | K | offload | steps | inner ms/step | LoliClustered ms/step | median ratio | state MB inner | state MB Loli | banks on device |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {result['inner']} | {args.clusters} | {args.steps} | {result['median_step_ms_inner']:.2f} | "
-        f"{result['median_step_ms_loli']:.2f} | {result['median_ratio']:.3f} | {result['state_mb_inner']:.0f} | {result['state_mb_loli']:.0f} |"
+        f"| {result['inner']} | {args.clusters} | {args.offload or '-'} | {args.steps} | {result['median_step_ms_inner']:.2f} | "
+        f"{result['median_step_ms_loli']:.2f} | {result['median_ratio']:.3f} | {result['state_mb_inner']:.0f} | "
+        f"{result['state_mb_loli']:.0f} | {result['resident_banks']} |"
     )
     return result
+
+
+def bench_sampler(args) -> dict:
+    """Time a cluster draw (what the patched samplers do) against the plain draw, per batch size."""
+    from .sampling import CosMap, DiscreteUniform, LogitNormal, ModeScale, Shift
+
+    families = {"logit_normal": LogitNormal(), "sd3_shift": Shift(LogitNormal(), 3.0), "mode": ModeScale(1.29),
+                "cosmap": CosMap(), "sd_randint": DiscreteUniform(0, 1000)}
+    print(f"# machine: {machine_line()}")
+    print(f"# median of {args.calls} calls, interleaved; K={args.clusters}")
+    print("| family | batch | plain us/call | cluster us/call | ratio |")
+    print("|---|---|---|---|---|")
+    results = {}
+    g = torch.Generator().manual_seed(0)
+    for name, dist in families.items():
+        for batch in args.batch:
+            plain, ours = [], []
+            for i in range(args.calls):
+                t0 = time.perf_counter()
+                dist.sample(batch, generator=g)
+                t1 = time.perf_counter()
+                dist.sample_cluster(batch, i % args.clusters, args.clusters, generator=g)
+                t2 = time.perf_counter()
+                plain.append(t1 - t0)
+                ours.append(t2 - t1)
+            a, b = statistics.median(plain) * 1e6, statistics.median(ours) * 1e6
+            results[(name, batch)] = (a, b)
+            print(f"| {name} | {batch} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+    return results
 
 
 def add_parser(sub) -> None:
@@ -111,4 +143,10 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--offload", choices=["cpu"], default=None, help="park inactive banks in CPU memory")
     p.set_defaults(func=bench_optimizer)
+    s = sub.add_parser("sampler", help="time of a cluster draw vs the plain draw")
+    s.add_argument("--clusters", type=int, default=10)
+    s.add_argument("--calls", type=int, default=2000)
+    s.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
+    s.set_defaults(func=bench_sampler)

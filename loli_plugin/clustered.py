@@ -83,12 +83,14 @@ class LoliClustered(torch.optim.Optimizer):
         clusters: int = DEFAULT_CLUSTERS,
         schedule: str = "shuffle",
         seed: int = 0,
+        offload: str | None = None,
         **inner_kwargs: Any,
     ):
         clusters = check_clusters(clusters)
+        offloader = _make_offloader(offload, clusters)
         name, factory, implied = resolve_inner(inner)
         optimizer = factory(params, **{**implied, **inner_kwargs})
-        self._setup(optimizer, name, clusters, schedule, seed)
+        self._setup(optimizer, name, clusters, schedule, seed, offloader)
 
     @classmethod
     def wrap(
@@ -98,9 +100,11 @@ class LoliClustered(torch.optim.Optimizer):
         schedule: str = "shuffle",
         seed: int = 0,
         name: str | None = None,
+        offload: str | None = None,
     ) -> "LoliClustered":
         """Bank an optimizer a host already built (OneTrainer builds its inner optimizers itself)."""
         clusters = check_clusters(clusters)
+        offloader = _make_offloader(offload, clusters)
         name = name or type(optimizer).__name__
         reason = find_refusal(type(optimizer))
         if reason:
@@ -111,10 +115,11 @@ class LoliClustered(torch.optim.Optimizer):
                 "Wrap it before the first step or before loading a checkpoint into it"
             )
         self = cls.__new__(cls)
-        self._setup(optimizer, name, clusters, schedule, seed)
+        self._setup(optimizer, name, clusters, schedule, seed, offloader)
         return self
 
-    def _setup(self, optimizer: torch.optim.Optimizer, name: str, clusters: int, schedule: str, seed: int) -> None:
+    def _setup(self, optimizer: torch.optim.Optimizer, name: str, clusters: int, schedule: str, seed: int,
+               offloader: "BankOffloader | None" = None) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise LoliConfigError(
                 f"inner={name!r} built a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
@@ -136,6 +141,7 @@ class LoliClustered(torch.optim.Optimizer):
         self._initial: list[dict] = [{} for _ in range(n_groups)]
         self._banked_keys: list[set] = [set() for _ in range(n_groups)]
         self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
+        self._offloader = offloader
         self._ready = True
         self._position(self.schedule.current)
         # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
@@ -174,6 +180,10 @@ class LoliClustered(torch.optim.Optimizer):
         self._record_group_values(k, before)
         self._bank_steps[k] += 1
         self.schedule.advance()
+        if self._offloader is not None and self.schedule.current != k:
+            # write the finished bank back and prefetch the next one while the next forward/backward run
+            self._offloader.park(k, self._banks[k])
+            self._offloader.fetch(self.schedule.current, self._banks[self.schedule.current], wait=False)
         self._position(self.schedule.current)
         return loss
 
@@ -206,6 +216,8 @@ class LoliClustered(torch.optim.Optimizer):
 
     def _position(self, k: int) -> None:
         """Make cluster k's state and banked group values the inner optimizer's."""
+        if self._offloader is not None:
+            self._offloader.fetch(k, self._banks[k], wait=True)
         self.inner.state = self._banks[k]
         self.state = self._banks[k]
         for i, group in enumerate(self.param_groups):
@@ -222,6 +234,8 @@ class LoliClustered(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        if self._offloader is not None:
+            self._offloader.synchronize()
         active = self.inner.state
         packed: dict[int, dict[int, dict]] = {}
         groups = None
@@ -333,6 +347,11 @@ class LoliClustered(torch.optim.Optimizer):
         self._initial = initial
         self.schedule.load_state_dict(meta["schedule"])
         self._bank_steps = [int(n) for n in meta.get("bank_steps", [0] * self.clusters)]
+        if self._offloader is not None:  # the load put every bank at home: park all but the active one
+            self._offloader.forget()
+            for k, bank in enumerate(self._banks):
+                if k != self.schedule.current:
+                    self._offloader.park(k, bank)
         self._position(self.schedule.current)
 
     def __repr__(self) -> str:
@@ -343,3 +362,13 @@ class LoliClustered(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+def _make_offloader(offload, clusters: int):
+    if offload is None or offload is False:
+        return None
+    from .offload import BankOffloader
+
+    if str(offload).lower() != "cpu":
+        raise LoliConfigError(f"offload={offload!r} is not supported; use offload='cpu' to park inactive banks in CPU memory, or None")
+    return BankOffloader(clusters, "cpu")
