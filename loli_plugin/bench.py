@@ -150,3 +150,6 @@ def add_parser(sub) -> None:
     s.add_argument("--calls", type=int, default=2000)
     s.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
     s.set_defaults(func=bench_sampler)
+    from . import quality
+
+    quality.add_parser(sub)

@@ -84,13 +84,15 @@ class LoliClustered(torch.optim.Optimizer):
         schedule: str = "shuffle",
         seed: int = 0,
         offload: str | None = None,
+        warm_start: bool = False,
+        beta_horizon: bool = False,
         **inner_kwargs: Any,
     ):
         clusters = check_clusters(clusters)
         offloader = _make_offloader(offload, clusters)
         name, factory, implied = resolve_inner(inner)
         optimizer = factory(params, **{**implied, **inner_kwargs})
-        self._setup(optimizer, name, clusters, schedule, seed, offloader)
+        self._setup(optimizer, name, clusters, schedule, seed, offloader, warm_start, beta_horizon)
 
     @classmethod
     def wrap(
@@ -101,6 +103,8 @@ class LoliClustered(torch.optim.Optimizer):
         seed: int = 0,
         name: str | None = None,
         offload: str | None = None,
+        warm_start: bool = False,
+        beta_horizon: bool = False,
     ) -> "LoliClustered":
         """Bank an optimizer a host already built (OneTrainer builds its inner optimizers itself)."""
         clusters = check_clusters(clusters)
@@ -115,11 +119,11 @@ class LoliClustered(torch.optim.Optimizer):
                 "Wrap it before the first step or before loading a checkpoint into it"
             )
         self = cls.__new__(cls)
-        self._setup(optimizer, name, clusters, schedule, seed, offloader)
+        self._setup(optimizer, name, clusters, schedule, seed, offloader, warm_start, beta_horizon)
         return self
 
     def _setup(self, optimizer: torch.optim.Optimizer, name: str, clusters: int, schedule: str, seed: int,
-               offloader: "BankOffloader | None" = None) -> None:
+               offloader: "BankOffloader | None" = None, warm_start: bool = False, beta_horizon: bool = False) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise LoliConfigError(
                 f"inner={name!r} built a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
@@ -142,6 +146,10 @@ class LoliClustered(torch.optim.Optimizer):
         self._banked_keys: list[set] = [set() for _ in range(n_groups)]
         self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
         self._offloader = offloader
+        self.warm_start = bool(warm_start)
+        self._last_stepped: int | None = None
+        if beta_horizon:
+            _rescale_betas(self.param_groups, clusters)
         self._ready = True
         self._position(self.schedule.current)
         # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
@@ -174,11 +182,14 @@ class LoliClustered(torch.optim.Optimizer):
     # ------------------------------------------------------------------ stepping
     def step(self, closure: Callable | None = None):
         k = self.schedule.current
+        if self.warm_start and self._bank_steps[k] == 0 and self._last_stepped is not None:
+            self._warm_start(k, self._last_stepped)
         self._position(k)
         before = [self._group_values(g) for g in self.param_groups]
         loss = self.inner.step() if closure is None else self.inner.step(closure)
         self._record_group_values(k, before)
         self._bank_steps[k] += 1
+        self._last_stepped = k
         self.schedule.advance()
         if self._offloader is not None and self.schedule.current != k:
             # write the finished bank back and prefetch the next one while the next forward/backward run
@@ -186,6 +197,17 @@ class LoliClustered(torch.optim.Optimizer):
             self._offloader.fetch(self.schedule.current, self._banks[self.schedule.current], wait=False)
         self._position(self.schedule.current)
         return loss
+
+    def _warm_start(self, k: int, source: int) -> None:
+        """Start bank k from a copy of the bank stepped last (its moments, step counts and group values),
+        instead of from zero, so a cluster's first updates are not bias-corrected from scratch."""
+        if self._offloader is not None:
+            self._offloader.fetch(source, self._banks[source], wait=True)
+            self._offloader.fetch(k, self._banks[k], wait=True)
+        bank = self._banks[k]
+        for param, state in self._banks[source].items():
+            bank[param] = {key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for key, v in state.items()}
+        self._bank_values[k] = copy.deepcopy(self._bank_values[source])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
@@ -362,6 +384,16 @@ class LoliClustered(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+def _rescale_betas(groups: list[dict], clusters: int) -> None:
+    """``beta_horizon=True``: each bank steps about once every K global steps, which stretches an
+    exponential average's horizon of 1/(1-beta) of its own steps to K/(1-beta) global steps. Rescale
+    so the horizon in global steps matches the inner optimizer's: beta' = 1 - K (1 - beta), floored at 0."""
+    for group in groups:
+        betas = group.get("betas")
+        if isinstance(betas, (tuple, list)):
+            group["betas"] = tuple(max(0.0, 1.0 - clusters * (1.0 - float(b))) for b in betas)
 
 
 def _make_offloader(offload, clusters: int):

@@ -408,3 +408,26 @@ def test_step_hooks_and_closure():
 
     assert opt.step(closure).item() == 1.5
     assert calls == ["pre", "post"]
+
+
+def test_beta_horizon_rescales_betas_and_is_a_no_op_at_k1():
+    params = make_params()
+    opt = LoliClustered(params, inner="AdamW", clusters=10, beta_horizon=True, betas=(0.9, 0.999), lr=1e-2)
+    b1, b2 = opt.param_groups[0]["betas"]
+    assert b1 == pytest.approx(0.0, abs=1e-12) and b2 == pytest.approx(0.99)
+    one = LoliClustered(make_params(), inner="AdamW", clusters=1, beta_horizon=True, betas=(0.9, 0.999), lr=1e-2)
+    assert one.param_groups[0]["betas"] == pytest.approx((0.9, 0.999))
+
+
+def test_warm_start_copies_the_last_stepped_bank_into_a_new_one():
+    params = make_params()
+    opt = LoliClustered(params, inner="AdamW", clusters=3, schedule="round_robin", warm_start=True, lr=1e-2)
+    set_grads(0, params)
+    opt.step()  # bank 0
+    snapshot = {p: {k: v.clone() for k, v in st.items()} for p, st in opt.bank(0).items()}
+    set_grads(1, params)
+    opt.step()  # bank 1 starts from bank 0's state, then takes its step
+    for p in params:
+        assert opt.bank(1)[p]["step"].item() == 2.0  # continued bias correction: 1 copied + 1 own
+        assert not torch.equal(opt.bank(1)[p]["exp_avg"], snapshot[p]["exp_avg"])  # its own update went in
+        assert torch.equal(opt.bank(0)[p]["exp_avg"], snapshot[p]["exp_avg"])  # the source is untouched

@@ -27,12 +27,13 @@ HOW_TO = (
 def _skip_reason() -> str | None:
     if not (KOHYA_DIR / "library" / "train_util.py").is_file():
         return f"sd-scripts not found at {KOHYA_DIR}; {HOW_TO}"
-    try:
-        import accelerate  # noqa: F401
-        import diffusers  # noqa: F401
-        import transformers  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not the sd-scripts venv"
-        return f"sd-scripts' requirements are not installed in this venv ({type(exc).__name__}: {exc}); {HOW_TO}"
+    import importlib.util
+
+    # sd-scripts' venv: its requirements install sd-scripts itself (`-e .`, the `library` package) and
+    # torchvision; the core test venv has neither, whatever else it shares with it
+    for name in ("library", "torchvision", "transformers", "diffusers", "accelerate"):
+        if importlib.util.find_spec(name) is None:
+            return f"sd-scripts' requirements are not installed in this venv (no {name}); {HOW_TO}"
     try:
         import _loli_plugin_autoload
     except ImportError:

@@ -1,0 +1,207 @@
+"""``loli-plugin bench quality``: a small, honest training-quality benchmark on real data.
+
+A tiny diffusers ``UNet2DModel`` is pre-trained on scikit-learn's digits 0-8; a LoRA (peft) is then
+fitted on the held-out digit 9 with each variant below, for two objectives:
+
+* ``eps``: epsilon prediction, DDPM noise schedule, integer timesteps drawn uniformly;
+* ``flow``: rectified flow, logit-normal t.
+
+Variants: AdamW; AdamW + one-cluster sampler; LoliClustered K=5 and K=10 (with the sampler); K=10
+with the Loli loss; AdamW with the Loli loss; K=10 with ``beta_horizon``; K=10 with ``warm_start``.
+Metric: held-out MSE on a fixed grid of timesteps with fixed noise (it does not move with random
+timestep draws), per timestep band (low / mid / high noise) and averaged; lower is better. Several
+seeds and batch sizes. Output: a Markdown table and a PNG.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .bench import machine_line
+from .demo import digits, flow_batch, tiny_unet
+
+VARIANTS = {
+    "AdamW": dict(loli=False, sampler=False, clusters=10, loss="mse"),
+    "AdamW + sampler": dict(loli=False, sampler=True, clusters=10, loss="mse"),
+    "Loli K=5": dict(loli=True, sampler=True, clusters=5, loss="mse"),
+    "Loli K=10": dict(loli=True, sampler=True, clusters=10, loss="mse"),
+    "Loli K=10 + loli loss": dict(loli=True, sampler=True, clusters=10, loss="loli"),
+    "AdamW + loli loss": dict(loli=False, sampler=False, clusters=10, loss="loli"),
+    "Loli K=10 beta_horizon": dict(loli=True, sampler=True, clusters=10, loss="mse", beta_horizon=True),
+    "Loli K=10 warm_start": dict(loli=True, sampler=True, clusters=10, loss="mse", warm_start=True),
+}
+BANDS = ("low", "mid", "high")  # noise level thirds of the fixed grid
+
+
+class Objective:
+    """Noising, target and fixed validation grid for one training objective."""
+
+    def __init__(self, name: str):
+        from diffusers import DDPMScheduler
+
+        from .sampling import DiscreteUniform, LogitNormal
+
+        self.name = name
+        self.sched = DDPMScheduler(num_train_timesteps=1000)
+        self.dist = DiscreteUniform(0, 1000) if name == "eps" else LogitNormal(0.0, 1.0)
+        self.grid = torch.linspace(50, 950, 9).long() if name == "eps" else torch.linspace(0.05, 0.95, 9)
+
+    def noisy(self, x0, t, g):
+        if self.name == "eps":
+            noise = torch.randn(x0.shape, generator=g)
+            return self.sched.add_noise(x0, noise, t), t, noise
+        xt, target = flow_batch(x0, t, g)
+        return xt, t * 1000, target
+
+    def validation(self, model, x_val):
+        g = torch.Generator().manual_seed(1234)
+        per_t = []
+        with torch.no_grad():
+            for value in self.grid:
+                t = torch.full((len(x_val),), value.item(), dtype=self.grid.dtype)
+                xt, tt, target = self.noisy(x_val, t, g)
+                per_t.append(torch.nn.functional.mse_loss(model(xt, tt).sample, target).item())
+        thirds = [per_t[0:3], per_t[3:6], per_t[6:9]]
+        return {band: statistics.mean(v) for band, v in zip(BANDS, thirds)} | {"mean": statistics.mean(per_t)}
+
+
+def pretrain(objective: Objective, steps: int, seed: int = 0):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    data = digits(range(9))
+    model = tiny_unet()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        x0 = data[torch.randint(len(data), (64,), generator=g)]
+        xt, tt, target = objective.noisy(x0, objective.dist.sample(64, generator=g), g)
+        loss = torch.nn.functional.mse_loss(model(xt, tt).sample, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def fit_lora(objective, base_state, variant: dict, batch: int, seed: int, steps: int, lr: float):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from . import LoliClustered, loli_loss
+    from .schedule import ClusterSchedule
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    nine = digits([9])
+    x_train, x_val = nine[:120], nine[120:]
+    model = tiny_unet()
+    model.load_state_dict(base_state)
+    model.requires_grad_(False)
+    model = inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "conv1", "conv2"]), model)
+    lora = [p for p in model.parameters() if p.requires_grad]
+    K = variant["clusters"]
+    if variant["loli"]:
+        opt = LoliClustered(lora, inner="AdamW", clusters=K, lr=lr, weight_decay=0.0,
+                            beta_horizon=variant.get("beta_horizon", False), warm_start=variant.get("warm_start", False))
+        cluster_of = lambda: opt.current_cluster  # noqa: E731
+    else:
+        opt = torch.optim.AdamW(lora, lr=lr, weight_decay=0.0)
+        schedule = ClusterSchedule(K, "shuffle", seed)
+        cluster_of = lambda: schedule.current  # noqa: E731
+    for _ in range(steps):
+        x0 = x_train[torch.randint(len(x_train), (batch,), generator=g)]
+        t = objective.dist.sample_cluster(batch, cluster_of(), K, generator=g) if variant["sampler"] else objective.dist.sample(batch, generator=g)
+        xt, tt, target = objective.noisy(x0, t, g)
+        pred = model(xt, tt).sample
+        loss = loli_loss(pred, target).mean() if variant["loss"] == "loli" else torch.nn.functional.mse_loss(pred, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if not variant["loli"]:
+            schedule.advance()
+    return objective.validation(model, x_val)
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = []
+    for obj_name in args.objectives:
+        objective = Objective(obj_name)
+        base = pretrain(objective, args.pretrain_steps)
+        before = None
+        for batch, seed in itertools.product(args.batch, args.seeds):
+            for name in args.variants:
+                result = fit_lora(objective, base, VARIANTS[name], batch, seed, args.steps, args.lr)
+                rows.append({"objective": obj_name, "batch": batch, "seed": seed, "variant": name, **result})
+                print(f"[{time.perf_counter() - started:5.0f}s] {obj_name} batch {batch} seed {seed} {name:24s} mean {result['mean']:.4f}", flush=True)
+        del before
+    table = summarize(rows, args)
+    (out / "quality.md").write_text(table)
+    plot(rows, args, out / "quality.png")
+    print(table)
+    print(f"written: {out / 'quality.md'}, {out / 'quality.png'}")
+    return 0
+
+
+def summarize(rows, args) -> str:
+    lines = [f"# loli-plugin quality benchmark", "",
+             f"machine: {machine_line()}", "",
+             f"command: `loli-plugin bench quality --steps {args.steps} --lr {args.lr} --batch {' '.join(map(str, args.batch))} "
+             f"--seeds {' '.join(map(str, args.seeds))}`", "",
+             "Held-out digit-9 MSE on a fixed timestep grid with fixed noise (lower is better); mean over seeds "
+             "(min-max in brackets); 'vs AdamW' = relative change of the mean against plain AdamW at the same objective and batch.", ""]
+    for obj_name in args.objectives:
+        lines += [f"## {obj_name}", "", "| batch | variant | low noise | mid | high noise | mean | vs AdamW |", "|---|---|---|---|---|---|---|"]
+        for batch in args.batch:
+            ref = statistics.mean(r["mean"] for r in rows if r["objective"] == obj_name and r["batch"] == batch and r["variant"] == "AdamW")
+            for name in args.variants:
+                sel = [r for r in rows if r["objective"] == obj_name and r["batch"] == batch and r["variant"] == name]
+                means = [r["mean"] for r in sel]
+                cells = [f"{statistics.mean(r[b] for r in sel):.4f}" for b in BANDS]
+                m = statistics.mean(means)
+                lines.append(f"| {batch} | {name} | {' | '.join(cells)} | {m:.4f} ({min(means):.4f}-{max(means):.4f}) | {100 * (m / ref - 1):+.1f}% |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows, args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.objectives), figsize=(6 * len(args.objectives), 4.5), squeeze=False)
+    for ax, obj_name in zip(axes[0], args.objectives):
+        width = 0.8 / len(args.variants)
+        for i, name in enumerate(args.variants):
+            ys = []
+            for batch in args.batch:
+                ref = statistics.mean(r["mean"] for r in rows if r["objective"] == obj_name and r["batch"] == batch and r["variant"] == "AdamW")
+                m = statistics.mean(r["mean"] for r in rows if r["objective"] == obj_name and r["batch"] == batch and r["variant"] == name)
+                ys.append(100 * (m / ref - 1))
+            ax.bar([j + i * width for j in range(len(args.batch))], ys, width, label=name)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(args.batch))], [f"batch {b}" for b in args.batch])
+        ax.set_ylabel("held-out loss vs AdamW (%)  — lower is better")
+        ax.set_title(f"{obj_name}: LoRA on digit 9")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quality", help="held-out loss of LoRA fits with each variant (digits, CPU)")
+    p.add_argument("--out", default="docs/bench")
+    p.add_argument("--objectives", nargs="+", default=["eps", "flow"], choices=["eps", "flow"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.set_defaults(func=run)
