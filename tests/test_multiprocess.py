@@ -28,3 +28,23 @@ def test_two_processes_agree_on_clusters_params_and_banks(tmp_path, accum):
     assert sum(result["bank_steps"]) == 12 and set(result["bank_steps"]) <= {2, 3}  # shuffle: each cluster once per 5 steps
     # all micro-batches of one optimizer step drew from the same cluster
     assert all(len(set(result["clusters"][i:i + accum])) == 1 for i in range(0, len(result["clusters"]), accum))
+
+
+def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
+    script = str(HERE / "multiprocess" / "resume_loop.py")
+    state = str(tmp_path / "state")
+
+    def run(out, start, stop, *extra):
+        proc = subprocess.run([sys.executable, script, str(tmp_path / out), state, str(start), str(stop), *extra],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return __import__("torch").load(tmp_path / out, weights_only=True)
+
+    straight = run("straight.pt", 0, 10)
+    run("first_half.pt", 0, 5, "--save")
+    resumed = run("resumed.pt", 5, 10)
+    import torch
+
+    assert all(torch.equal(a, b) for a, b in zip(straight["params"], resumed["params"]))
+    assert straight["bank_steps"] == resumed["bank_steps"] and straight["schedule_step"] == resumed["schedule_step"] == 10
+    assert straight["lr"] == resumed["lr"]
