@@ -192,10 +192,10 @@ class LoliClustered(torch.optim.Optimizer):
         self._last_stepped = k
         self.schedule.advance()
         if self._offloader is not None and self.schedule.current != k:
-            # write the finished bank back and prefetch the next one while the next forward/backward run
+            # write the finished bank back; the next bank's copies start now (in _position, without
+            # waiting) and overlap the next forward/backward; the next step() waits for them
             self._offloader.park(k, self._banks[k])
-            self._offloader.fetch(self.schedule.current, self._banks[self.schedule.current], wait=False)
-        self._position(self.schedule.current)
+        self._position(self.schedule.current, wait=False)
         return loss
 
     def _warm_start(self, k: int, source: int) -> None:
@@ -236,10 +236,11 @@ class LoliClustered(torch.optim.Optimizer):
                         self._initial[i][key] = before[i][key]
             self._bank_values[k][i] = {key: _snap(group[key]) for key in keys if key in group}
 
-    def _position(self, k: int) -> None:
-        """Make cluster k's state and banked group values the inner optimizer's."""
+    def _position(self, k: int, wait: bool = True) -> None:
+        """Make cluster k's state and banked group values the inner optimizer's. With offload, ``wait=False``
+        only starts bringing the bank home (the prefetch at the end of a step)."""
         if self._offloader is not None:
-            self._offloader.fetch(k, self._banks[k], wait=True)
+            self._offloader.fetch(k, self._banks[k], wait=wait)
         self.inner.state = self._banks[k]
         self.state = self._banks[k]
         for i, group in enumerate(self.param_groups):
