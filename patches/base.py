@@ -26,11 +26,17 @@ from ..errors import LoliError
 
 
 def bind_arguments(wrapped, args, kwargs) -> dict:
-    """The call's arguments by parameter name (``self`` included when a method is called through its
-    class), whichever mix of positional and keyword arguments the trainer used."""
-    sig = _SIGNATURES.get(wrapped)
+    """The call's arguments by parameter name (``self`` included for methods), whichever mix of
+    positional and keyword arguments the trainer used.
+
+    Signatures are cached per plain function: wrapt hands methods over as bound methods, a new object
+    per instance, and caching those would keep every instance alive."""
+    func = getattr(wrapped, "__func__", wrapped)
+    sig = _SIGNATURES.get(func)
     if sig is None:
-        sig = _SIGNATURES[wrapped] = inspect.signature(wrapped)
+        sig = _SIGNATURES[func] = inspect.signature(func)
+    if func is not wrapped:  # a bound method: its instance is the first argument of the function
+        args = (wrapped.__self__, *args)
     bound = sig.bind(*args, **kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)

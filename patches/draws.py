@@ -13,6 +13,7 @@ its options.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -122,3 +123,20 @@ class _StratifiedDistributions:
                 return proxy.beta_sample(a, b, tuple(sample_shape), device)
 
         return _Beta()
+
+
+@contextlib.contextmanager
+def cluster_draw(module, k: int, clusters: int, batch: int, where: str, supported: str, options: str):
+    """Run the body with ``module.torch`` replaced by a ``StratifiedTorch`` for cluster ``k``; afterwards
+    refuse loudly if the sampler made no draw the stand-in recognised (a trainer branch this plugin does
+    not know would otherwise silently train with unrestricted timesteps). ``options`` describes the
+    trainer's sampler settings for that message."""
+    proxy = StratifiedTorch(module.torch, k, clusters, batch, where, supported)
+    real = module.torch
+    module.torch = proxy
+    try:
+        yield proxy
+    finally:
+        module.torch = real
+    if not proxy.drawn:
+        raise LoliUnsupportedTrainerError(f"{where} made no timestep draw loli-plugin recognises ({options}). Supported: {supported}")

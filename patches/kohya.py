@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import ast
 import copy
-import torch
+import sys
 
 from ..errors import LoliConfigError
-from .base import Instrumentor, LoliUnsupportedTrainerError, PatchTarget
-from .draws import StratifiedTorch
+from .base import Instrumentor, PatchTarget, bind_arguments
+from .draws import StratifiedTorch, cluster_draw
 
 SUPPORTED = "kohya-ss/sd-scripts v0.10.0 or newer (tested at commit 48d368f, v0.10.1-5)"
 
@@ -47,7 +47,7 @@ def add_training_arguments(wrapped, instance, args, kwargs):
     """library/train_util.py ``add_training_arguments(parser, support_dreambooth)`` defines the closed
     ``--loss_type`` choices; add ``loli`` to them and the ``--loli_loss_weights`` option."""
     result = wrapped(*args, **kwargs)
-    parser = args[0] if args else kwargs["parser"]
+    parser = bind_arguments(wrapped, args, kwargs)["parser"]
     for action in parser._actions:
         if "--loss_type" in action.option_strings and action.choices is not None and "loli" not in action.choices:
             action.choices = [*action.choices, "loli"]
@@ -84,18 +84,17 @@ def get_optimizer(wrapped, instance, args, kwargs):
     activate the plugin for runs that only use ``--loss_type loli``."""
     from ..adapters import kohya
 
-    run_args = args[0] if args else kwargs["args"]
-    rest = args[1:] if args else ()
-    kw = {k: v for k, v in kwargs.items() if k != "args"}
+    bound = bind_arguments(wrapped, args, kwargs)
+    run_args, trainable_params = bound["args"], bound["trainable_params"]
     opt_type = (run_args.optimizer_type or "").strip()
     if opt_type.lower() in SHORT_NAMES:
         routed = copy.copy(run_args)
         routed.optimizer_type = DOTTED_NAME
         routed.optimizer_args = quote_name_args(run_args.optimizer_args)
         with kohya.building_optimizer(run_args):
-            return wrapped(routed, *rest, **kw)
+            return wrapped(routed, trainable_params)
     with kohya.building_optimizer(run_args):
-        result = wrapped(run_args, *rest, **kw)
+        result = wrapped(run_args, trainable_params)
     if getattr(run_args, "loss_type", None) == "loli" and kohya.active_run() is None:
         kohya.activate(run_args, optimizer=None)  # the Loli loss alone, with the user's optimizer
     return result
@@ -117,9 +116,9 @@ ENTRY = Instrumentor(
 def conditional_loss(wrapped, instance, args, kwargs):
     """library/train_util.py ``conditional_loss(model_pred, target, loss_type, reduction, huber_c)``:
     ``loss_type == "loli"`` computes the Loli loss; every other loss type runs the original untouched."""
-    bound = dict(zip(("model_pred", "target", "loss_type", "reduction", "huber_c"), args), **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
     run = _run()
-    if bound.get("loss_type") != "loli":
+    if bound["loss_type"] != "loli":
         loss = wrapped(*args, **kwargs)
         if run is not None:
             run.record_loss(loss)
@@ -129,7 +128,7 @@ def conditional_loss(wrapped, instance, args, kwargs):
                               "start the script with `python -m loli_plugin.kohya SCRIPT ...` or reinstall loli-plugin")
     from ..loss import loli_loss
 
-    loss = loli_loss(bound["model_pred"], bound["target"], weights=run.loss_weights, reduction=bound.get("reduction", "none"))
+    loss = loli_loss(bound["model_pred"], bound["target"], weights=run.loss_weights, reduction=bound["reduction"])
     run.record_loss(loss)
     return loss
 
@@ -139,7 +138,7 @@ def get_timesteps(wrapped, instance, args, kwargs):
     """library/train_util.py ``get_timesteps(min_timestep, max_timestep, b_size, device)``: the uniform
     integer draw ``torch.randint(min, max)`` becomes a draw from the current cluster's slice of the
     same range. ``min >= max`` is kohya's fixed-timestep validation: handed to the original."""
-    bound = dict(zip(("min_timestep", "max_timestep", "b_size", "device"), args), **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
     run = _run()
     lo, hi = int(bound["min_timestep"]), int(bound["max_timestep"])
     if run is None or not run.stratify or lo >= hi:
@@ -183,10 +182,10 @@ def _flow_reflect(family: str, run_args) -> bool:
     return scheme != "mode"
 
 
-def _flow_sampler(family: str, module_name: str, params):
+def _flow_sampler(family: str, module_name: str):
     def wrapper(wrapped, instance, args, kwargs):
         run = _run()
-        bound = dict(zip(params, args), **kwargs)
+        bound = bind_arguments(wrapped, args, kwargs)
         run_args = bound["args"]
         # kohya's validation fixes the timestep with min_timestep == max_timestep; hand it over.
         validating = run_args.min_timestep is not None and run_args.min_timestep == run_args.max_timestep
@@ -194,29 +193,14 @@ def _flow_sampler(family: str, module_name: str, params):
             if run is not None:
                 run.untracked_draw()
             return wrapped(*args, **kwargs)
-        import sys
-
-        module = sys.modules[module_name]
-        latents = bound["latents"]
         k = run.take_cluster()
         if _flow_reflect(family, run_args):
             k = run.clusters - 1 - k
-        proxy = StratifiedTorch(module.torch, k, run.clusters, latents.shape[0], f"{module_name}.get_noisy_model_input_and_timesteps", SUPPORTED)
-        real = module.torch
-        module.torch = proxy
-        module._loli_clamp_density = True
-        try:
-            result = wrapped(*args, **kwargs)
-        finally:
-            module.torch = real
-            module._loli_clamp_density = False
-        if not proxy.drawn:
-            raise LoliUnsupportedTrainerError(
-                f"{module_name}.get_noisy_model_input_and_timesteps made no timestep draw loli-plugin recognises "
-                f"(timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}, "
-                f"weighting_scheme={getattr(run_args, 'weighting_scheme', None)!r}). Supported: {SUPPORTED}"
-            )
-        return result
+        options = (f"timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}, "
+                   f"weighting_scheme={getattr(run_args, 'weighting_scheme', None)!r}")
+        with cluster_draw(sys.modules[module_name], k, run.clusters, bound["latents"].shape[0],
+                          f"{module_name}.get_noisy_model_input_and_timesteps", SUPPORTED, options):
+            return wrapped(*args, **kwargs)
 
     wrapper.__doc__ = f"library/{module_name.split('.')[-1]}.py get_noisy_model_input_and_timesteps: draw from one cluster"
     return wrapper
@@ -229,11 +213,9 @@ def _density_clamp(module_name: str):
     def wrapper(wrapped, instance, args, kwargs):
         """``compute_density_for_timestep_sampling``: under "mode" a draw near 0 maps to u == 1.0 in
         float32, and the caller's ``noise_scheduler.timesteps[(u * N).long()]`` indexes past the end.
-        While a cluster draw is in progress, clamp u just below 1."""
-        import sys
-
+        While a cluster draw is in progress (the module's ``torch`` is the stand-in), clamp u just below 1."""
         u = wrapped(*args, **kwargs)
-        if getattr(sys.modules[module_name], "_loli_clamp_density", False):
+        if isinstance(sys.modules[module_name].torch, StratifiedTorch):
             u = u.clamp(max=_LAST_BELOW_ONE)
         return u
 
@@ -245,7 +227,7 @@ _FLOW_PARAMS = ["args", "noise_scheduler", "latents", "noise", "device", "dtype"
 
 
 def _family(module: str, params, with_density: bool, family: str, why: str) -> Instrumentor:
-    targets = [PatchTarget(module, "get_noisy_model_input_and_timesteps", params, _flow_sampler(family, module, params), why)]
+    targets = [PatchTarget(module, "get_noisy_model_input_and_timesteps", params, _flow_sampler(family, module), why)]
     if with_density:
         targets.append(PatchTarget(module, "compute_density_for_timestep_sampling", _DENSITY_PARAMS, _density_clamp(module),
                                    "keeps u < 1 so the scheduler-table index stays in range"))

@@ -13,8 +13,8 @@ import sys
 import torch
 
 from ..errors import LoliConfigError
-from .base import Instrumentor, LoliUnsupportedTrainerError, PatchTarget, bind_arguments
-from .draws import StratifiedTorch
+from .base import Instrumentor, PatchTarget, bind_arguments
+from .draws import cluster_draw
 
 SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one with the same functions"
 MEMBER = "LOLI_CLUSTERED"
@@ -178,20 +178,9 @@ def get_timestep_discrete(wrapped, instance, args, kwargs):
     k = run.take_cluster()
     if _reflect(config):
         k = run.clusters - 1 - k
-    module = sys.modules[NOISE_MIXIN]
-    proxy = StratifiedTorch(module.torch, k, run.clusters, int(bound["batch_size"]), "ModelSetupNoiseMixin._get_timestep_discrete", SUPPORTED)
-    real = module.torch
-    module.torch = proxy
-    try:
-        result = wrapped(*args, **kwargs)
-    finally:
-        module.torch = real
-    if not proxy.drawn:
-        raise LoliUnsupportedTrainerError(
-            f"ModelSetupNoiseMixin._get_timestep_discrete made no timestep draw loli-plugin recognises for "
-            f"timestep_distribution={config.timestep_distribution}. Supported: {SUPPORTED}"
-        )
-    return result
+    with cluster_draw(sys.modules[NOISE_MIXIN], k, run.clusters, int(bound["batch_size"]), "ModelSetupNoiseMixin._get_timestep_discrete",
+                      SUPPORTED, f"timestep_distribution={config.timestep_distribution}"):
+        return wrapped(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- loss
@@ -202,13 +191,17 @@ def _cos_map(pred, target):
     return cosine_term(pred.float(), target.float(), dim=1).expand(pred.shape)
 
 
+def _cosine_inputs(wrapped, args, kwargs):
+    """(batch, data, config, cos_strength) of a ``__masked_losses`` / ``__unmasked_losses`` call."""
+    bound = bind_arguments(wrapped, args, kwargs)
+    return bound["batch"], bound["data"], bound["config"], getattr(bound["config"], "cos_strength", 0.0) or 0.0
+
+
 def unmasked_losses(wrapped, instance, args, kwargs):
     """ModelSetupDiffusionLossMixin.__unmasked_losses(self, batch, data, config) -> per-sample (B,) losses
     (or int 0): add ``cos_strength * (1 - cos(pred, target))`` averaged like the other terms."""
     losses = wrapped(*args, **kwargs)
-    bound = bind_arguments(wrapped, args, kwargs)
-    batch, data, config = bound["batch"], bound["data"], bound["config"]
-    strength = getattr(config, "cos_strength", 0.0) or 0.0
+    batch, data, config, strength = _cosine_inputs(wrapped, args, kwargs)
     if strength == 0:
         return losses
     mean_dim = list(range(1, data["predicted"].ndim))
@@ -222,9 +215,7 @@ def masked_losses(wrapped, instance, args, kwargs):
     """ModelSetupDiffusionLossMixin.__masked_losses(self, batch, data, config): the cosine term goes through
     OneTrainer's own ``masked_losses_with_prior`` (mask weight, area normalisation, prior preservation)."""
     losses = wrapped(*args, **kwargs)
-    bound = bind_arguments(wrapped, args, kwargs)
-    batch, data, config = bound["batch"], bound["data"], bound["config"]
-    strength = getattr(config, "cos_strength", 0.0) or 0.0
+    batch, data, config, strength = _cosine_inputs(wrapped, args, kwargs)
     if strength == 0:
         return losses
     from modules.util.loss.masked_loss import masked_losses_with_prior
@@ -257,8 +248,8 @@ def report_to_tensorboard(wrapped, instance, args, kwargs):
     tensorboard)``: called on the master rank once per optimizer update; add the per-cluster scalars."""
     result = wrapped(*args, **kwargs)
     run = _run()
-    bound = bind_arguments(wrapped, args, kwargs)
     if run is not None and run.monitor is not None:
+        bound = bind_arguments(wrapped, args, kwargs)
         step = bound["model"].train_progress.global_step
         for tag, value in run.monitor.logs().items():
             bound["tensorboard"].add_scalar(tag, value, step)

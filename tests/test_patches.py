@@ -177,3 +177,18 @@ def test_onetrainer_watch_lists_agree():
     from loli_plugin.adapters import onetrainer
 
     assert _loli_plugin_autoload.ONETRAINER_MODULES == onetrainer.WATCHED
+
+
+def test_bind_arguments_names_every_argument_and_caches_per_function():
+    from loli_plugin.patches import base
+
+    class Setup:
+        def draw(self, n, deterministic=False):
+            return n
+
+    a, b = Setup(), Setup()
+    assert base.bind_arguments(a.draw, (3,), {}) == {"self": a, "n": 3, "deterministic": False}
+    assert base.bind_arguments(b.draw, (), {"n": 4, "deterministic": True})["self"] is b
+    assert base.bind_arguments(Setup.draw, (a, 5), {})["n"] == 5  # called through the class
+    cached = [k for k in base._SIGNATURES if getattr(k, "__qualname__", "").endswith("Setup.draw")]
+    assert len(cached) == 1  # one entry for the function, none per instance
