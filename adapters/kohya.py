@@ -3,14 +3,14 @@
 How a run starts (nothing in sd-scripts is edited):
 
 1. ``pip install loli-plugin`` puts ``loli_plugin.pth`` in site-packages. At interpreter start it
-   registers a post-import hook (``loli_plugin._autoload``) that does nothing until sd-scripts'
+   registers a post-import hook (``_loli_plugin_autoload``) that does nothing until sd-scripts'
    ``library.train_util`` is imported; then it installs ``patches.kohya.ENTRY`` (parser options and
    the short optimizer name). ``LOLI_PLUGIN_DISABLE=1`` turns it off. Where ``.pth`` files do not
    run, ``python -m loli_plugin.kohya SCRIPT ...`` installs the same hook and runs the script.
 2. Building a ``LoliClustered`` inside sd-scripts (short name, or the stock dotted route
    ``--optimizer_type loli_plugin.LoliClustered``) fires the ``loli_optimizer_created`` hook; this
    module then activates the run: validates the options, installs the loss and sampler patches,
-   hooks the per-cluster logs into kohya's own ``accelerator.log`` and the loss monitor into the
+   adds the per-cluster logs to the trackers of kohya's own Accelerator and the loss monitor to the
    optimizer's state_dict (so ``--save_state``/``--resume`` carry it).
 3. ``--loss_type loli`` with another optimizer activates the loss alone (``get_optimizer`` wrapper).
 """

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ..trainer_support import skip_items_below, venv_problem
+
 DEFAULT_DIR = Path("~/.cache/loli-plugin/trainers/sd-scripts").expanduser()
 KOHYA_DIR = Path(os.environ.get("LOLI_KOHYA_DIR") or DEFAULT_DIR)
 HOW_TO = (
@@ -27,32 +29,16 @@ HOW_TO = (
 def _skip_reason() -> str | None:
     if not (KOHYA_DIR / "library" / "train_util.py").is_file():
         return f"sd-scripts not found at {KOHYA_DIR}; {HOW_TO}"
-    import importlib.util
-
     # sd-scripts' venv: its requirements install sd-scripts itself (`-e .`, the `library` package) and
     # torchvision; the core test venv has neither, whatever else it shares with it
-    for name in ("library", "torchvision", "transformers", "diffusers", "accelerate"):
-        if importlib.util.find_spec(name) is None:
-            return f"sd-scripts' requirements are not installed in this venv (no {name}); {HOW_TO}"
-    try:
-        import _loli_plugin_autoload
-    except ImportError:
-        return f"loli-plugin's startup hook is not installed in this venv; {HOW_TO}"
-    if not _loli_plugin_autoload.INSTALLED:
-        return f"loli_plugin.pth did not run (LOLI_PLUGIN_DISABLE set, or an editable install); {HOW_TO}"
-    return None
+    return venv_problem(("library", "torchvision", "transformers", "diffusers", "accelerate"), "sd-scripts", HOW_TO)
 
 
 SKIP = _skip_reason()
 
 
 def pytest_collection_modifyitems(config, items):
-    if SKIP is None:
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.skip(reason=SKIP))
+    skip_items_below(Path(__file__).parent, SKIP, items)
 
 
 @pytest.fixture(scope="session")

@@ -46,3 +46,7 @@ same_banks = bool((accelerator.gather(banks[None]) == banks).all())
 if accelerator.is_main_process:
     json.dump({"world": accelerator.num_processes, "mismatches": mismatches, "same_params": same_params, "same_banks": same_banks,
                "bank_steps": inner.bank_steps, "clusters": clusters_seen}, open(out_path, "w"))
+accelerator.wait_for_everyone()
+# tear the gloo group down before exit: a process leaving with its communication threads alive
+# can abort ("terminate called without an active exception") and fail the launch
+torch.distributed.destroy_process_group()

@@ -10,12 +10,13 @@ OneTrainer loads modules and resources by paths relative to its root, so the tes
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from ..trainer_support import skip_items_below, venv_problem
 
 TRAINERS = Path("~/.cache/loli-plugin/trainers").expanduser()
 OT_DIR = Path(os.environ.get("LOLI_ONETRAINER_DIR") or TRAINERS / "OneTrainer")
@@ -33,28 +34,14 @@ def _skip_reason() -> str | None:
         return f"OneTrainer not found at {OT_DIR}; {HOW_TO}"
     if not (MGDS_DIR / "src" / "mgds").is_dir():
         return f"mgds not found at {MGDS_DIR}; {HOW_TO}"
-    for name in ("transformers", "diffusers", "customtkinter", "PySide6"):
-        if importlib.util.find_spec(name) is None:
-            return f"OneTrainer's requirements are not installed in this venv (no {name}); {HOW_TO}"
-    try:
-        import _loli_plugin_autoload
-    except ImportError:
-        return f"loli-plugin's startup hook is not installed in this venv; {HOW_TO}"
-    if not _loli_plugin_autoload.INSTALLED:
-        return f"loli_plugin.pth did not run (LOLI_PLUGIN_DISABLE set, or an editable install); {HOW_TO}"
-    return None
+    return venv_problem(("transformers", "diffusers", "customtkinter", "PySide6"), "OneTrainer", HOW_TO)
 
 
 SKIP = _skip_reason()
 
 
 def pytest_collection_modifyitems(config, items):
-    if SKIP is None:
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.skip(reason=SKIP))
+    skip_items_below(Path(__file__).parent, SKIP, items)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,55 @@
+"""Shared by tests/kohya and tests/onetrainer: is this the trainer's own venv with loli-plugin
+installed from a wheel, the skip-everything-below-this-folder collection hook, and the
+version-drift check every patch target goes through."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def venv_problem(required: tuple[str, ...], trainer: str, how_to: str) -> str | None:
+    """Why the trainer's tests cannot run in this venv, or None."""
+    for name in required:
+        if importlib.util.find_spec(name) is None:
+            return f"{trainer}'s requirements are not installed in this venv (no {name}); {how_to}"
+    try:
+        import _loli_plugin_autoload
+    except ImportError:
+        return f"loli-plugin's startup hook is not installed in this venv; {how_to}"
+    if not _loli_plugin_autoload.INSTALLED:
+        return f"loli_plugin.pth did not run (LOLI_PLUGIN_DISABLE set, or an editable install); {how_to}"
+    return None
+
+
+def skip_items_below(folder: Path, reason: str | None, items) -> None:
+    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one)."""
+    if reason is None:
+        return
+    for item in items:
+        if folder in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _changed_signature(*args, **kwargs):
+    raise AssertionError("must never be called")
+
+
+def assert_changed_target_refused(monkeypatch, inst, target, how: str, *expected: str) -> None:
+    """Remove ``target`` (``how="removed"``) or give it another signature, then check that ``inst``
+    refuses loudly, naming the target and each of ``expected`` (the supported commit...)."""
+    from loli_plugin.patches.base import LoliUnsupportedTrainerError
+
+    owner, leaf = target.owner(importlib.import_module(target.module))
+    if how == "removed":
+        monkeypatch.delattr(owner, leaf)
+    else:
+        monkeypatch.setattr(owner, leaf, _changed_signature)
+    with pytest.raises(LoliUnsupportedTrainerError) as err:
+        inst.check()
+    message = str(err.value)
+    assert target.name in message and all(e in message for e in expected), message
+    assert ("not found" in message) if how == "removed" else ("found (args, kwargs)" in message)
