@@ -19,77 +19,27 @@ from pathlib import Path
 import torch
 
 
-def digits(classes, generator=None):
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32) / 8.0 - 1.0  # 0..16 -> -1..1, shape (N, 8, 8)
-    y = torch.tensor(data.target)
-    keep = torch.isin(y, torch.tensor(list(classes)))
-    return x[keep][:, None]
-
-
-def tiny_unet():
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, attention_head_dim=16,
-    )
-
-
-def flow_batch(x0, t, generator):
-    noise = torch.randn(x0.shape, generator=generator)
-    tt = t.view(-1, 1, 1, 1)
-    return (1 - tt) * x0 + tt * noise, noise - x0  # input, velocity target
-
-
-def validation_loss(model, x_val, grid=8, seed=1234):
-    """Loss on a fixed grid of t with fixed noise: comparable from one evaluation to the next."""
-    g = torch.Generator().manual_seed(seed)
-    total = 0.0
-    with torch.no_grad():
-        for t_value in torch.linspace(0.05, 0.95, grid):
-            t = torch.full((len(x_val),), float(t_value))
-            xt, target = flow_batch(x_val, t, g)
-            total += torch.nn.functional.mse_loss(model(xt, t * 1000).sample, target).item()
-    return total / grid
-
-
 def run(args) -> int:
-    from peft import LoraConfig, inject_adapter_in_model
     from tqdm import tqdm
 
     from . import ClusterLossMonitor, LoliClustered, loli_loss
+    from .digits import Objective, add_lora, nine_split, pretrain, tiny_unet
     from .plot import plot_run
-    from .sampling import LogitNormal
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    sampler = LogitNormal(0.0, 1.0)
     start = time.perf_counter()
+    flow = Objective("flow")  # rectified flow, logit-normal t
+    sampler = flow.dist
+    base = pretrain(flow, args.pretrain_steps,
+                    progress=lambda steps: tqdm(steps, desc="pre-training on digits 0-8", unit="step", mininterval=2))
 
-    base = digits(range(9))
+    x_train, x_val = nine_split()
     model = tiny_unet()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in tqdm(range(args.pretrain_steps), desc="pre-training on digits 0-8", unit="step", mininterval=2):
-        x0 = base[torch.randint(len(base), (64,), generator=g)]
-        t = sampler.sample(64, generator=g)
-        xt, target = flow_batch(x0, t, g)
-        loss = torch.nn.functional.mse_loss(model(xt, t * 1000).sample, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    nine = digits([9])
-    x_train, x_val = nine[:120], nine[120:]
-    model.requires_grad_(False)
-    model = inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "conv1", "conv2"]), model)
-    lora = [p for p in model.parameters() if p.requires_grad]
-    before = validation_loss(model, x_val)
+    model.load_state_dict(base)
+    model, lora = add_lora(model)
+    g = torch.Generator().manual_seed(0)
+    before = flow.validation(model, x_val)["mean"]
     clusters = args.clusters
     opt = LoliClustered(lora, inner="AdamW", clusters=clusters, lr=args.lr, weight_decay=0.0)
     monitor = ClusterLossMonitor(clusters=clusters)
@@ -98,8 +48,8 @@ def run(args) -> int:
         k = opt.current_cluster
         x0 = x_train[torch.randint(len(x_train), (args.batch,), generator=g)]
         t = sampler.sample_cluster(args.batch, k, clusters, generator=g)
-        xt, target = flow_batch(x0, t, g)
-        loss = loli_loss(model(xt, t * 1000).sample, target).mean()
+        xt, tt, target = flow.noisy(x0, t, g)
+        loss = loli_loss(model(xt, tt).sample, target).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -107,7 +57,7 @@ def run(args) -> int:
         scalars.setdefault("loss/current", []).append((step, loss.item()))
         for tag, value in monitor.logs().items():
             scalars.setdefault(tag, []).append((step, value))
-    after = validation_loss(model, x_val)
+    after = flow.validation(model, x_val)["mean"]
 
     raw = [v for _, v in scalars["loss/current"]]
     print(f"\nraw loss, first 20 steps: mean {sum(raw[:20]) / 20:.3f}, range {min(raw[:20]):.3f}-{max(raw[:20]):.3f}; "

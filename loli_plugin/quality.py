@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .bench import machine_line
-from .demo import digits, flow_batch, tiny_unet
+from .digits import BANDS, Objective, add_lora, nine_split, pretrain, tiny_unet
 
 VARIANTS = {
     "AdamW": dict(loli=False, sampler=False, clusters=10, loss="mse"),
@@ -35,72 +35,17 @@ VARIANTS = {
     "Loli K=10 beta_horizon": dict(loli=True, sampler=True, clusters=10, loss="mse", beta_horizon=True),
     "Loli K=10 warm_start": dict(loli=True, sampler=True, clusters=10, loss="mse", warm_start=True),
 }
-BANDS = ("low", "mid", "high")  # noise level thirds of the fixed grid
-
-
-class Objective:
-    """Noising, target and fixed validation grid for one training objective."""
-
-    def __init__(self, name: str):
-        from diffusers import DDPMScheduler
-
-        from .sampling import DiscreteUniform, LogitNormal
-
-        self.name = name
-        self.sched = DDPMScheduler(num_train_timesteps=1000)
-        self.dist = DiscreteUniform(0, 1000) if name == "eps" else LogitNormal(0.0, 1.0)
-        self.grid = torch.linspace(50, 950, 9).long() if name == "eps" else torch.linspace(0.05, 0.95, 9)
-
-    def noisy(self, x0, t, g):
-        if self.name == "eps":
-            noise = torch.randn(x0.shape, generator=g)
-            return self.sched.add_noise(x0, noise, t), t, noise
-        xt, target = flow_batch(x0, t, g)
-        return xt, t * 1000, target
-
-    def validation(self, model, x_val):
-        g = torch.Generator().manual_seed(1234)
-        per_t = []
-        with torch.no_grad():
-            for value in self.grid:
-                t = torch.full((len(x_val),), value.item(), dtype=self.grid.dtype)
-                xt, tt, target = self.noisy(x_val, t, g)
-                per_t.append(torch.nn.functional.mse_loss(model(xt, tt).sample, target).item())
-        thirds = [per_t[0:3], per_t[3:6], per_t[6:9]]
-        return {band: statistics.mean(v) for band, v in zip(BANDS, thirds)} | {"mean": statistics.mean(per_t)}
-
-
-def pretrain(objective: Objective, steps: int, seed: int = 0):
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = digits(range(9))
-    model = tiny_unet()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(steps):
-        x0 = data[torch.randint(len(data), (64,), generator=g)]
-        xt, tt, target = objective.noisy(x0, objective.dist.sample(64, generator=g), g)
-        loss = torch.nn.functional.mse_loss(model(xt, tt).sample, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
 
 def fit_lora(objective, base_state, variant: dict, batch: int, seed: int, steps: int, lr: float):
-    from peft import LoraConfig, inject_adapter_in_model
-
     from . import LoliClustered, loli_loss
     from .schedule import ClusterSchedule
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    nine = digits([9])
-    x_train, x_val = nine[:120], nine[120:]
+    x_train, x_val = nine_split()
     model = tiny_unet()
     model.load_state_dict(base_state)
-    model.requires_grad_(False)
-    model = inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "conv1", "conv2"]), model)
-    lora = [p for p in model.parameters() if p.requires_grad]
+    model, lora = add_lora(model)
     K = variant["clusters"]
     if variant["loli"]:
         opt = LoliClustered(lora, inner="AdamW", clusters=K, lr=lr, weight_decay=0.0,
@@ -132,13 +77,11 @@ def run(args) -> int:
     for obj_name in args.objectives:
         objective = Objective(obj_name)
         base = pretrain(objective, args.pretrain_steps)
-        before = None
         for batch, seed in itertools.product(args.batch, args.seeds):
             for name in args.variants:
                 result = fit_lora(objective, base, VARIANTS[name], batch, seed, args.steps, args.lr)
                 rows.append({"objective": obj_name, "batch": batch, "seed": seed, "variant": name, **result})
                 print(f"[{time.perf_counter() - started:5.0f}s] {obj_name} batch {batch} seed {seed} {name:24s} mean {result['mean']:.4f}", flush=True)
-        del before
     table = summarize(rows, args)
     (out / "quality.md").write_text(table)
     plot(rows, args, out / "quality.png")
