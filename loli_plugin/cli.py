@@ -7,12 +7,13 @@ import argparse
 
 
 def main(argv=None) -> int:
-    from . import bench, demo, doctor, plot
+    from . import doctor, plot
+    from .bench import add_bench_parsers, demo
 
     parser = argparse.ArgumentParser(prog="loli-plugin", description="loli-plugin tools")
     top = parser.add_subparsers(dest="command", required=True)
     bench_parser = top.add_parser("bench", help="speed and memory benchmarks")
-    bench.add_parser(bench_parser.add_subparsers(dest="what", required=True))
+    add_bench_parsers(bench_parser.add_subparsers(dest="what", required=True))
     doctor.add_parser(top)
     plot.add_parser(top)
     demo.add_parser(top)

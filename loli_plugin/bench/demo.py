@@ -22,9 +22,9 @@ import torch
 def run(args) -> int:
     from tqdm import tqdm
 
-    from . import ClusterLossMonitor, LoliClustered, loli_loss
+    from .. import ClusterLossMonitor, LoliClustered, loli_loss
+    from ..plot import plot_run
     from .digits import Objective, add_lora, nine_split, pretrain, tiny_unet
-    from .plot import plot_run
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

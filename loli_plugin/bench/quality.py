@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .bench import machine_line
+from .machine import machine_line
 from .digits import BANDS, Objective, add_lora, nine_split, pretrain, tiny_unet
 
 VARIANTS = {
@@ -37,8 +37,8 @@ VARIANTS = {
 }
 
 def fit_lora(objective, base_state, variant: dict, batch: int, seed: int, steps: int, lr: float):
-    from . import LoliClustered, loli_loss
-    from .schedule import ClusterSchedule
+    from .. import LoliClustered, loli_loss
+    from ..schedule import ClusterSchedule
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Benchmarks: speed and memory, never asserted in tests.
+"""``loli-plugin bench optimizer``: step time and state memory (measured, never asserted in tests).
 
     loli-plugin bench optimizer [--params 10e6] [--clusters 10] [--inner AdamW] [--impl foreach|forloop|fused]
 
@@ -9,14 +9,13 @@ process (A, B, A, B, ...) so drift affects both alike; reports the median ratio.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
 import time
 
 import torch
 
-from .clustered import LoliClustered
+from ..clustered import LoliClustered
+from .machine import machine_line
 
 SDXL_WIDTHS = (320, 640, 1280, 2048, 2560)
 
@@ -38,14 +37,6 @@ def lora_like_params(total: float, rank: int = 16, device: str = "cpu", seed: in
 def state_bytes(opt: torch.optim.Optimizer) -> int:
     banks = [opt.bank(k) for k in range(opt.clusters)] if isinstance(opt, LoliClustered) else [opt.state]
     return sum(v.numel() * v.element_size() for bank in banks for st in bank.values() for v in st.values() if isinstance(v, torch.Tensor))
-
-
-def machine_line() -> str:
-    return (
-        f"{platform.node()} | {platform.processor() or platform.machine()} | {torch.get_num_threads()} threads | "
-        f"python {platform.python_version()} | torch {torch.__version__}"
-        + (f" | {torch.cuda.get_device_name()}" if torch.cuda.is_available() else " | cpu")
-    )
 
 
 def bench_optimizer(args) -> dict:
@@ -104,35 +95,6 @@ def bench_optimizer(args) -> dict:
     return result
 
 
-def bench_sampler(args) -> dict:
-    """Time a cluster draw (what the patched samplers do) against the plain draw, per batch size."""
-    from .sampling import CosMap, DiscreteUniform, LogitNormal, ModeScale, Shift
-
-    families = {"logit_normal": LogitNormal(), "sd3_shift": Shift(LogitNormal(), 3.0), "mode": ModeScale(1.29),
-                "cosmap": CosMap(), "sd_randint": DiscreteUniform(0, 1000)}
-    print(f"# machine: {machine_line()}")
-    print(f"# median of {args.calls} calls, interleaved; K={args.clusters}")
-    print("| family | batch | plain us/call | cluster us/call | ratio |")
-    print("|---|---|---|---|---|")
-    results = {}
-    g = torch.Generator().manual_seed(0)
-    for name, dist in families.items():
-        for batch in args.batch:
-            plain, ours = [], []
-            for i in range(args.calls):
-                t0 = time.perf_counter()
-                dist.sample(batch, generator=g)
-                t1 = time.perf_counter()
-                dist.sample_cluster(batch, i % args.clusters, args.clusters, generator=g)
-                t2 = time.perf_counter()
-                plain.append(t1 - t0)
-                ours.append(t2 - t1)
-            a, b = statistics.median(plain) * 1e6, statistics.median(ours) * 1e6
-            results[(name, batch)] = (a, b)
-            print(f"| {name} | {batch} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
-    return results
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("optimizer", help="step time and state memory of LoliClustered vs its inner optimizer")
     p.add_argument("--params", type=float, default=10e6, help="number of parameters (default 10e6)")
@@ -145,11 +107,3 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--offload", choices=["cpu"], default=None, help="park inactive banks in CPU memory")
     p.set_defaults(func=bench_optimizer)
-    s = sub.add_parser("sampler", help="time of a cluster draw vs the plain draw")
-    s.add_argument("--clusters", type=int, default=10)
-    s.add_argument("--calls", type=int, default=2000)
-    s.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
-    s.set_defaults(func=bench_sampler)
-    from . import quality
-
-    quality.add_parser(sub)

@@ -58,7 +58,7 @@ class Objective:
     def __init__(self, name: str):
         from diffusers import DDPMScheduler
 
-        from .sampling import DiscreteUniform, LogitNormal
+        from ..sampling import DiscreteUniform, LogitNormal
 
         self.name = name
         self.sched = DDPMScheduler(num_train_timesteps=1000)

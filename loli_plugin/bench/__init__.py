@@ -1,0 +1,16 @@
+"""Benchmarks, the demo and the tiny digits task they share: tools around the plugin, not part of it.
+
+``loli-plugin bench optimizer|sampler|quality`` and ``loli-plugin demo``; nothing in the core imports
+this package.
+"""
+
+from __future__ import annotations
+
+
+def add_bench_parsers(sub) -> None:
+    """The ``bench`` subcommands."""
+    from . import optimizer, quality, sampler
+
+    optimizer.add_parser(sub)
+    sampler.add_parser(sub)
+    quality.add_parser(sub)
