@@ -1,7 +1,9 @@
 """Only here to put ``loli_plugin.pth`` at the root of site-packages (pyproject.toml has the rest).
 
 setuptools has no declarative way to ship a top-level ``.pth`` file; copying it into build_lib is the
-mechanism coverage.py and others use. Editable installs get it through the same command.
+mechanism coverage.py and others use. Editable installs (``pip install -e``) do not get it: setuptools
+builds their wheel without running build_py's extra outputs, so an editable install has no start-up
+hook; run the trainer through ``python -m loli_plugin.launch SCRIPT ...`` there.
 """
 
 import os

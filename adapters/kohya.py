@@ -2,36 +2,39 @@
 
 How a run starts (nothing in sd-scripts is edited):
 
-1. ``pip install loli-plugin`` puts ``loli_plugin.pth`` in site-packages. At interpreter start it
-   registers a post-import hook (``_loli_plugin_autoload``) that does nothing until sd-scripts'
-   ``library.train_util`` is imported; then it installs ``patches.kohya.ENTRY`` (parser options and
-   the short optimizer name). ``LOLI_PLUGIN_DISABLE=1`` turns it off. Where ``.pth`` files do not
-   run, ``python -m loli_plugin.kohya SCRIPT ...`` installs the same hook and runs the script.
-2. Building a ``LoliClustered`` inside sd-scripts (short name, or the stock dotted route
-   ``--optimizer_type loli_plugin.LoliClustered``) fires the ``loli_optimizer_created`` hook; this
-   module then activates the run: validates the options, installs the loss and sampler patches,
-   adds the per-cluster logs to the trackers of kohya's own Accelerator and the loss monitor to the
-   optimizer's state_dict (so ``--save_state``/``--resume`` carry it).
-3. ``--loss_type loli`` with another optimizer activates the loss alone (``get_optimizer`` wrapper).
+1. ``pip install`` puts ``loli_plugin.pth`` in site-packages. At interpreter start it installs a finder
+   that does nothing until a module listed in ``kohya.watch`` is imported. When sd-scripts'
+   ``library.train_util`` is imported, ``patches.kohya.ENTRY`` is applied: the parser options, the
+   short optimizer name and the ``prepare_accelerator`` check. ``LOLI_PLUGIN_DISABLE=1`` turns it
+   off. Where ``.pth`` files do not run, ``python -m loli_plugin.launch SCRIPT ...`` does the same.
+2. ``prepare_accelerator(args)`` (called by every script before it loads a model) checks a run that
+   asks for a Loli feature: if a patch it needs did not fit this sd-scripts, the run stops there
+   with the list.
+3. Building a ``LoliClustered`` inside ``get_optimizer`` (short name, or the stock dotted route
+   ``--optimizer_type loli_plugin.LoliClustered``) activates the run: options validated, loss, sampler
+   and tracker patches applied, the loss monitor carried in the optimizer's state_dict (so
+   ``--save_state``/``--resume`` carry it). ``--loss_type loli`` with another optimizer activates the
+   loss alone.
+
+Without the start-up hook (LOLI_PLUGIN_DISABLE=1, an editable install, ``python -S``) the dotted route
+would build a LoliClustered whose clusters sd-scripts' stock sampler does not follow; that is refused
+with an error that says how to enable the hook (``on_optimizer_created``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
-from .run import LoliRun
-
-log = logging.getLogger("loli_plugin.kohya")
-
-TRAIN_UTIL = "library.train_util"
-_RUN: "KohyaRun | None" = None
-_BUILDING: list = []  # args of the get_optimizer call in progress (innermost last)
+from ..host import TrainerAdapter, pushed
+from ..patches import kohya as patches
+from ..patches.base import ENV_DISABLE, LoliUnsupportedTrainerError
+from ..run import LoliRun
 
 
 @dataclass
@@ -42,56 +45,112 @@ class KohyaRun(LoliRun):
     loss_weights: dict | None = None
 
 
-def active_run() -> KohyaRun | None:
-    return _RUN
+class KohyaAdapter(TrainerAdapter):
+    name = "kohya"
+    library = patches.LIBRARY
+    supported = patches.SUPPORTED
+    manifest = Path(__file__).with_suffix(".watch")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._building: list = []  # args of the get_optimizer calls in progress (innermost last)
+        self.accelerator = None
+
+    def instrumentors(self):
+        return [(patches.ENTRY, "import"), (patches.TRAINING, "run"),
+                *((inst, "run") for inst in patches.FAMILIES.values()), (patches.LOGS, "run")]
+
+    def recognises(self, module) -> bool:
+        # sd-scripts' `library` package, not another project's: its modules sit beside train_util.py and
+        # config_util.py (checked by file, not by the functions we patch, which may have drifted)
+        folder = os.path.dirname(getattr(module, "__file__", None) or "")
+        return all(os.path.isfile(os.path.join(folder, f)) for f in ("train_util.py", "config_util.py"))
+
+    def find_checkout(self, path: Path) -> bool:
+        return (path / "library" / "train_util.py").is_file()
+
+    # ------------------------------------------------------------------ features
+    @staticmethod
+    def features_for(args) -> set[str]:
+        """The patch features a run with these arguments needs (empty: not a Loli run)."""
+        features = set()
+        if patches.requests_optimizer(args):
+            features |= {"activation", "sampler", "logs"}
+        if patches.requests_loss(args):
+            features |= {"activation", "loss"}
+        return features
+
+    def run_features(self) -> set[str]:
+        run = self.run
+        if run is None:
+            return set()
+        return ({"activation", "sampler", "logs"} if run.stratify else set()) | ({"activation", "loss"} if run.loss_weights else set())
+
+    # ------------------------------------------------------------------ the patches' context
+    def building_optimizer(self, args):
+        return pushed(self._building, args)
+
+    def check_request(self, args) -> None:
+        """prepare_accelerator: refuse a Loli run before any work if a patch it needs did not fit."""
+        features = self.features_for(args)
+        if features:
+            self.require(features, _asked(args))
+
+    def observe(self, args, accelerator) -> None:
+        self.accelerator = accelerator
+
+    def activate(self, args, optimizer=None) -> KohyaRun:
+        """Start a Loli run for sd-scripts: validate, patch, carry the monitor in the optimizer's state."""
+        from ..loss import parse_loss_weights
+
+        self.require(self.features_for(args) or {"activation", "sampler", "logs"}, _asked(args))
+        _check_args(args, optimizer)
+        weights = None
+        if patches.requests_loss(args):
+            weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
+        if optimizer is not None:
+            run = KohyaRun.for_optimizer(optimizer, args=args, loss_weights=weights)
+        else:
+            run = KohyaRun(args=args, loss_weights=weights)
+        self.run = run
+        if run.stratify:
+            import accelerate.tracking  # noqa: F401 - the LOGS patches' module (accelerate imports it lazily)
+        try:
+            self.activate_run_patches()
+        except Exception:
+            self.deactivate()
+            raise
+        print(f"loli-plugin active: {describe(run)}", file=sys.stderr)
+        return run
+
+    # ------------------------------------------------------------------ the optimizer's constructor
+    def on_optimizer_created(self, optimizer) -> None:
+        train_util = sys.modules.get(patches.TRAIN_UTIL)
+        if train_util is None or not self.recognises(train_util):
+            return  # not inside sd-scripts
+        if self._building:
+            self.activate(self._building[-1], optimizer)
+            return
+        if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
+            return  # built by the user's own code, outside sd-scripts' get_optimizer: not a kohya run
+        raise LoliUnsupportedTrainerError(
+            "loli_plugin.LoliClustered is being built inside sd-scripts, but loli-plugin's sd-scripts integration is not "
+            + ("installed: " + "; ".join(r for _, r in self.problems.values()) if self.problems else
+               f"active (the start-up hook did not run: {ENV_DISABLE} is set, loli-plugin is an editable install, or "
+               "Python runs without site)")
+            + ". Without it sd-scripts would draw its stock timesteps and the cluster banks would not match them. "
+            f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
+            "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
+        )
 
 
-def deactivate() -> None:
-    """Forget the current run and remove the training patches (tests; a second run in one process)."""
-    global _RUN
-    from ..patches import kohya as patches
-
-    _RUN = None
-    patches.TRAINING.uninstrument()
-    for inst in patches.FAMILIES.values():
-        inst.uninstrument()
-
-
-@contextlib.contextmanager
-def building_optimizer(args):
-    _BUILDING.append(args)
-    try:
-        yield
-    finally:
-        _BUILDING.pop()
-
-
-def _caller_local(name: str, accept) -> object | None:
-    """The nearest caller frame's local ``name`` that passes ``accept``.
-
-    Used only to find sd-scripts' ``args`` and ``accelerator`` when the optimizer is built through the
-    stock dotted route (library/train_util.py get_optimizer -> train_network.py NetworkTrainer.train),
-    where no wrapper of ours sits between them and the optimizer's constructor.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        value = frame.f_locals.get(name)
-        if value is not None and accept(value):
-            return value
-        frame = frame.f_back
-    return None
-
-
-def _is_run_args(v) -> bool:
-    return isinstance(v, argparse.Namespace) and hasattr(v, "optimizer_type") and hasattr(v, "loss_type")
-
-
-def _is_accelerator(v) -> bool:
-    try:
-        from accelerate import Accelerator
-    except ImportError:  # pragma: no cover - accelerate is a dependency
-        return False
-    return isinstance(v, Accelerator)
+def _asked(args) -> str:
+    parts = []
+    if patches.requests_optimizer(args):
+        parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
+    if patches.requests_loss(args):
+        parts.append("--loss_type loli")
+    return " and ".join(parts) or "a Loli run"
 
 
 def _check_args(args, optimizer) -> None:
@@ -115,39 +174,9 @@ def _check_args(args, optimizer) -> None:
         from ..sampling import ModeScale
 
         try:
-            ModeScale(args.mode_scale)
+            ModeScale(getattr(args, "mode_scale", 1.29))
         except LoliConfigError as exc:
             raise LoliConfigError(f"--mode_scale: {exc}") from None
-
-
-def activate(args, optimizer=None) -> KohyaRun:
-    """Start a Loli run for sd-scripts: validate, patch, hook logs and state."""
-    global _RUN
-    from ..loss import parse_loss_weights
-    from ..patches import kohya as patches
-
-    patches.TRAINING.check()
-    _check_args(args, optimizer)
-    weights = None
-    if args is not None and getattr(args, "loss_type", None) == "loli":
-        weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
-    if optimizer is not None:
-        run = KohyaRun.for_optimizer(optimizer, args=args, loss_weights=weights)
-    else:
-        run = KohyaRun(args=args, loss_weights=weights)
-    patches.TRAINING.instrument()
-    _RUN = run
-    if run.stratify:
-        for module, inst in patches.FAMILIES.items():
-            _instrument_when_imported(module, inst)
-    accelerator = _caller_local("accelerator", _is_accelerator)
-    if run.monitor is not None:
-        if accelerator is not None:
-            _hook_logs(accelerator, run)
-        else:
-            log.warning("loli-plugin: no accelerator found in sd-scripts' call stack; per-cluster loss logs are off")
-    log.info("loli-plugin active: %s", describe(run))
-    return run
 
 
 def describe(run: KohyaRun) -> str:
@@ -161,75 +190,9 @@ def describe(run: KohyaRun) -> str:
     return "; ".join(parts) or "nothing"
 
 
-def _instrument_when_imported(module: str, inst) -> None:
-    if module in sys.modules:
-        inst.instrument()
-        return
-    import wrapt
-
-    def hook(_module):
-        if _RUN is not None and _RUN.stratify:
-            inst.instrument()
-
-    wrapt.register_post_import_hook(hook, module)
+ADAPTER = KohyaAdapter()
 
 
-def _hook_logs(accelerator, run: KohyaRun) -> None:
-    """Add the per-cluster logs to every tracker of this one Accelerator instance.
-
-    train_network.py (NetworkTrainer.accelerator_logging) writes its step logs straight to the
-    trackers (``tracker.log(logs, step=...)``), other scripts through ``accelerator.log``, which ends in
-    the same trackers; so the trackers' ``log`` is the one place both pass. Trackers are created by
-    ``accelerator.init_trackers`` after the optimizer exists, hence the wrap of that method too. Only
-    this instance is touched, never accelerate's classes. Reading the monitor costs one small
-    device-to-host copy per log call, after kohya's own ``loss.item()`` has synchronised anyway.
-    """
-    if getattr(accelerator, "_loli_hooked", False):
-        return
-    accelerator._loli_hooked = True
-    for tracker in accelerator.trackers:
-        _wrap_tracker(tracker, run)
-    original_init = accelerator.init_trackers
-
-    def init_trackers(*args, **kwargs):
-        result = original_init(*args, **kwargs)
-        for tracker in accelerator.trackers:
-            _wrap_tracker(tracker, run)
-        return result
-
-    accelerator.init_trackers = init_trackers
-
-
-STEP_LOSS_KEYS = ("loss/current", "loss")  # train_network.py's step logs; fine_tune.py / sdxl_train.py's
-
-
-def _wrap_tracker(tracker, run: KohyaRun) -> None:
-    if getattr(tracker, "_loli_wrapped", False):
-        return
-    original = tracker.log
-
-    def log(values, *args, **kwargs):
-        if _RUN is run and isinstance(values, dict) and any(k in values for k in STEP_LOSS_KEYS):
-            values = {**values, **run.monitor.logs()}
-        return original(values, *args, **kwargs)
-
-    tracker.log = log
-    tracker._loli_wrapped = True
-
-
-# --------------------------------------------------------------------------- hooks and entry points
 @hookimpl
-def loli_optimizer_created(optimizer):
-    if TRAIN_UTIL not in sys.modules:
-        return  # not inside sd-scripts
-    args = _BUILDING[-1] if _BUILDING else _caller_local("args", _is_run_args)
-    activate(args, optimizer)
-
-
-def on_train_util_import(module) -> None:
-    """Post-import hook for ``library.train_util``: install the parser and short-name patches."""
-    if not hasattr(module, "get_optimizer") or not hasattr(module, "add_training_arguments"):
-        return  # some other project's `library` package
-    from ..patches import kohya as patches
-
-    patches.ENTRY.instrument()  # raises LoliUnsupportedTrainerError naming the supported versions
+def loli_trainer_adapters():
+    return [ADAPTER]

@@ -1,15 +1,16 @@
 """Nerogar/OneTrainer adapter: registers LOLI_CLUSTERED and its options, builds the optimizer, keeps
 the run's state. Nothing in OneTrainer is edited.
 
-How it activates: ``loli_plugin.pth`` registers post-import hooks (``_loli_plugin_autoload``). When
-OneTrainer's own modules are imported (they are recognised by their file layout and contents, since
-the package name ``modules`` is shared with other projects) the plugin:
+How it activates: ``loli_plugin.pth`` installs a finder that does nothing until a module listed in
+``onetrainer.watch`` is imported. OneTrainer's modules are recognised by their file layout (the package
+name ``modules`` is shared with other projects). Then:
 
-* adds ``Optimizer.LOLI_CLUSTERED`` and its ``OPTIMIZER_DEFAULT_PARAMETERS`` entry;
-* adds the ``loli_inner``/``loli_clusters``/``loli_schedule`` optimizer fields and ``cos_strength``
-  to the config factories (so the UI, JSON configs, presets, backups and multi-GPU children have them);
-* installs ``patches.onetrainer.TRAINING`` when ``modules.util.create`` is imported, and the UI
-  additions when the UI views are imported.
+* ``patches.onetrainer.REGISTRATION`` adds ``Optimizer.LOLI_CLUSTERED``, its default parameters, the
+  ``loli_inner``/``loli_clusters``/``loli_schedule`` optimizer fields and ``cos_strength`` (so the UI, JSON
+  configs, presets, backups and multi-GPU children have them), and notices configs that ask for them;
+* ``ENTRY``: ``create_trainer`` refuses a Loli run this OneTrainer cannot serve, before any work;
+  ``create_optimizer`` builds LOLI_CLUSTERED (or activates a cosine-only run) and applies ``TRAINING``;
+* ``patches.onetrainer_ui.UI`` adds the plugin's rows to the optimizer window and the loss section.
 
 Multi-GPU children are spawned fresh interpreters: the ``.pth`` runs there too, so every rank registers
 the same things before it rebuilds its config.
@@ -21,126 +22,142 @@ import copy
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import LoliConfigError
-from .run import LoliRun
-
-_RUN: "OneTrainerRun | None" = None
+from ..hookspecs import hookimpl
+from ..host import TrainerAdapter
+from ..options import DEFAULT_CLUSTERS
+from ..patches import onetrainer as patches
+from ..patches import onetrainer_ui
+from ..run import LoliRun
 
 #: inner optimizers that cannot be wrapped: (reason)
-_REFUSED = {
-    "MUON": "Muon splits parameter groups by layer type, which OneTrainer's backup re-mapping keys differently",
-    "MUON_ADV": "Muon splits parameter groups by layer type, which OneTrainer's backup re-mapping keys differently",
-    "ADAMUON_ADV": "Muon splits parameter groups by layer type, which OneTrainer's backup re-mapping keys differently",
-}
+_MUON = "Muon splits parameter groups by layer type, which OneTrainer's backup re-mapping keys differently"
+_REFUSED = {"MUON": _MUON, "MUON_ADV": _MUON, "ADAMUON_ADV": _MUON}
 
 
 @dataclass
 class OneTrainerRun(LoliRun):
     inner: str = ""
+    loss_only: bool = False
 
 
-def active_run() -> OneTrainerRun | None:
-    return _RUN
+class OneTrainerAdapter(TrainerAdapter):
+    name = "onetrainer"
+    library = patches.LIBRARY
+    supported = patches.SUPPORTED
+    manifest = Path(__file__).with_suffix(".watch")
 
+    def instrumentors(self):
+        return [(patches.REGISTRATION, "import"), (patches.ENTRY, "import"), (onetrainer_ui.UI, "import"),
+                (patches.TRAINING, "run")]
 
-def deactivate() -> None:
-    global _RUN
-    _RUN = None
+    def recognises(self, module) -> bool:
+        path = (getattr(module, "__file__", None) or "").replace(os.sep, "/")
+        rel = module.__name__.replace(".", "/") + ".py"
+        if not path.endswith(rel):
+            return False
+        root = Path(path[: -len(rel)])
+        return (root / "modules" / "util" / "create.py").is_file() and (root / "modules" / "util" / "enum" / "Optimizer.py").is_file()
 
+    def find_checkout(self, path: Path) -> bool:
+        return (path / "modules" / "util" / "create.py").is_file() and (path / "scripts" / "train.py").is_file()
 
-def _is_onetrainer(module, relpath: str) -> bool:
-    path = getattr(module, "__file__", "") or ""
-    return path.replace(os.sep, "/").endswith(relpath)
+    # ------------------------------------------------------------------ features
+    @staticmethod
+    def features_for(config) -> set[str]:
+        asked = set(config.__dict__.get("_loli_requested", ()))  # noted by the from_dict guard
+        if str(config.optimizer.optimizer) == patches.MEMBER:
+            asked.add("optimizer")
+        if (getattr(config, "cos_strength", 0.0) or 0.0) > 0:
+            asked.add("loss")
+        features = set()
+        if "optimizer" in asked:
+            features |= {"options", "activation", "sampler", "logs"}
+        if "loss" in asked:
+            features |= {"options", "activation", "loss"}
+        return features
 
+    def run_features(self) -> set[str]:
+        run = self.run
+        if run is None:
+            return set()
+        return {"options", "activation", "loss"} if run.loss_only else {"options", "activation", "sampler", "logs"}
 
-def on_import(module) -> None:
-    """Post-import hook for OneTrainer's modules (see module docstring)."""
-    from ..patches import onetrainer as patches
+    # ------------------------------------------------------------------ the patches' context
+    def check_request(self, config) -> None:
+        features = self.features_for(config)
+        if features:
+            asked = " and ".join(n for n, f in (("LOLI_CLUSTERED", "sampler"), ("a Cosine Strength", "loss")) if f in features)
+            self.require(features, asked or "a Loli run")
 
-    name = module.__name__
-    if name == "modules.util.enum.Optimizer":
-        if _is_onetrainer(module, "modules/util/enum/Optimizer.py") and "ADAMW" in getattr(module, "Optimizer").__members__:
-            patches.register_member(module)
-    elif name == "modules.util.optimizer_util":
-        if _is_onetrainer(module, "modules/util/optimizer_util.py") and hasattr(module, "OPTIMIZER_DEFAULT_PARAMETERS"):
-            patches.register_default_parameters(module)
-    elif name == "modules.util.config.TrainConfig":
-        if _is_onetrainer(module, "modules/util/config/TrainConfig.py") and hasattr(module, "TrainOptimizerConfig"):
-            patches.register_config_fields(module)
-    elif name == "modules.util.create":
-        if _is_onetrainer(module, "modules/util/create.py") and hasattr(module, "create_optimizer"):
-            patches.TRAINING.instrument()  # raises LoliUnsupportedTrainerError naming the supported commit
-    elif name in ("modules.ui.BaseOptimizerParamsWindowView", "modules.ui.BaseTrainingTabView"):
-        from ..patches import onetrainer_ui
+    def activate_loss(self, config) -> None:
+        """A run with another optimizer and a cosine strength > 0: the loss patches alone."""
+        if (getattr(config, "cos_strength", 0.0) or 0.0) > 0 and self.run is None:
+            self.run = OneTrainerRun(loss_only=True)
+            self._apply_training()
 
-        if _is_onetrainer(module, name.replace(".", "/") + ".py"):
-            onetrainer_ui.instrument(name)
+    def _apply_training(self) -> None:
+        try:
+            self.activate_run_patches()
+        except Exception:
+            self.deactivate()
+            raise
 
+    def build_optimizer(self, create_optimizer, bound: dict):
+        """Build LoliClustered for ``create_optimizer``'s arguments (``create_optimizer`` is the original):
+        OneTrainer's own branch builds the inner optimizer, LoliClustered wraps it, a backup is loaded."""
+        from modules.util.enum.Optimizer import Optimizer
 
-WATCHED = (
-    "modules.util.enum.Optimizer",
-    "modules.util.optimizer_util",
-    "modules.util.config.TrainConfig",
-    "modules.util.create",
-    "modules.ui.BaseOptimizerParamsWindowView",
-    "modules.ui.BaseTrainingTabView",
-)
+        from .. import LoliClustered
+        from ..inner import SCHEDULE_FREE_REASON
+        from ..options import check_clusters
 
+        config = bound["config"]
+        oc = config.optimizer
+        inner_name = str(getattr(oc, "loli_inner", "") or "").strip()
+        choices = [m for m in Optimizer.__members__ if m != patches.MEMBER]
+        if inner_name not in Optimizer.__members__ or inner_name == patches.MEMBER:
+            raise LoliConfigError(
+                f"Inner Optimizer (optimizer.loli_inner) is {inner_name!r}, not a OneTrainer optimizer; "
+                f"pick one in the optimizer window, e.g. ADAMW, ADAMW_8BIT, PRODIGY, LION, CAME (all: {', '.join(choices)})"
+            )
+        inner_member = Optimizer[inner_name]
+        if inner_member.is_schedule_free:
+            raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used: {SCHEDULE_FREE_REASON}")
+        if inner_name in _REFUSED:
+            raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used with LOLI_CLUSTERED: {_REFUSED[inner_name]}")
+        if getattr(oc, "fused_back_pass", False):
+            raise LoliConfigError(
+                "Fused Back Pass is not supported by LOLI_CLUSTERED (its per-parameter steps bypass the cluster banks); "
+                "turn off 'Fused Back Pass' in the optimizer window"
+            )
+        clusters = check_clusters(getattr(oc, "loli_clusters", DEFAULT_CLUSTERS), option="Timestep Clusters (optimizer.loli_clusters)")
+        import _loli_plugin_autoload
 
-def build_optimizer(create_optimizer, bound: dict):
-    """Build LoliClustered for ``create_optimizer``'s arguments; ``create_optimizer`` is the original."""
-    global _RUN
-    from modules.util.enum.Optimizer import Optimizer
+        if getattr(config, "multi_gpu", False) and _loli_plugin_autoload.INSTALLED_BY == "launcher":
+            raise LoliConfigError(
+                "Multi-GPU training with LOLI_CLUSTERED needs loli-plugin's start-up hook in every spawned rank: install "
+                "loli-plugin with pip (not editable) so loli_plugin.pth runs, instead of the python -m loli_plugin.launch launcher"
+            )
 
-    from .. import LoliClustered
-    from ..inner import SCHEDULE_FREE_REASON
-    from ..options import check_clusters
-    from ..patches import onetrainer as patches
-
-    config = bound["config"]
-    oc = config.optimizer
-    inner_name = str(getattr(oc, "loli_inner", "") or "").strip()
-    choices = [m for m in Optimizer.__members__ if m != patches.MEMBER]
-    if inner_name not in Optimizer.__members__ or inner_name == patches.MEMBER:
-        raise LoliConfigError(
-            f"Inner Optimizer (optimizer.loli_inner) is {inner_name!r}, not a OneTrainer optimizer; "
-            f"pick one in the optimizer window, e.g. ADAMW, ADAMW_8BIT, PRODIGY, LION, CAME (all: {', '.join(choices)})"
-        )
-    inner_member = Optimizer[inner_name]
-    if inner_member.is_schedule_free:
-        raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used: {SCHEDULE_FREE_REASON}")
-    if inner_name in _REFUSED:
-        raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used with LOLI_CLUSTERED: {_REFUSED[inner_name]}")
-    if getattr(oc, "fused_back_pass", False):
-        raise LoliConfigError(
-            "Fused Back Pass is not supported by LOLI_CLUSTERED (its per-parameter steps bypass the cluster banks); "
-            "turn off 'Fused Back Pass' in the optimizer window"
-        )
-    clusters = check_clusters(getattr(oc, "loli_clusters", 10), option="Timestep Clusters (optimizer.loli_clusters)")
-    import _loli_plugin_autoload
-
-    if getattr(config, "multi_gpu", False) and getattr(_loli_plugin_autoload, "VIA_LAUNCHER", False):
-        raise LoliConfigError(
-            "Multi-GPU training with LOLI_CLUSTERED needs loli-plugin's start-up hook in every spawned rank: install "
-            "loli-plugin with pip (not editable) so loli_plugin.pth runs, instead of the python -m loli_plugin.onetrainer launcher"
-        )
-
-    inner_optimizer_config = copy.copy(oc)
-    inner_optimizer_config.optimizer = inner_member
-    inner_config = copy.copy(config)
-    inner_config.optimizer = inner_optimizer_config
-    inner = create_optimizer(bound["parameter_group_collection"], None, inner_config, bound.get("layer_key_fn"))
-    if inner is None:
-        raise LoliConfigError(f"OneTrainer built no optimizer for Inner Optimizer {inner_name}")
-    optimizer = LoliClustered.wrap(inner, clusters=clusters, schedule=str(getattr(oc, "loli_schedule", "shuffle")), seed=0, name=inner_name)
-    run = OneTrainerRun.for_optimizer(optimizer, inner=inner_name)
-    if bound.get("state_dict") is not None:
-        load_backup(optimizer, bound["state_dict"], bound["parameter_group_collection"].unique_name_mapping)
-    _RUN = run
-    print(f"loli-plugin: LOLI_CLUSTERED(inner={inner_name}, clusters={clusters}, schedule={optimizer.schedule.strategy}); "
-          "timesteps drawn from one cluster per optimizer step", file=sys.stderr)
-    return optimizer
+        inner_optimizer_config = copy.copy(oc)
+        inner_optimizer_config.optimizer = inner_member
+        inner_config = copy.copy(config)
+        inner_config.optimizer = inner_optimizer_config
+        inner = create_optimizer(bound["parameter_group_collection"], None, inner_config, bound.get("layer_key_fn"))
+        if inner is None:
+            raise LoliConfigError(f"OneTrainer built no optimizer for Inner Optimizer {inner_name}")
+        optimizer = LoliClustered.wrap(inner, clusters=clusters, schedule=str(getattr(oc, "loli_schedule", "shuffle")), seed=0, name=inner_name)
+        run = OneTrainerRun.for_optimizer(optimizer, inner=inner_name)
+        if bound.get("state_dict") is not None:
+            load_backup(optimizer, bound["state_dict"], bound["parameter_group_collection"].unique_name_mapping)
+        self.run = run
+        self._apply_training()
+        print(f"loli-plugin: LOLI_CLUSTERED(inner={inner_name}, clusters={clusters}, schedule={optimizer.schedule.strategy}); "
+              "timesteps drawn from one cluster per optimizer step", file=sys.stderr)
+        return optimizer
 
 
 def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:
@@ -153,8 +170,6 @@ def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:
     another optimizer starts fresh, as OneTrainer does; one made with another cluster count or inner
     optimizer is refused by ``LoliClustered.load_state_dict`` with the option to change.
     """
-    from ..patches.onetrainer import MEMBER
-
     if "loli" not in saved:
         print("loli-plugin: the backup's optimizer state was saved by another optimizer; LOLI_CLUSTERED starts fresh",
               file=sys.stderr)
@@ -167,7 +182,7 @@ def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:
     for i, name in enumerate(group_names):
         new = fresh[i]
         old_i = old_names.index(name) if old_names is not None and name in old_names else (i if old_names is None else None)
-        reuse = old_i is not None and (old_optimizers is None or old_optimizers[old_i] == MEMBER)
+        reuse = old_i is not None and (old_optimizers is None or old_optimizers[old_i] == patches.MEMBER)
         source = saved["param_groups"][old_i] if reuse else new
         indices = list(range(next_index, next_index + len(source["params"])))
         if reuse:
@@ -177,3 +192,11 @@ def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:
         groups.append({**source, "params": indices, "lr": new["lr"], "initial_lr": new.get("initial_lr", new["lr"])})
         next_index += len(indices)
     optimizer.load_state_dict({**saved, "state": state, "param_groups": groups})
+
+
+ADAPTER = OneTrainerAdapter()
+
+
+@hookimpl
+def loli_trainer_adapters():
+    return [ADAPTER]

@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from .hookspecs import hookimpl
 from .inner import SCHEDULE_FREE_REASON, InnerSpec
+from .orders import BUILTIN_ORDERS
+from .terms import BUILTIN_TERMS
 
 _TORCH_NAMES = ["ASGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD"]
+
+
+def _adafactor_check(kwargs: dict) -> str | None:
+    if kwargs.get("relative_step") or kwargs.get("warmup_init"):
+        return ("relative_step=True / warmup_init=True make Adafactor compute its own learning rate from its step count, "
+                "which ignores the trainer's --learning_rate and scheduler (and would restart in every cluster); "
+                "leave them unset (relative_step=False is the default inside LoliClustered) and set the learning rate as usual")
+    return None
 
 
 def _inner_specs() -> dict[str, InnerSpec]:
@@ -30,8 +40,12 @@ def _inner_specs() -> dict[str, InnerSpec]:
             "Prodigy": InnerSpec("prodigyopt:Prodigy", pip="prodigyopt"),
             "CAME": InnerSpec("came_pytorch:CAME", pip="came-pytorch"),
             # kohya's AdaFactor is transformers' (relative_step etc.); torch.optim.Adafactor differs and
-            # stays reachable as inner='torch.optim.Adafactor'.
-            "AdaFactor": InnerSpec("transformers.optimization:Adafactor", pip="transformers"),
+            # stays reachable as inner='torch.optim.Adafactor'. Inside LoliClustered the host's learning
+            # rate and scheduler drive it, so it runs in transformers' "manual lr" mode by default (sd-scripts'
+            # own --optimizer_type AdaFactor instead drops the lr and swaps in AdafactorSchedule).
+            "AdaFactor": InnerSpec("transformers.optimization:Adafactor", pip="transformers",
+                                   defaults={"relative_step": False, "scale_parameter": False, "warmup_init": False},
+                                   check=_adafactor_check),
             "DAdaptation": InnerSpec("dadaptation:DAdaptAdamPreprint", pip="dadaptation"),
             "DAdaptAdamPreprint": InnerSpec("dadaptation:DAdaptAdamPreprint", pip="dadaptation"),
             "DAdaptAdaGrad": InnerSpec("dadaptation:DAdaptAdaGrad", pip="dadaptation"),
@@ -54,13 +68,9 @@ def loli_inner_optimizers():
 
 @hookimpl
 def loli_schedules():
-    from .schedule import BUILTIN_ORDERS
-
     return dict(BUILTIN_ORDERS)
 
 
 @hookimpl
 def loli_loss_terms():
-    from .loss import BUILTIN_TERMS
-
     return dict(BUILTIN_TERMS)

@@ -31,6 +31,7 @@ import torch
 from .errors import LoliConfigError, LoliStateError
 from .inner import find_refusal, resolve_inner
 from .options import DEFAULT_CLUSTERS, check_clusters
+from .plugins import inner_specs
 from .schedule import ClusterSchedule
 
 STATE_FORMAT = 1
@@ -90,7 +91,7 @@ class LoliClustered(torch.optim.Optimizer):
     ):
         clusters = check_clusters(clusters)
         offloader = _make_offloader(offload, clusters)
-        name, factory, implied = resolve_inner(inner)
+        name, factory, implied = resolve_inner(inner, inner_specs())
         optimizer = factory(params, **{**implied, **inner_kwargs})
         self._setup(optimizer, name, clusters, schedule, seed, offloader, warm_start, beta_horizon)
 
@@ -153,9 +154,9 @@ class LoliClustered(torch.optim.Optimizer):
         self._ready = True
         self._position(self.schedule.current)
         # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
-        from .plugins import get_plugin_manager
+        from .host import optimizer_created
 
-        get_plugin_manager().hook.loli_optimizer_created(optimizer=self)
+        optimizer_created(self)
 
     # ------------------------------------------------------------------ public properties
     @property

@@ -1,11 +1,16 @@
-"""``loli-plugin doctor PATH``: what loli-plugin would patch in a trainer checkout, and whether it can.
+"""``loli-plugin doctor PATH``: which trainer a checkout holds, what loli-plugin patches in it, and
+whether each patch fits.
 
-Prints the trainer's commit, every patch target with ``ok`` or the reason it is missing, and whether
-the short names (``--optimizer_type LoliClustered``, ``--loss_type loli``) are active in this Python.
+It recognises every trainer an installed adapter supports (``TrainerAdapter.find_checkout``), prints
+the checkout's commit, the supported versions, the start-up hook's state and, for every patch, ``ok``
+or the reason it does not fit. Checking imports the trainer's modules from PATH (run it in the
+trainer's own venv).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,36 +27,59 @@ def trainer_commit(path: Path) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("doctor", help="check a trainer checkout against loli-plugin's patches")
-    p.add_argument("path", help="folder of an sd-scripts checkout")
+    p = sub.add_parser("doctor", help="check a trainer checkout (sd-scripts, OneTrainer, ...) against loli-plugin's patches")
+    p.add_argument("path", help="folder of a trainer checkout (run this in the trainer's own venv)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    path = Path(args.path).expanduser().resolve()
-    if not (path / "library" / "train_util.py").is_file():
-        print(f"{path}: no library/train_util.py here; give the folder of an sd-scripts checkout")
-        return 1
-    sys.path.insert(0, str(path))
-    import _loli_plugin_autoload
+def _hook_state() -> str:
+    try:
+        import _loli_plugin_autoload as autoload
+    except ImportError:
+        return "not installed (loli_plugin.pth is missing: install loli-plugin with pip, not -e)"
+    if autoload.INSTALLED:
+        return f"active ({autoload.INSTALLED_BY})"
+    return ("OFF: LOLI_PLUGIN_DISABLE is set" if autoload.disabled() else
+            "OFF: loli_plugin.pth did not run; use `python -m loli_plugin.launch SCRIPT ...`")
 
-    from .patches import kohya as patches
 
-    print(f"sd-scripts at {path}")
+def check(adapter, path: Path) -> int:
+    """Print the report for one trainer; return the number of patches that do not fit."""
+    print(f"{adapter.library} at {path}")
     print(f"commit: {trainer_commit(path)}")
-    print(f"supported: {patches.SUPPORTED}")
+    print(f"supported: {adapter.supported}")
+    print(f"start-up hook: {_hook_state()}")
     problems = 0
-    groups = [("entry (parser, short names)", patches.ENTRY), ("training (loss, SD timesteps)", patches.TRAINING)]
-    groups += [(f"sampler {m}", inst) for m, inst in patches.FAMILIES.items()]
-    for title, inst in groups:
-        print(f"[{title}]")
-        for target in inst.targets:
-            problem = target.problem()
+    for inst, scope in adapter.instrumentors():
+        print(f"[{scope}-time patches of {', '.join(sorted(inst.modules()))}]")
+        for module in sorted(inst.modules()):
+            if module not in sys.modules:
+                try:
+                    importlib.import_module(module)
+                except Exception as exc:  # the trainer's own import errors: report, keep checking
+                    print(f"  {module}: cannot be imported here ({type(exc).__name__}: {exc})")
+        for patch in inst.patches:
+            problem = None if inst.is_applied(patch) else patch.problem()
+            if problem and patch.optional and problem.endswith(": not found"):
+                print(f"  {patch.name}: absent in this version (optional)")
+                continue
             problems += problem is not None
-            print(f"  {target.name}: ok ({target.why})" if problem is None else f"  {problem}")
-    hook = "active" if _loli_plugin_autoload.INSTALLED else (
-        "OFF (LOLI_PLUGIN_DISABLE is set, or loli_plugin.pth did not run: use `python -m loli_plugin.kohya SCRIPT ...`)"
-    )
-    print(f"short names (.pth hook): {hook}")
-    print("result: " + ("all patch targets found" if not problems else f"{problems} problem(s); loli-plugin will refuse to run"))
+            print(f"  {patch.name}: ok ({patch.why})" if problem is None else f"  {problem}")
+    return problems
+
+
+def run(args) -> int:
+    from .host import adapters
+
+    path = Path(args.path).expanduser().resolve()
+    found = [a for a in adapters() if a.find_checkout(path)]
+    if not found:
+        names = ", ".join(a.library for a in adapters())
+        print(f"loli-plugin doctor: error: {path} holds no trainer loli-plugin knows ({names})", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(path))
+    os.chdir(path)  # trainers load resources relative to their root
+    problems = sum(check(a, path) for a in found)
+    print("result: " + ("every patch fits" if not problems else
+                        f"{problems} patch(es) do not fit; plain runs are unaffected, runs with Loli options will stop with this list"))
     return 1 if problems else 0

@@ -44,7 +44,13 @@ def loli_loss_terms():
 
 @hookspec
 def loli_trainer_adapters():
-    """Return a list of trainer adapters (objects with ``name`` and ``install()``)."""
+    """Return a list of ``loli_plugin.host.TrainerAdapter`` objects: one per trainer integration.
+
+    An adapter declares the trainer modules it watches (a ``.watch`` manifest read at start-up), its
+    patches (instrumentors with a scope), how a run activates and which features it needs; see
+    ``loli_plugin.host`` and the README's "Adding a trainer". The adapters this package ships are
+    registered through the same ``loli_plugin`` entry-point group as third-party ones.
+    """
 
 
 @hookspec
@@ -55,6 +61,5 @@ def loli_log(step, logs):
 
 @hookspec
 def loli_optimizer_created(optimizer):
-    """Called once when a ``LoliClustered`` is built. Trainer adapters use it to attach to the trainer
-    that is building it (kohya's dotted ``--optimizer_type loli_plugin.LoliClustered`` route has no
-    other entry point); they must do nothing when their trainer is not running."""
+    """Called once when a ``LoliClustered`` is built, before it steps; for observers (a logger, a
+    checkpoint tool). Trainer adapters are told through ``TrainerAdapter.on_optimizer_created``."""

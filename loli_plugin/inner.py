@@ -23,12 +23,14 @@ class InnerSpec:
     arguments the name implies (kohya's ``SGDNesterov`` is SGD with nesterov=True, momentum=0.9);
     the user's own arguments override them. ``pip`` names the distribution to install when the
     module is missing. ``refuse`` holds the reason when the optimizer must not be wrapped.
+    ``check(kwargs)`` returns why a combination of arguments cannot work inside LoliClustered (or None).
     """
 
     target: Any
     pip: str | None = None
     defaults: dict = dataclasses.field(default_factory=dict)
     refuse: str | None = None
+    check: Callable[[dict], str | None] | None = None
 
     def load(self, name: str) -> Callable:
         if self.refuse:
@@ -77,27 +79,22 @@ def find_refusal(cls_or_fn: Any) -> str | None:
     return None
 
 
-def known_names() -> dict[str, InnerSpec]:
-    from .plugins import get_plugin_manager, merged
-
-    pm = get_plugin_manager()
-    specs = merged(pm.hook.loli_inner_optimizers(), "loli_inner_optimizers")
-    return {name.lower(): spec for name, spec in specs.items()}
-
-
-def resolve_inner(inner: Any) -> tuple[str, Callable, dict]:
-    """Return ``(display_name, factory, implied_kwargs)`` for the ``inner=`` option.
+def resolve_inner(inner: Any, specs: dict[str, InnerSpec]) -> tuple[str, Callable, dict]:
+    """Return ``(display_name, factory, implied_kwargs)`` for the ``inner=`` option; ``specs`` are the
+    named inner optimizers (``loli_plugin.plugins.inner_specs()``: built-ins and plugins').
 
     ``factory(params, **kwargs)`` builds the optimizer. Raises LoliConfigError for unknown names and
     refused optimizers, LoliDependencyError for a known optimizer whose package is missing.
     """
     if isinstance(inner, str):
         name = inner.strip()
-        specs = known_names()
+        specs = {key.lower(): spec for key, spec in specs.items()}
         spec = specs.get(name.lower())
         if spec is not None:
             factory = spec.load(name)
             implied = dict(spec.defaults)
+            if spec.check is not None:
+                factory = _checked(name, factory, spec.check)
         elif "." in name or ":" in name:
             factory = _import_dotted(name)
             implied = {}
@@ -114,6 +111,19 @@ def resolve_inner(inner: Any) -> tuple[str, Callable, dict]:
     if reason:
         raise LoliConfigError(f"inner={name!r} cannot be used inside LoliClustered: {reason}")
     return name, factory, implied
+
+
+def _checked(name: str, cls: Callable, check: Callable[[dict], str | None]) -> Callable:
+    """``cls``'s factory that first refuses argument combinations ``check`` names."""
+
+    def build(params, **kwargs):
+        problem = check(kwargs)
+        if problem:
+            raise LoliConfigError(f"inner={name!r}: {problem}")
+        return cls(params, **kwargs)
+
+    build.__name__, build.__module__, build.__wrapped__ = cls.__name__, cls.__module__, cls
+    return build
 
 
 def _import_dotted(path: str) -> Callable:

@@ -1,12 +1,2 @@
-"""Run an sd-scripts training script with loli-plugin active (where ``.pth`` files do not run):
-
-    python -m loli_plugin.kohya train_network.py --optimizer_type LoliClustered ...
-    accelerate launch -m loli_plugin.kohya train_network.py --optimizer_type LoliClustered ...
-"""
-
-import sys
-
-from .launch import run_script
-
-if __name__ == "__main__":
-    run_script(sys.argv[1:], "loli_plugin.kohya", __doc__)
+"""Alias of ``python -m loli_plugin.launch`` (kept for existing sd-scripts commands)."""
+if __name__ == "__main__": __import__("loli_plugin.launch").launch.main()  # noqa: E701

@@ -1,8 +1,14 @@
 """Run a trainer's script with loli-plugin's start-up hook installed, for environments where ``.pth``
-files do not run (embedded Pythons, ``python -S``, some launchers) or for editable installs.
+files do not run (embedded Pythons, ``python -S``, editable installs of loli-plugin):
+
+    python -m loli_plugin.launch train_network.py --optimizer_type LoliClustered ...       # sd-scripts
+    accelerate launch -m loli_plugin.launch train_network.py ...                           # sd-scripts, multi-GPU
+    python -m loli_plugin.launch scripts/train.py --config-path my_config.json             # OneTrainer
+    python -m loli_plugin.launch src/musubi_tuner/wan_train_network.py ...                 # musubi-tuner
 
 The script runs as ``__main__`` exactly as ``python SCRIPT`` would run it (its folder first on
-sys.path, the rest of the arguments in sys.argv).
+sys.path, the rest of the arguments in sys.argv). ``python -m loli_plugin.kohya`` and
+``python -m loli_plugin.onetrainer`` are aliases kept for existing scripts.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import runpy
 import sys
 
 
-def run_script(argv: list[str], prog: str, usage: str) -> None:
+def run_script(argv: list[str], prog: str = "loli_plugin.launch") -> None:
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage.strip())
+        print(__doc__.strip())
         raise SystemExit(0 if argv else 2)
     script = os.path.abspath(argv[0])
     if not os.path.isfile(script):
@@ -22,10 +28,15 @@ def run_script(argv: list[str], prog: str, usage: str) -> None:
     os.environ.pop("LOLI_PLUGIN_DISABLE", None)  # asking for the launcher is asking for the plugin
     import _loli_plugin_autoload
 
-    if not _loli_plugin_autoload.INSTALLED:
-        _loli_plugin_autoload.INSTALLED = _loli_plugin_autoload.install()
-        # processes the trainer spawns (OneTrainer's multi-GPU ranks) will not run this launcher
-        _loli_plugin_autoload.VIA_LAUNCHER = True
+    _loli_plugin_autoload.install(by=_loli_plugin_autoload.INSTALLED_BY or "launcher")
     sys.argv = [script, *argv[1:]]
     sys.path.insert(0, os.path.dirname(script))
     runpy.run_path(script, run_name="__main__")
+
+
+def main() -> None:
+    run_script(sys.argv[1:], "python -m " + (__spec__.name if __spec__ else "loli_plugin.launch"))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,45 +7,16 @@ weights and per-sample weights exactly as it does for its built-in MSE.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
 from .errors import LoliConfigError
+from .plugins import loss_terms
+from .terms import cosine_term  # noqa: F401 - re-exported: adapters use loli_plugin.loss.cosine_term
 
 DEFAULT_WEIGHTS = {"mse": 0.4, "l1": 0.4, "cos": 0.2}
-_EPS = 1e-8
-
-
-def mse_term(pred: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
-    return (pred - target) ** 2
-
-
-def l1_term(pred: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
-    return (pred - target).abs()
-
-
-def cosine_term(pred: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
-    """``1 - cos(pred, target)`` along ``dim`` at every other position, kept as a size-1 dim to broadcast.
-
-    For image latents ``(B, C, H, W)`` dim=1 compares the channel vectors of each pixel. For packed
-    sequence latents ``(B, L, D)`` (Flux, SD3 after patchify) pass ``dim=-1``.
-    The norms are clamped *before* the square root, so a zero vector gives cos = 0 (loss 1) with
-    finite gradients, instead of the NaN gradient of sqrt at 0.
-    """
-    dot = (pred * target).sum(dim=dim, keepdim=True)
-    norms = (pred.pow(2).sum(dim=dim, keepdim=True).clamp_min(_EPS**2) * target.pow(2).sum(dim=dim, keepdim=True).clamp_min(_EPS**2)).sqrt()
-    return 1.0 - dot / norms
-
-
-BUILTIN_TERMS: dict[str, Callable] = {"mse": mse_term, "l1": l1_term, "cos": cosine_term}
 _ALIASES = {"mae": "l1", "cosine": "cos", "l2": "mse"}
-
-
-def available_terms() -> dict[str, Callable]:
-    from .plugins import get_plugin_manager, merged
-
-    return merged(get_plugin_manager().hook.loli_loss_terms(), "loli_loss_terms")
 
 
 def parse_loss_weights(weights: Mapping[str, float] | str | None, option: str = "loli_loss_weights") -> dict[str, float]:
@@ -69,7 +40,7 @@ def parse_loss_weights(weights: Mapping[str, float] | str | None, option: str = 
         weights = parsed
     if not isinstance(weights, Mapping) or not weights:
         raise LoliConfigError(f"{option} must name at least one term, e.g. {option}=\"mse=0.4,l1=0.4,cos=0.2\"")
-    terms = available_terms()
+    terms = loss_terms()
     out: dict[str, float] = {}
     for name, value in weights.items():
         key = _ALIASES.get(str(name).lower(), str(name).lower())
@@ -104,7 +75,7 @@ def loli_loss(
     if reduction not in ("none", "mean", "sum"):
         raise LoliConfigError(f"loli_loss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     weights = parse_loss_weights(weights)
-    terms = available_terms()
+    terms = loss_terms()
     loss = None
     for name, w in weights.items():
         if w == 0:

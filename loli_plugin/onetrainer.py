@@ -1,13 +1,2 @@
-"""Run a OneTrainer script with loli-plugin active (where ``.pth`` files do not run), from
-OneTrainer's folder:
-
-    python -m loli_plugin.onetrainer scripts/train.py --config-path my_config.json
-    python -m loli_plugin.onetrainer scripts/train_ui_qt.py
-"""
-
-import sys
-
-from .launch import run_script
-
-if __name__ == "__main__":
-    run_script(sys.argv[1:], "loli_plugin.onetrainer", __doc__)
+"""Alias of ``python -m loli_plugin.launch`` (kept for existing OneTrainer commands)."""
+if __name__ == "__main__": __import__("loli_plugin.launch").launch.main()  # noqa: E701

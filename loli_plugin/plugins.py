@@ -1,4 +1,6 @@
-"""The process-wide plugin manager: built-ins plus every ``loli_plugin`` entry point."""
+"""The process-wide plugin manager: the built-ins plus every ``loli_plugin`` entry point (the
+trainer adapters this package ships are registered that way too, so the core imports none of them),
+and the merged registries the core reads through it."""
 
 from __future__ import annotations
 
@@ -11,14 +13,11 @@ from . import hookspecs
 
 def build_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     """A new manager with the built-ins registered (and, by default, the installed entry points)."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
     from . import builtins
 
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
     pm.register(builtins, name="loli_plugin.builtins")
-    from .adapters import kohya as kohya_adapter  # light: imports nothing of sd-scripts
-
-    pm.register(kohya_adapter, name="loli_plugin.adapters.kohya")
     if load_entrypoints:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm
@@ -44,3 +43,18 @@ def merged(hook_results, what: str) -> dict:
             raise TypeError(f"a loli_plugin hook for {what} returned {type(result).__name__}, expected a dict")
         out.update(result)
     return out
+
+
+def inner_specs() -> dict:
+    """``{name: InnerSpec}`` of every named inner optimizer (``loli_inner_optimizers``)."""
+    return merged(get_plugin_manager().hook.loli_inner_optimizers(), "loli_inner_optimizers")
+
+
+def schedules() -> dict:
+    """``{name: factory(clusters, seed)}`` of every cluster order (``loli_schedules``)."""
+    return merged(get_plugin_manager().hook.loli_schedules(), "loli_schedules")
+
+
+def loss_terms() -> dict:
+    """``{name: term(pred, target, dim)}`` of every Loli-loss term (``loli_loss_terms``)."""
+    return merged(get_plugin_manager().hook.loli_loss_terms(), "loli_loss_terms")

@@ -3,75 +3,14 @@
 The order is a pure function of ``(seed, step)``: every rank of a distributed run computes the same
 cluster for the same step without communicating, and a resumed run continues the same sequence
 from the saved step. ``ClusterSchedule`` only adds the position (the number of optimizer steps
-taken) and its persistence.
+taken) and its persistence; the orders themselves are in ``orders`` (and plugins').
 """
 
 from __future__ import annotations
 
-import random
-from typing import Callable, Protocol
-
 from .errors import LoliConfigError, LoliStateError
 from .options import check_clusters
-
-
-class ClusterOrder(Protocol):
-    def __call__(self, step: int) -> int: ...
-
-
-def _rng(seed: int, *salt) -> random.Random:
-    # Seeding Random with a str is stable across platforms and Python versions (hashed with SHA-512),
-    # unlike hash() of a tuple, which is randomised per process for str members.
-    return random.Random(":".join(str(s) for s in (seed, *salt)))
-
-
-class ShuffleOrder:
-    """A seeded permutation of the K clusters per cycle of K steps: each cluster once per cycle."""
-
-    def __init__(self, clusters: int, seed: int):
-        self.clusters, self.seed = clusters, seed
-        self._cycle, self._perm = -1, []
-
-    def __call__(self, step: int) -> int:
-        cycle, pos = divmod(step, self.clusters)
-        if cycle != self._cycle:
-            perm = list(range(self.clusters))
-            _rng(self.seed, "shuffle", cycle).shuffle(perm)
-            self._cycle, self._perm = cycle, perm
-        return self._perm[pos]
-
-
-class RandomOrder:
-    """Independent uniform choice per step (the reference implementation's behaviour)."""
-
-    def __init__(self, clusters: int, seed: int):
-        self.clusters, self.seed = clusters, seed
-
-    def __call__(self, step: int) -> int:
-        return _rng(self.seed, "random", step).randrange(self.clusters)
-
-
-class RoundRobinOrder:
-    """0, 1, ..., K-1, 0, 1, ...: the simplest order, handy for debugging and tests."""
-
-    def __init__(self, clusters: int, seed: int):
-        self.clusters = clusters
-
-    def __call__(self, step: int) -> int:
-        return step % self.clusters
-
-
-BUILTIN_ORDERS: dict[str, Callable[[int, int], ClusterOrder]] = {
-    "shuffle": ShuffleOrder,
-    "random": RandomOrder,
-    "round_robin": RoundRobinOrder,
-}
-
-
-def available_schedules() -> dict[str, Callable[[int, int], ClusterOrder]]:
-    from .plugins import get_plugin_manager, merged
-
-    return merged(get_plugin_manager().hook.loli_schedules(), "loli_schedules")
+from .plugins import schedules
 
 
 class ClusterSchedule:
@@ -84,7 +23,7 @@ class ClusterSchedule:
 
     def __init__(self, clusters: int = 10, strategy: str = "shuffle", seed: int = 0, step: int = 0):
         self.clusters = check_clusters(clusters)
-        factories = available_schedules()
+        factories = schedules()
         if strategy not in factories:
             raise LoliConfigError(
                 f"unknown schedule={strategy!r}; choose one of {', '.join(sorted(factories))}"

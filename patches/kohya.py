@@ -4,15 +4,24 @@ Each wrapper cites the function it wraps. Only ``library.*`` module functions ar
 trainer methods: when ``train_network.py`` runs as ``__main__`` its ``NetworkTrainer`` is a different
 class object from the one other scripts import, while every script calls these functions through
 their module (``train_util.get_optimizer(...)``), so wrapping the module attribute reaches them all.
+The per-cluster logs are added where every script's logs end: the ``log`` method of accelerate's
+trackers (sd-scripts writes to them directly or through ``Accelerator.log``).
 
-Two instrumentors:
+Wrappers receive the adapter's run slot as ``context`` (handed over at instrument time); they use
+``context.run`` (the active ``KohyaRun`` or None), ``context.building_optimizer(args)``,
+``context.activate(args, optimizer)`` and ``context.observe(args, accelerator)``. Every wrapper
+passes the call through unchanged unless a Loli run asks for its feature, and reads only what the
+wrapped function reads (``getattr`` with sd-scripts' own defaults for optional ``args`` fields).
 
-* ``ENTRY`` (installed when ``library.train_util`` is imported, through the ``.pth`` hook or the
-  ``python -m loli_plugin.kohya`` launcher): the parser gets ``--loss_type loli`` and
-  ``--loli_loss_weights``; ``get_optimizer`` understands the short name ``LoliClustered``.
-* ``TRAINING`` and the per-family sampler instrumentors (installed when a run actually uses a Loli
-  feature): the loss, and the timestep samplers that draw from one cluster per optimizer step.
-  Runs that use no Loli option never get them, so their behaviour is the stock one.
+Instrumentors (``scope``: ``import`` = applied when the module is imported, passing through for plain
+runs; ``run`` = applied only when a run uses a Loli feature):
+
+* ``ENTRY`` (import): ``--loss_type loli`` and ``--loli_loss_weights`` in the parser, the short name
+  ``LoliClustered`` in ``get_optimizer``, and ``prepare_accelerator``, where a Loli run is checked
+  before anything is trained and the accelerator is taken for the probe.
+* ``TRAINING`` (run): the loss and the SD1/SD2/SDXL timestep sampler.
+* ``FAMILIES`` (run): the SD3, Flux/Chroma and Lumina samplers.
+* ``LOGS`` (run): accelerate's trackers.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import copy
 import sys
 
 from ..errors import LoliConfigError
-from .base import Instrumentor, PatchTarget, bind_arguments
+from .base import FunctionPatch, Instrumentor, bind_arguments, call_replacing
 from .draws import StratifiedTorch, cluster_draw
 
 SUPPORTED = "kohya-ss/sd-scripts v0.10.0 or newer (tested at commit 48d368f, v0.10.1-5)"
+LIBRARY = "kohya-ss/sd-scripts"
+TRAIN_UTIL = "library.train_util"
 
 #: --optimizer_type values that select the plugin. Avoid names ending in "8bit" or "schedulefree":
 #: get_optimizer and is_schedulefree_optimizer branch on those suffixes.
@@ -36,14 +47,18 @@ DOTTED_NAME = "loli_plugin.LoliClustered"
 NAME_KEYS = ("inner", "schedule")
 
 
-def _run():
-    from ..adapters import kohya
+def requests_optimizer(args) -> bool:
+    """``--optimizer_type LoliClustered`` (short name) or the dotted ``loli_plugin.LoliClustered``."""
+    opt_type = str(getattr(args, "optimizer_type", "") or "").strip()
+    return opt_type.lower() in SHORT_NAMES or opt_type in (DOTTED_NAME, "loli_plugin.clustered.LoliClustered")
 
-    return kohya.active_run()
+
+def requests_loss(args) -> bool:
+    return getattr(args, "loss_type", None) == "loli"
 
 
 # --------------------------------------------------------------------------- parser
-def add_training_arguments(wrapped, instance, args, kwargs):
+def add_training_arguments(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``add_training_arguments(parser, support_dreambooth)`` defines the closed
     ``--loss_type`` choices; add ``loli`` to them and the ``--loli_loss_weights`` option."""
     result = wrapped(*args, **kwargs)
@@ -78,46 +93,53 @@ def quote_name_args(optimizer_args):
     return out
 
 
-def get_optimizer(wrapped, instance, args, kwargs):
+def get_optimizer(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``get_optimizer(args, trainable_params)``: route the short name to the
     dotted-class branch of the same function (so kohya's own argument parsing and logging run), and
-    activate the plugin for runs that only use ``--loss_type loli``."""
-    from ..adapters import kohya
-
-    bound = bind_arguments(wrapped, args, kwargs)
-    run_args, trainable_params = bound["args"], bound["trainable_params"]
-    opt_type = (run_args.optimizer_type or "").strip()
-    if opt_type.lower() in SHORT_NAMES:
+    activate the plugin for runs that only use ``--loss_type loli``. The optimizer's constructor finds
+    the run's ``args`` through ``context.building_optimizer``."""
+    run_args = bind_arguments(wrapped, args, kwargs)["args"]
+    if str(getattr(run_args, "optimizer_type", "") or "").strip().lower() in SHORT_NAMES:
         routed = copy.copy(run_args)
         routed.optimizer_type = DOTTED_NAME
-        routed.optimizer_args = quote_name_args(run_args.optimizer_args)
-        with kohya.building_optimizer(run_args):
-            return wrapped(routed, trainable_params)
-    with kohya.building_optimizer(run_args):
-        result = wrapped(run_args, trainable_params)
-    if getattr(run_args, "loss_type", None) == "loli" and kohya.active_run() is None:
-        kohya.activate(run_args, optimizer=None)  # the Loli loss alone, with the user's optimizer
+        routed.optimizer_args = quote_name_args(getattr(run_args, "optimizer_args", None))
+        with context.building_optimizer(run_args):
+            return call_replacing(wrapped, args, kwargs, args=routed)
+    with context.building_optimizer(run_args):
+        result = wrapped(*args, **kwargs)
+    if requests_loss(run_args) and context.run is None:
+        context.activate(run_args, optimizer=None)  # the Loli loss alone, with the user's optimizer
     return result
 
 
-ENTRY = Instrumentor(
-    "kohya-ss/sd-scripts",
-    SUPPORTED,
-    [
-        PatchTarget("library.train_util", "add_training_arguments", ["parser", "support_dreambooth"], add_training_arguments,
-                    "adds --loss_type loli and --loli_loss_weights"),
-        PatchTarget("library.train_util", "get_optimizer", ["args", "trainable_params"], get_optimizer,
-                    "accepts --optimizer_type LoliClustered"),
-    ],
-)
+def prepare_accelerator(context, wrapped, instance, args, kwargs):
+    """library/train_util.py ``prepare_accelerator(args)``: every training script calls it before it
+    loads a model. A run that asks for a Loli feature is checked here, before any work (so a trainer
+    whose other targets drifted refuses with the list, instead of training stock); the accelerator it
+    returns is kept for the probe and for rank-aware logging."""
+    run_args = bind_arguments(wrapped, args, kwargs)["args"]
+    context.check_request(run_args)
+    accelerator = wrapped(*args, **kwargs)
+    context.observe(run_args, accelerator)
+    return accelerator
+
+
+PARSER = FunctionPatch(TRAIN_UTIL, "add_training_arguments", "adds --loss_type loli and --loli_loss_weights", "options",
+                       params=["parser", "support_dreambooth"], reads=["parser"], wrapper=add_training_arguments)
+#: where every Loli run activates (feature "activation": needed by all of them)
+GET_OPTIMIZER = FunctionPatch(TRAIN_UTIL, "get_optimizer", "accepts --optimizer_type LoliClustered; activates Loli runs",
+                              "activation", params=["args", "trainable_params"], reads=["args"], wrapper=get_optimizer)
+PREPARE_ACCELERATOR = FunctionPatch(TRAIN_UTIL, "prepare_accelerator", "checks a Loli run before it starts; keeps the accelerator",
+                                    "logs", params=["args"], wrapper=prepare_accelerator)
+ENTRY = Instrumentor(LIBRARY, SUPPORTED, [PARSER, GET_OPTIMIZER, PREPARE_ACCELERATOR])
 
 
 # --------------------------------------------------------------------------- loss
-def conditional_loss(wrapped, instance, args, kwargs):
+def conditional_loss(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``conditional_loss(model_pred, target, loss_type, reduction, huber_c)``:
     ``loss_type == "loli"`` computes the Loli loss; every other loss type runs the original untouched."""
     bound = bind_arguments(wrapped, args, kwargs)
-    run = _run()
+    run = context.run
     if bound["loss_type"] != "loli":
         loss = wrapped(*args, **kwargs)
         if run is not None:
@@ -125,7 +147,7 @@ def conditional_loss(wrapped, instance, args, kwargs):
         return loss
     if run is None:
         raise LoliConfigError("--loss_type loli is set but loli-plugin was not activated for this run; "
-                              "start the script with `python -m loli_plugin.kohya SCRIPT ...` or reinstall loli-plugin")
+                              "start the script with `python -m loli_plugin.launch kohya SCRIPT ...` or reinstall loli-plugin")
     from ..loss import loli_loss
 
     loss = loli_loss(bound["model_pred"], bound["target"], weights=run.loss_weights, reduction=bound["reduction"])
@@ -134,12 +156,12 @@ def conditional_loss(wrapped, instance, args, kwargs):
 
 
 # --------------------------------------------------------------------------- SD1/SD2/SDXL timesteps
-def get_timesteps(wrapped, instance, args, kwargs):
+def get_timesteps(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``get_timesteps(min_timestep, max_timestep, b_size, device)``: the uniform
     integer draw ``torch.randint(min, max)`` becomes a draw from the current cluster's slice of the
     same range. ``min >= max`` is kohya's fixed-timestep validation: handed to the original."""
     bound = bind_arguments(wrapped, args, kwargs)
-    run = _run()
+    run = context.run
     lo, hi = int(bound["min_timestep"]), int(bound["max_timestep"])
     if run is None or not run.stratify or lo >= hi:
         if run is not None:
@@ -153,13 +175,15 @@ def get_timesteps(wrapped, instance, args, kwargs):
 
 
 TRAINING = Instrumentor(
-    "kohya-ss/sd-scripts",
+    LIBRARY,
     SUPPORTED,
     [
-        PatchTarget("library.train_util", "conditional_loss", ["model_pred", "target", "loss_type", "reduction", "huber_c"],
-                    conditional_loss, "--loss_type loli"),
-        PatchTarget("library.train_util", "get_timesteps", ["min_timestep", "max_timestep", "b_size", "device"],
-                    get_timesteps, "SD1.x/2.x/SDXL timesteps from one cluster per step"),
+        # also where every training loss is recorded under its cluster, hence "logs"
+        FunctionPatch(TRAIN_UTIL, "conditional_loss", "--loss_type loli; per-cluster loss", ("loss", "logs"),
+                      params=["model_pred", "target", "loss_type", "reduction", "huber_c"],
+                      reads=["model_pred", "target", "loss_type", "reduction"], wrapper=conditional_loss),
+        FunctionPatch(TRAIN_UTIL, "get_timesteps", "SD1.x/2.x/SDXL timesteps from one cluster per step", "sampler",
+                      params=["min_timestep", "max_timestep", "b_size", "device"], wrapper=get_timesteps),
     ],
 )
 
@@ -182,16 +206,22 @@ def _flow_reflect(family: str, run_args) -> bool:
     return scheme != "mode"
 
 
+def _validating(run_args) -> bool:
+    """train_network.py's validation fixes the timestep with ``args.min_timestep = args.max_timestep``
+    (its "dirty hack"); the flow samplers ignore both fields, so an ``args`` without them is training."""
+    lo = getattr(run_args, "min_timestep", None)
+    return lo is not None and lo == getattr(run_args, "max_timestep", None)
+
+
 def _flow_sampler(family: str, module_name: str):
-    def wrapper(wrapped, instance, args, kwargs):
-        run = _run()
+    def wrapper(context, wrapped, instance, args, kwargs):
+        run = context.run
+        if run is None or not run.stratify:
+            return wrapped(*args, **kwargs)
         bound = bind_arguments(wrapped, args, kwargs)
         run_args = bound["args"]
-        # kohya's validation fixes the timestep with min_timestep == max_timestep; hand it over.
-        validating = run_args.min_timestep is not None and run_args.min_timestep == run_args.max_timestep
-        if run is None or not run.stratify or validating:
-            if run is not None:
-                run.untracked_draw()
+        if _validating(run_args):
+            run.untracked_draw()
             return wrapped(*args, **kwargs)
         k = run.take_cluster()
         if _flow_reflect(family, run_args):
@@ -210,7 +240,7 @@ _LAST_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
 
 
 def _density_clamp(module_name: str):
-    def wrapper(wrapped, instance, args, kwargs):
+    def wrapper(context, wrapped, instance, args, kwargs):
         """``compute_density_for_timestep_sampling``: under "mode" a draw near 0 maps to u == 1.0 in
         float32, and the caller's ``noise_scheduler.timesteps[(u * N).long()]`` indexes past the end.
         While a cluster draw is in progress (the module's ``torch`` is the stand-in), clamp u just below 1."""
@@ -227,14 +257,16 @@ _FLOW_PARAMS = ["args", "noise_scheduler", "latents", "noise", "device", "dtype"
 
 
 def _family(module: str, params, with_density: bool, family: str, why: str) -> Instrumentor:
-    targets = [PatchTarget(module, "get_noisy_model_input_and_timesteps", params, _flow_sampler(family, module), why)]
+    patches = [FunctionPatch(module, "get_noisy_model_input_and_timesteps", why, "sampler",
+                             params=params, reads=["args", "latents"], wrapper=_flow_sampler(family, module))]
     if with_density:
-        targets.append(PatchTarget(module, "compute_density_for_timestep_sampling", _DENSITY_PARAMS, _density_clamp(module),
-                                   "keeps u < 1 so the scheduler-table index stays in range"))
-    return Instrumentor("kohya-ss/sd-scripts", SUPPORTED, targets)
+        patches.append(FunctionPatch(module, "compute_density_for_timestep_sampling",
+                                     "keeps u < 1 so the scheduler-table index stays in range", "sampler",
+                                     params=_DENSITY_PARAMS, reads=[], wrapper=_density_clamp(module)))
+    return Instrumentor(LIBRARY, SUPPORTED, patches)
 
 
-#: module -> instrumentor, installed when the module is (or gets) imported during a Loli run.
+#: module -> instrumentor, applied when the module is (or gets) imported during a Loli run.
 FAMILIES = {
     "library.sd3_train_utils": _family("library.sd3_train_utils", ["args", "latents", "noise", "device", "dtype"], False, "sd3",
                                        "SD3 timesteps from one cluster per step"),
@@ -243,3 +275,38 @@ FAMILIES = {
     "library.lumina_train_util": _family("library.lumina_train_util", _FLOW_PARAMS, True, "lumina",
                                          "Lumina timesteps from one cluster per step"),
 }
+
+
+# --------------------------------------------------------------------------- logs
+#: train_network.py's step logs carry "loss/current"; fine_tune.py / sdxl_train.py's carry "loss"
+STEP_LOSS_KEYS = ("loss/current", "loss")
+TRACKING = "accelerate.tracking"
+
+
+def tracker_log(context, wrapped, instance, args, kwargs):
+    """accelerate/tracking.py ``<Tracker>.log(self, values, step=None, **kwargs)``: every sd-scripts
+    script's step logs end here (train_network.py NetworkTrainer.accelerator_logging calls the trackers
+    directly, the others through Accelerator.log). A step log of a Loli run gets the per-cluster
+    values added; reading them costs one small device-to-host copy, after kohya's own ``loss.item()``."""
+    run = context.run
+    if run is None or run.monitor is None:
+        return wrapped(*args, **kwargs)
+    values = bind_arguments(wrapped, args, kwargs)["values"]
+    if not isinstance(values, dict) or not any(k in values for k in STEP_LOSS_KEYS):
+        return wrapped(*args, **kwargs)
+    return call_replacing(wrapped, args, kwargs, values={**values, **run.logs()})
+
+
+def _tracker(cls: str, optional: bool) -> FunctionPatch:
+    return FunctionPatch(TRACKING, f"{cls}.log", "per-cluster scalars next to sd-scripts' loss", "logs",
+                         params=["self", "values", "step"], reads=["values"], wrapper=tracker_log, optional=optional)
+
+
+#: TensorBoard and W&B are the trackers sd-scripts special-cases; the others are patched when this
+#: accelerate has them.
+LOGS = Instrumentor(
+    "huggingface/accelerate (as pinned by sd-scripts)",
+    "accelerate >= 0.30 (tested with 1.6.0)",
+    [_tracker("TensorBoardTracker", False), _tracker("WandBTracker", False)]
+    + [_tracker(cls, True) for cls in ("CometMLTracker", "AimTracker", "MLflowTracker", "ClearMLTracker", "DVCLiveTracker")],
+)

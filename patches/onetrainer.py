@@ -1,9 +1,20 @@
 """Patches for Nerogar/OneTrainer (read and tested at commit 23df383, 2026-08-19; OneTrainer has no
 version number, so support is decided by the presence and signatures of the targets below).
 
-Registration (``register_*``) happens from post-import hooks, before any TrainConfig, UI state or tab
-exists; the run-time wrappers are grouped in instrumentors installed when ``modules.util.create`` is
-imported. Every wrapper passes through unless the run uses a Loli option.
+Wrappers receive the adapter as ``context`` (handed over at instrument time) and use ``context.run``,
+``context.check_request(config)``, ``context.build_optimizer(create_optimizer, bound)`` and
+``context.activate_loss(config)``. Every wrapper passes through unless the run uses a Loli option.
+
+Instrumentors (scope ``import``: applied when the module is imported; ``run``: when a run asks for a
+Loli feature):
+
+* ``REGISTRATION`` (import): ``Optimizer.LOLI_CLUSTERED``, its default parameters, the plugin's config
+  fields (so the UI, JSON configs, presets, backups and multi-GPU children carry them), the
+  ``from_dict`` guard that notices a config asking for a Loli feature this OneTrainer cannot serve
+  (OneTrainer would otherwise fall back to its default optimizer with "Could not set optimizer").
+* ``ENTRY`` (import): ``create_trainer`` (refuses an unservable Loli run before any work) and
+  ``create_optimizer`` (builds LOLI_CLUSTERED, activates Loli runs).
+* ``TRAINING`` (run): timesteps, the cosine term, per-cluster loss recording, TensorBoard.
 """
 
 from __future__ import annotations
@@ -13,10 +24,11 @@ import sys
 import torch
 
 from ..errors import LoliConfigError
-from .base import Instrumentor, PatchTarget, bind_arguments
+from .base import EnumMemberPatch, FunctionPatch, Instrumentor, MappingEntryPatch, bind_arguments
 from .draws import cluster_draw
 
 SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one with the same functions"
+LIBRARY = "Nerogar/OneTrainer"
 MEMBER = "LOLI_CLUSTERED"
 #: TrainOptimizerConfig fields the plugin adds: (name, default, type, nullable)
 OPTIMIZER_FIELDS = [("loli_inner", "ADAMW", str, False), ("loli_clusters", 10, int, False), ("loli_schedule", "shuffle", str, False)]
@@ -32,60 +44,41 @@ NOISE_MIXIN = "modules.modelSetup.mixin.ModelSetupNoiseMixin"
 LOSS_MIXIN = "modules.modelSetup.mixin.ModelSetupDiffusionLossMixin"
 
 
-def _run():
-    from ..adapters import onetrainer
-
-    return onetrainer.active_run()
+OPTIMIZER_ENUM = "modules.util.enum.Optimizer"
+OPTIMIZER_UTIL = "modules.util.optimizer_util"
+TRAIN_CONFIG = "modules.util.config.TrainConfig"
+BASE_CONFIG = "modules.util.config.BaseConfig"
+CREATE = "modules.util.create"
 
 
 # --------------------------------------------------------------------------- registration
-def register_member(module) -> None:
-    """modules/util/enum/Optimizer.py ``Optimizer``: a closed Enum looked up by name (BaseConfig.from_dict,
-    UIState) and shown by value, so the new member has name == value."""
-    cls = module.Optimizer
-    if MEMBER in cls.__members__:
-        return
-    member = object.__new__(cls)
-    member._name_ = member._value_ = MEMBER
-    member._sort_order_ = len(cls._member_names_)
-    member.__objclass__ = cls
-    type.__setattr__(cls, MEMBER, member)
-    cls._member_names_.append(MEMBER)
-    cls._member_map_[MEMBER] = member
-    cls._value2member_map_[MEMBER] = member
-    _delegate_lr_report(cls)
+def _is_onetrainer_optimizer_enum(cls) -> str | None:
+    return None if "ADAMW" in cls.__members__ else f"{cls.__module__}.{cls.__qualname__}: has no ADAMW member"
 
 
-def _delegate_lr_report(cls) -> None:
-    """``Optimizer.maybe_adjust_lrs(self, lrs, optimizer)``: what BaseModelSetup.report_to_tensorboard writes
-    as ``lr/<group>``; for an adaptive member (PRODIGY, DADAPT_*) the effective ``lr * d`` of each param group.
-    LOLI_CLUSTERED is not adaptive itself but its inner may be: the call goes to the inner's member, which
-    reads the param groups LoliClustered shares with the inner (``d`` of the cluster that steps next)."""
-    original = cls.__dict__.get("maybe_adjust_lrs")
-    if not callable(original) or getattr(original, "_loli", False):  # absent in another OneTrainer: nothing to report
-        return
-
-    def maybe_adjust_lrs(self, lrs, optimizer):
-        if self._name_ == MEMBER:
-            inner = cls._member_map_.get(str(getattr(optimizer, "inner_name", "")))
-            if inner is not None and inner._name_ != MEMBER:
-                return original(inner, lrs, optimizer)
-        return original(self, lrs, optimizer)
-
-    maybe_adjust_lrs._loli = True
-    maybe_adjust_lrs.__wrapped__ = original
-    type.__setattr__(cls, "maybe_adjust_lrs", maybe_adjust_lrs)
+def maybe_adjust_lrs(context, wrapped, instance, args, kwargs):
+    """modules/util/enum/Optimizer.py ``Optimizer.maybe_adjust_lrs(self, lrs, optimizer)``: what
+    BaseModelSetup.report_to_tensorboard writes as ``lr/<group>``; for an adaptive member (PRODIGY,
+    DADAPT_*) the effective ``lr * d``. LOLI_CLUSTERED is not adaptive itself but its inner may be: the
+    call goes to the inner's member, which reads the param groups LoliClustered shares with the inner."""
+    bound = bind_arguments(wrapped, args, kwargs)
+    member, optimizer = bound["self"], bound["optimizer"]
+    if member._name_ == MEMBER:
+        inner = type(member)._member_map_.get(str(getattr(optimizer, "inner_name", "")))
+        if inner is not None and inner._name_ != MEMBER:
+            return getattr(wrapped, "__func__", wrapped)(inner, bound["lrs"], optimizer)
+    return wrapped(*args, **kwargs)
 
 
-def register_default_parameters(module) -> None:
-    """modules/util/optimizer_util.py ``OPTIMIZER_DEFAULT_PARAMETERS``: imported by name by the UI, so the
-    dict is extended in place. The inner's own defaults follow the plugin's keys (ADAMW's by default)."""
-    from modules.util.enum.Optimizer import Optimizer
+def _member(module_name: str = OPTIMIZER_ENUM):
+    return sys.modules[module_name].Optimizer[MEMBER]
 
-    table = module.OPTIMIZER_DEFAULT_PARAMETERS
-    member = Optimizer[MEMBER]
-    if member not in table:
-        table[member] = {**{n: d for n, d, _, _ in OPTIMIZER_FIELDS}, **table[Optimizer.ADAMW]}
+
+def _default_parameters(module) -> dict:
+    """The plugin's keys first, then the inner's own defaults (ADAMW's by default): the optimizer
+    window lays out the inner's rows under the plugin's."""
+    optimizer = sys.modules[OPTIMIZER_ENUM].Optimizer
+    return {**{n: d for n, d, _, _ in OPTIMIZER_FIELDS}, **module.OPTIMIZER_DEFAULT_PARAMETERS[optimizer.ADAMW]}
 
 
 def _add_fields(config, fields) -> None:
@@ -98,38 +91,94 @@ def _add_fields(config, fields) -> None:
         config.default_values[name] = default
 
 
-def register_config_fields(module) -> None:
-    """modules/util/config/TrainConfig.py: ``TrainOptimizerConfig.default_values`` and
-    ``TrainConfig.default_values`` are the static factories every config (UI, JSON, multi-GPU child,
-    backup) is built from; fields added there save, load and reach the UI state."""
-    for cls, fields in ((module.TrainOptimizerConfig, OPTIMIZER_FIELDS), (module.TrainConfig, CONFIG_FIELDS)):
-        factory = cls.__dict__["default_values"]
-        if getattr(factory, "_loli", False):
-            continue
-        original = factory.__func__
+def _fields_factory(fields):
+    def default_values(context, wrapped, instance, args, kwargs):
+        """modules/util/config/TrainConfig.py ``TrainOptimizerConfig.default_values`` / ``TrainConfig.
+        default_values``: the static factories every config (UI, JSON, multi-GPU child, backup) is built
+        from; fields added here save, load and reach the UI state."""
+        config = wrapped(*args, **kwargs)
+        _add_fields(config, fields)
+        return config
 
-        def default_values(_original=original, _fields=fields):
-            config = _original()
-            _add_fields(config, _fields)
-            return config
+    return default_values
 
-        default_values._loli = True
-        default_values.__wrapped__ = original
-        setattr(cls, "default_values", staticmethod(default_values))
+
+def config_requests(data) -> set[str]:
+    """What a raw config dict asks of the plugin: {"optimizer"} for LOLI_CLUSTERED, {"loss"} for a
+    cosine strength > 0."""
+    asked = set()
+    if not isinstance(data, dict):
+        return asked
+    optimizer = data.get("optimizer")
+    if isinstance(optimizer, dict) and str(optimizer.get("optimizer")) == MEMBER:
+        asked.add("optimizer")
+    try:
+        if float(data.get("cos_strength") or 0) > 0:
+            asked.add("loss")
+    except (TypeError, ValueError):
+        pass
+    return asked
+
+
+def from_dict(context, wrapped, instance, args, kwargs):
+    """modules/util/config/BaseConfig.py ``BaseConfig.from_dict(self, data, migrate=True)``: OneTrainer
+    skips what it cannot set ("Could not set optimizer as ...") and keeps its default, so a config
+    naming LOLI_CLUSTERED on a OneTrainer the plugin cannot serve would train with ADAMW. The request is
+    noted on the config; ``create_trainer``/``create_optimizer`` refuse the run if it cannot be served."""
+    bound = bind_arguments(wrapped, args, kwargs)
+    result = wrapped(*args, **kwargs)
+    asked = config_requests(bound["data"])
+    if asked:
+        bound["self"].__dict__["_loli_requested"] = asked
+    return result
+
+
+MEMBER_PATCH = EnumMemberPatch(OPTIMIZER_ENUM, "Optimizer", "adds LOLI_CLUSTERED to the optimizer list", "options",
+                               member=MEMBER, check=_is_onetrainer_optimizer_enum)
+REGISTRATION = Instrumentor(LIBRARY, SUPPORTED, [
+    MEMBER_PATCH,
+    FunctionPatch(OPTIMIZER_ENUM, "Optimizer.maybe_adjust_lrs", "lr/<group> shows d*lr for adaptive inner optimizers", "logs",
+                  params=["self", "lrs", "optimizer"], wrapper=maybe_adjust_lrs, optional=True),
+    MappingEntryPatch(OPTIMIZER_UTIL, "OPTIMIZER_DEFAULT_PARAMETERS", "LOLI_CLUSTERED's default parameters", "options",
+                      key=lambda module: _member(), value=_default_parameters),
+    FunctionPatch(TRAIN_CONFIG, "TrainOptimizerConfig.default_values", "optimizer fields loli_inner, loli_clusters, loli_schedule",
+                  "options", params=[], wrapper=_fields_factory(OPTIMIZER_FIELDS)),
+    FunctionPatch(TRAIN_CONFIG, "TrainConfig.default_values", "config field cos_strength", "options",
+                  params=[], wrapper=_fields_factory(CONFIG_FIELDS)),
+    FunctionPatch(BASE_CONFIG, "BaseConfig.from_dict", "notices configs that ask for LOLI_CLUSTERED or a cosine strength", "options",
+                  params=["self", "data", "migrate"], reads=["self", "data"], wrapper=from_dict),
+])
 
 
 # --------------------------------------------------------------------------- optimizer
-def create_optimizer(wrapped, instance, args, kwargs):
+def create_trainer(context, wrapped, instance, args, kwargs):
+    """modules/util/create.py ``create_trainer(config, callbacks, commands, reattach=False)``: the start
+    of every training (scripts/train.py, the UI): a Loli run this OneTrainer cannot serve stops here."""
+    context.check_request(bind_arguments(wrapped, args, kwargs)["config"])
+    return wrapped(*args, **kwargs)
+
+
+def create_optimizer(context, wrapped, instance, args, kwargs):
     """modules/util/create.py ``create_optimizer(parameter_group_collection, state_dict, config, layer_key_fn)``:
     for LOLI_CLUSTERED, OneTrainer's own branch builds the inner optimizer (so every inner parameter
-    keeps working), LoliClustered wraps it, and the backup state is loaded into the wrapper."""
-    from ..adapters import onetrainer
-
+    keeps working), LoliClustered wraps it, and the backup state is loaded into the wrapper; a run with
+    only a cosine strength activates the loss."""
     bound = bind_arguments(wrapped, args, kwargs)
     config = bound["config"]
-    if str(config.optimizer.optimizer) != MEMBER:
-        return wrapped(*args, **kwargs)
-    return onetrainer.build_optimizer(wrapped, bound)
+    context.check_request(config)
+    if str(config.optimizer.optimizer) == MEMBER:
+        return context.build_optimizer(wrapped, bound)
+    optimizer = wrapped(*args, **kwargs)
+    context.activate_loss(config)
+    return optimizer
+
+
+ENTRY = Instrumentor(LIBRARY, SUPPORTED, [
+    FunctionPatch(CREATE, "create_trainer", "refuses a Loli run this OneTrainer cannot serve, before any work", "activation",
+                  params=["config", "callbacks", "commands"], reads=["config"], wrapper=create_trainer),
+    FunctionPatch(CREATE, "create_optimizer", "builds LOLI_CLUSTERED around the inner optimizer; activates Loli runs", "activation",
+                  params=["parameter_group_collection", "state_dict", "config", "layer_key_fn"], wrapper=create_optimizer),
+])
 
 
 # --------------------------------------------------------------------------- timesteps
@@ -146,7 +195,7 @@ def _reflect(config) -> bool:
     return False
 
 
-def get_timestep_discrete(wrapped, instance, args, kwargs):
+def get_timestep_discrete(context, wrapped, instance, args, kwargs):
     """modules/modelSetup/mixin/ModelSetupNoiseMixin.py ``ModelSetupNoiseMixin._get_timestep_discrete(self,
     num_train_timesteps, deterministic, generator, batch_size, config, shift=None)``: every model setup
     (and ``_get_timestep_continuous``) draws its training timesteps here. The first draw (rand, normal,
@@ -155,7 +204,7 @@ def get_timestep_discrete(wrapped, instance, args, kwargs):
     the UI's distribution preview (TimestepGenerator) are handed over untouched."""
     bound = bind_arguments(wrapped, args, kwargs)
     instance = bound.get("self", instance)
-    run = _run()
+    run = context.run
     if run is None or not run.stratify or bound["deterministic"] or type(instance).__name__ == "TimestepGenerator":
         if run is not None and bound.get("deterministic"):
             run.untracked_draw()
@@ -197,7 +246,7 @@ def _cosine_inputs(wrapped, args, kwargs):
     return bound["batch"], bound["data"], bound["config"], getattr(bound["config"], "cos_strength", 0.0) or 0.0
 
 
-def unmasked_losses(wrapped, instance, args, kwargs):
+def unmasked_losses(context, wrapped, instance, args, kwargs):
     """ModelSetupDiffusionLossMixin.__unmasked_losses(self, batch, data, config) -> per-sample (B,) losses
     (or int 0): add ``cos_strength * (1 - cos(pred, target))`` averaged like the other terms."""
     losses = wrapped(*args, **kwargs)
@@ -211,7 +260,7 @@ def unmasked_losses(wrapped, instance, args, kwargs):
     return losses + term
 
 
-def masked_losses(wrapped, instance, args, kwargs):
+def masked_losses(context, wrapped, instance, args, kwargs):
     """ModelSetupDiffusionLossMixin.__masked_losses(self, batch, data, config): the cosine term goes through
     OneTrainer's own ``masked_losses_with_prior`` (mask weight, area normalisation, prior preservation)."""
     losses = wrapped(*args, **kwargs)
@@ -232,53 +281,45 @@ def masked_losses(wrapped, instance, args, kwargs):
     return losses + term
 
 
-def record_losses(wrapped, instance, args, kwargs):
+def record_losses(context, wrapped, instance, args, kwargs):
     """``_diffusion_losses`` / ``_flow_matching_losses`` return the per-sample training losses; record their
     mean under the cluster the timesteps came from (validation runs under no_grad and is skipped)."""
     losses = wrapped(*args, **kwargs)
-    run = _run()
+    run = context.run
     if run is not None:
         run.record_loss(losses)
     return losses
 
 
 # --------------------------------------------------------------------------- tensorboard
-def report_to_tensorboard(wrapped, instance, args, kwargs):
+def report_to_tensorboard(context, wrapped, instance, args, kwargs):
     """modules/modelSetup/BaseModelSetup.py ``report_to_tensorboard(self, model, config, scheduler,
     tensorboard)``: called on the master rank once per optimizer update; add the per-cluster scalars."""
     result = wrapped(*args, **kwargs)
-    run = _run()
+    run = context.run
     if run is not None and run.monitor is not None:
         bound = bind_arguments(wrapped, args, kwargs)
         step = bound["model"].train_progress.global_step
-        for tag, value in run.monitor.logs().items():
+        for tag, value in run.logs().items():
             bound["tensorboard"].add_scalar(tag, value, step)
     return result
 
 
 _LOSS_PARAMS = ["self", "batch", "data", "config"]
 
-TRAINING = Instrumentor(
-    "Nerogar/OneTrainer",
-    SUPPORTED,
-    [
-        PatchTarget("modules.util.create", "create_optimizer", ["parameter_group_collection", "state_dict", "config", "layer_key_fn"],
-                    create_optimizer, "builds LOLI_CLUSTERED around the inner optimizer"),
-        PatchTarget(NOISE_MIXIN, "ModelSetupNoiseMixin._get_timestep_discrete",
-                    ["self", "num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"],
-                    get_timestep_discrete, "timesteps from one cluster per optimizer step (every model)"),
-        PatchTarget(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__unmasked_losses", _LOSS_PARAMS,
-                    unmasked_losses, "cosine strength (unmasked)"),
-        PatchTarget(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__masked_losses", _LOSS_PARAMS,
-                    masked_losses, "cosine strength (masked training)"),
-        PatchTarget(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._diffusion_losses",
-                    ["self", "batch", "data", "config", "train_device", "betas", "alphas_cumprod_fun"], record_losses,
-                    "per-cluster loss (diffusion models)"),
-        PatchTarget(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._flow_matching_losses",
-                    ["self", "batch", "data", "config", "train_device", "sigmas"], record_losses,
-                    "per-cluster loss (flow-matching models)"),
-        PatchTarget("modules.modelSetup.BaseModelSetup", "BaseModelSetup.report_to_tensorboard",
-                    ["self", "model", "config", "scheduler", "tensorboard"], report_to_tensorboard,
-                    "loss/cluster_XX and loss/normalized in TensorBoard"),
-    ],
-)
+TRAINING = Instrumentor(LIBRARY, SUPPORTED, [
+    FunctionPatch(NOISE_MIXIN, "ModelSetupNoiseMixin._get_timestep_discrete", "timesteps from one cluster per optimizer step (every model)",
+                  "sampler", params=["self", "num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"],
+                  reads=["self", "num_train_timesteps", "deterministic", "batch_size", "config"], wrapper=get_timestep_discrete),
+    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__unmasked_losses", "cosine strength (unmasked)",
+                  "loss", params=_LOSS_PARAMS, wrapper=unmasked_losses),
+    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__masked_losses", "cosine strength (masked training)",
+                  "loss", params=_LOSS_PARAMS, wrapper=masked_losses),
+    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._diffusion_losses", "per-cluster loss (diffusion models)", "logs",
+                  params=["self", "batch", "data", "config", "train_device", "betas", "alphas_cumprod_fun"], reads=[], wrapper=record_losses),
+    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._flow_matching_losses", "per-cluster loss (flow-matching models)", "logs",
+                  params=["self", "batch", "data", "config", "train_device", "sigmas"], reads=[], wrapper=record_losses),
+    FunctionPatch("modules.modelSetup.BaseModelSetup", "BaseModelSetup.report_to_tensorboard",
+                  "loss/cluster_XX and loss/normalized in TensorBoard", "logs",
+                  params=["self", "model", "config", "scheduler", "tensorboard"], reads=["model", "tensorboard"], wrapper=report_to_tensorboard),
+])

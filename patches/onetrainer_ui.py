@@ -9,20 +9,20 @@
   Strength" entry on the first free row of the loss section, beside MSE and MAE strength.
 
 Both views are shared by the customtkinter and the PySide6 UI (``self.components`` is the toolkit's
-component module), so one patch covers both. Older layouts lack these targets and are refused with
-``LoliUnsupportedTrainerError`` naming the supported commit.
+component module), so one patch covers both. On a layout without these targets the UI shows no plugin
+rows (logged once); configs and the CLI still carry the plugin's options.
 """
 
 from __future__ import annotations
 
-from .base import Instrumentor, PatchTarget, bind_arguments
-from .onetrainer import FIELD_DETAILS, MEMBER, OPTIMIZER_FIELDS, SUPPORTED
+from .base import FunctionPatch, Instrumentor, bind_arguments
+from .onetrainer import FIELD_DETAILS, LIBRARY, MEMBER, OPTIMIZER_FIELDS, SUPPORTED
 
 SCHEDULES = ["shuffle", "random", "round_robin"]
 COSINE_ROW = 9  # rows 0-8 of the loss frame are OneTrainer's (MSE ... Loss Scaler) for every model type
 
 
-def build_dynamic_content(wrapped, instance, args, kwargs):
+def build_dynamic_content(context, wrapped, instance, args, kwargs):
     bound = bind_arguments(wrapped, args, kwargs)
     instance = bound.get("self", instance)
     controller = bound["controller"]
@@ -79,7 +79,7 @@ def build_dynamic_content(wrapped, instance, args, kwargs):
     return result
 
 
-def create_loss_frame(wrapped, instance, args, kwargs):
+def create_loss_frame(context, wrapped, instance, args, kwargs):
     bound = bind_arguments(wrapped, args, kwargs)
     instance = bound.get("self", instance)
     components = instance.components
@@ -105,17 +105,12 @@ def create_loss_frame(wrapped, instance, args, kwargs):
     return result
 
 
-OPTIMIZER_WINDOW = Instrumentor("Nerogar/OneTrainer", SUPPORTED, [
-    PatchTarget("modules.ui.BaseOptimizerParamsWindowView", "BaseOptimizerParamsWindowView.build_dynamic_content",
-                ["self", "master", "controller", "optimizer_ui_state", "update_user_pref_cb", "open_muon_adam_cb"],
-                build_dynamic_content, "LOLI_CLUSTERED rows in the optimizer window"),
+UI = Instrumentor(LIBRARY, SUPPORTED, [
+    FunctionPatch("modules.ui.BaseOptimizerParamsWindowView", "BaseOptimizerParamsWindowView.build_dynamic_content",
+                  "LOLI_CLUSTERED rows in the optimizer window", "ui",
+                  params=["self", "master", "controller", "optimizer_ui_state", "update_user_pref_cb"],
+                  wrapper=build_dynamic_content),
+    FunctionPatch("modules.ui.BaseTrainingTabView", "BaseTrainingTabView._BaseTrainingTabView__create_loss_frame",
+                  "Cosine Strength in the loss section", "ui",
+                  params=["self", "master", "row", "controller", "ui_state"], reads=["self", "ui_state"], wrapper=create_loss_frame),
 ])
-TRAINING_TAB = Instrumentor("Nerogar/OneTrainer", SUPPORTED, [
-    PatchTarget("modules.ui.BaseTrainingTabView", "BaseTrainingTabView._BaseTrainingTabView__create_loss_frame",
-                ["self", "master", "row", "controller", "ui_state", "supports_vb_loss"],
-                create_loss_frame, "Cosine Strength in the loss section"),
-])
-
-
-def instrument(module_name: str) -> None:
-    {"modules.ui.BaseOptimizerParamsWindowView": OPTIMIZER_WINDOW, "modules.ui.BaseTrainingTabView": TRAINING_TAB}[module_name].instrument()

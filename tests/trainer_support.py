@@ -1,10 +1,8 @@
-"""Shared by tests/kohya and tests/onetrainer: is this the trainer's own venv with loli-plugin
-installed from a wheel, the skip-everything-below-this-folder collection hook, and the
-version-drift check every patch target goes through."""
+"""Shared by the real-trainer suites: is this the trainer's own venv with loli-plugin installed from a
+wheel, and the skip-everything-below-this-folder collection hook."""
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from pathlib import Path
 
@@ -32,24 +30,3 @@ def skip_items_below(folder: Path, reason: str | None, items) -> None:
     for item in items:
         if folder in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-def _changed_signature(*args, **kwargs):
-    raise AssertionError("must never be called")
-
-
-def assert_changed_target_refused(monkeypatch, inst, target, how: str, *expected: str) -> None:
-    """Remove ``target`` (``how="removed"``) or give it another signature, then check that ``inst``
-    refuses loudly, naming the target and each of ``expected`` (the supported commit...)."""
-    from loli_plugin.patches.base import LoliUnsupportedTrainerError
-
-    owner, leaf = target.owner(importlib.import_module(target.module))
-    if how == "removed":
-        monkeypatch.delattr(owner, leaf)
-    else:
-        monkeypatch.setattr(owner, leaf, _changed_signature)
-    with pytest.raises(LoliUnsupportedTrainerError) as err:
-        inst.check()
-    message = str(err.value)
-    assert target.name in message and all(e in message for e in expected), message
-    assert ("not found" in message) if how == "removed" else ("found (args, kwargs)" in message)

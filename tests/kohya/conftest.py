@@ -66,9 +66,15 @@ def kohya():
 
 @pytest.fixture(autouse=True)
 def _fresh_run():
+    """Each test starts without a run and with the adapter's drift record as it was (a test that
+    monkeypatches a target to look drifted must not leave the record behind)."""
+    adapter = sys.modules["loli_plugin.adapters.kohya"].ADAPTER if "loli_plugin.adapters.kohya" in sys.modules else None
+    recorded = dict(adapter.problems) if adapter is not None else None
     yield
-    if "loli_plugin.adapters.kohya" in sys.modules:
-        sys.modules["loli_plugin.adapters.kohya"].deactivate()
+    if adapter is not None:
+        adapter.deactivate()
+        adapter.problems.clear()
+        adapter.problems.update(recorded)
 
 
 @pytest.fixture

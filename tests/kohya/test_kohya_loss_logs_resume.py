@@ -1,12 +1,14 @@
 """--loss_type loli through the real conditional_loss, the per-cluster logs in kohya's accelerator.log,
 and resume through accelerate's save_state / load_state."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from loli_plugin import LoliClustered, loli_loss
-from loli_plugin.adapters import kohya as adapter
+from loli_plugin.adapters.kohya import ADAPTER as adapter
 
 
 def pred_target(seed=0):
@@ -57,33 +59,24 @@ def test_loli_loss_composes_with_masks_snr_and_v_pred_scaling(kohya, parse):
     assert pred.grad[:, :, 4:].abs().max() == 0 and pred.grad[:, :, :4].abs().max() > 0
 
 
-def test_per_cluster_logs_reach_kohyas_trackers(kohya, parse):
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = {p.parent for p in folder.rglob("events.out.tfevents*")}
+    ea = EventAccumulator(str(run_dir))
+    ea.Reload()
+    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+
+
+def test_per_cluster_logs_reach_kohyas_trackers(kohya, parse, tmp_path):
     from accelerate import Accelerator
-    from accelerate.tracking import GeneralTracker
 
-    class Recorder(GeneralTracker):
-        name, requires_logging_directory, main_process_only = "recorder", False, False
-
-        def __init__(self):
-            super().__init__()
-            self.logged = []
-
-        @property
-        def tracker(self):
-            return self
-
-        def store_init_configuration(self, values):
-            pass
-
-        def log(self, values, step=None, **kwargs):
-            self.logged.append((step, dict(values)))
-
-    recorder = Recorder()
-    accelerator = Accelerator(cpu=True, log_with=[recorder])
+    # sd-scripts' --log_with tensorboard: accelerate's own TensorBoardTracker, whose log() the plugin patches
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path))
     args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=3", "--max_timestep", "999")
-    _, _, opt = kohya.train_util.get_optimizer(args, [torch.nn.Parameter(torch.zeros(2))])  # finds `accelerator` above
+    _, _, opt = kohya.train_util.get_optimizer(args, [torch.nn.Parameter(torch.zeros(2))])
     accelerator.init_trackers("network_train")  # as train_network.py does, after get_optimizer
-    tracker = accelerator.get_tracker("recorder", unwrap=False)
+    tracker = accelerator.get_tracker("tensorboard", unwrap=False)
     pred, target = pred_target()
     for step in range(12):  # 4 steps per cluster: past the monitor's 3-step warm-up
         t = kohya.train_util.get_timesteps(0, 999, 2, "cpu")  # the training draw remembers its cluster
@@ -96,14 +89,16 @@ def test_per_cluster_logs_reach_kohyas_trackers(kohya, parse):
     kohya.train_util.get_timesteps(500, 500, 2, "cpu")
     with torch.no_grad():
         kohya.train_util.conditional_loss(pred * 0 + 100.0, target * 0, "l1", "none", None)
-    accelerator.log({"loss/validation/step_current": 0.5}, step=13)
+    accelerator.log({"loss/validation/step_current": 0.5}, step=13)  # fine_tune.py's route: Accelerator.log
     tracker.log({"loss/current": 0.0}, step=14)
-    step, last = recorder.logged[-3]
-    assert step == 12 and {"loss/cluster_00", "loss/cluster_01", "loss/cluster_02", "loss/normalized", "loli/cluster"} <= set(last)
-    assert [last[f"loss/cluster_{k:02d}"] for k in range(3)] == pytest.approx([1.0, 2.0, 3.0])
-    assert last["loss/normalized"] == pytest.approx(1.0)
-    assert recorder.logged[-2] == (13, {"loss/validation/step_current": 0.5})
-    assert recorder.logged[-1][1]["loss/cluster_00"] == pytest.approx(1.0)  # the validation loss did not enter
+    accelerator.end_training()
+    scalars = tensorboard_scalars(tmp_path)
+    assert {"loss/cluster_00", "loss/cluster_01", "loss/cluster_02", "loss/normalized", "loli/cluster"} <= set(scalars)
+    at_12 = {tag: dict(values)[12] for tag, values in scalars.items() if 12 in dict(values)}
+    assert [at_12[f"loss/cluster_{k:02d}"] for k in range(3)] == pytest.approx([1.0, 2.0, 3.0])
+    assert at_12["loss/normalized"] == pytest.approx(1.0)
+    assert scalars["loss/validation/step_current"] == [(13, 0.5)] and 13 not in dict(scalars["loss/cluster_00"])
+    assert dict(scalars["loss/cluster_00"])[14] == pytest.approx(1.0)  # the validation loss did not enter
 
 
 def train_some(kohya, args, opt, model, steps, gen):
@@ -135,13 +130,13 @@ def test_save_state_and_resume_equal_an_uninterrupted_run(kohya, parse, tmp_path
     accelerator, args, model, opt = fresh()
     train_some(kohya, args, opt, model, 8, torch.Generator().manual_seed(1))
     straight = [p.detach().clone() for p in model.parameters()]
-    straight_monitor = adapter.active_run().monitor.state_dict()
+    straight_monitor = adapter.run.monitor.state_dict()
     adapter.deactivate()
 
     accelerator, args, model, opt = fresh()
     gen = torch.Generator().manual_seed(1)
     train_some(kohya, args, opt, model, 3, gen)
-    saved_monitor = adapter.active_run().monitor.state_dict()  # 3 recorded losses, travelling with the state
+    saved_monitor = adapter.run.monitor.state_dict()  # 3 recorded losses, travelling with the state
     accelerator.save_state(str(tmp_path / "state"))  # what kohya's --save_state calls
     gen_state = gen.get_state()
     adapter.deactivate()
@@ -149,10 +144,10 @@ def test_save_state_and_resume_equal_an_uninterrupted_run(kohya, parse, tmp_path
     accelerator, args, model, opt = fresh()
     accelerator.load_state(str(tmp_path / "state"))  # what kohya's --resume calls (weights_only loads)
     assert opt.optimizer.schedule.step == 3 and sum(opt.optimizer.bank_steps) == 3
-    assert repr(adapter.active_run().monitor.state_dict()) == repr(saved_monitor)  # repr: NaN == NaN
+    assert repr(adapter.run.monitor.state_dict()) == repr(saved_monitor)  # repr: NaN == NaN
     gen.set_state(gen_state)
     train_some(kohya, args, opt, model, 5, gen)
     assert all(torch.equal(a, b) for a, b in zip(straight, model.parameters()))
-    resumed_monitor = adapter.active_run().monitor.state_dict()
+    resumed_monitor = adapter.run.monitor.state_dict()
     assert resumed_monitor["step"] == straight_monitor["step"] == 8
     assert resumed_monitor["ema"] == pytest.approx(straight_monitor["ema"], nan_ok=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loli_plugin import LoliClustered, LoliConfigError
-from loli_plugin.adapters import kohya as adapter
+from loli_plugin.adapters.kohya import ADAPTER as adapter
 from loli_plugin.patches.base import LoliUnsupportedTrainerError
 
 
@@ -54,7 +54,7 @@ def test_real_get_optimizer_builds_loli_clustered(kohya, parse, optimizer_type, 
     assert opt.clusters == 4 and opt.inner_name == "AdamW" and opt.schedule.strategy == "round_robin"
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 5e-4] and opt.param_groups[0]["weight_decay"] == 0.01
     assert "clusters=4" in arg_text
-    run = adapter.active_run()
+    run = adapter.run
     assert run is not None and run.optimizer is opt and run.stratify
     # kohya's own LR scheduler factory accepts it and drives the shared param_groups
     sched = kohya.train_util.get_scheduler_fix(args, opt, 1)
@@ -82,14 +82,14 @@ def test_loss_alone_activates_without_the_optimizer(kohya, parse):
     args = parse("--optimizer_type", "AdamW", "--loss_type", "loli", "--loli_loss_weights", "mse=1,cos=0.5")
     _, _, opt = kohya.train_util.get_optimizer(args, params())
     assert isinstance(opt, torch.optim.AdamW)
-    run = adapter.active_run()
+    run = adapter.run
     assert run.loss_weights == {"mse": 1.0, "cos": 0.5} and not run.stratify
 
 
 def test_plain_runs_are_not_touched(kohya, parse):
     args = parse("--optimizer_type", "AdamW")
     kohya.train_util.get_optimizer(args, params())
-    assert adapter.active_run() is None and not kohya.patches.TRAINING.instrumented
+    assert adapter.run is None and not kohya.patches.TRAINING.instrumented
 
 
 @pytest.mark.parametrize(
@@ -124,8 +124,10 @@ def test_doctor_reports_the_checkout(kohya, tmp_path):
     out = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "doctor", str(kohya.dir)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "48d368f" in out.stdout and "library.train_util.get_optimizer: ok" in out.stdout
-    assert "short names (.pth hook): active" in out.stdout
+    assert "kohya-ss/sd-scripts at" in out.stdout and "48d368f" in out.stdout
+    assert "library.train_util.get_optimizer: ok" in out.stdout and "library.flux_train_utils.get_noisy_model_input_and_timesteps: ok" in out.stdout
+    assert "accelerate.tracking.TensorBoardTracker.log: ok" in out.stdout
+    assert "start-up hook: active (pth)" in out.stdout and out.stdout.strip().endswith("result: every patch fits")
 
 
 @pytest.mark.parametrize("script, toml", [("sdxl_train_network", "sdxl_lora_loli.toml"), ("flux_train_network", "flux_lora_loli.toml")])
@@ -141,4 +143,4 @@ def test_example_toml_configs_build_the_optimizer(kohya, script, toml, monkeypat
     assert args.optimizer_type == "LoliClustered" and args.loss_type == "loli"
     name, _, opt = kohya.train_util.get_optimizer(args, params())
     assert isinstance(opt, LoliClustered) and opt.inner_name == "AdamW8bit" and opt.clusters == 10
-    assert adapter.active_run().loss_weights == {"mse": 0.4, "l1": 0.4, "cos": 0.2}
+    assert adapter.run.loss_weights == {"mse": 0.4, "l1": 0.4, "cos": 0.2}

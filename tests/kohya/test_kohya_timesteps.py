@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from loli_plugin import LoliClustered
-from loli_plugin.adapters import kohya as adapter
+from loli_plugin.adapters.kohya import ADAPTER as adapter
 
 K = 5
 

@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 from loli_plugin import LoliClustered, LoliConfigError
-from loli_plugin.adapters import onetrainer as adapter
+from loli_plugin.adapters.onetrainer import ADAPTER as adapter
 
 
 def make_config(ot, inner="ADAMW", clusters=4, **optimizer_values):
@@ -83,7 +83,7 @@ def test_create_optimizer_builds_loli_clustered(ot, inner):
     assert isinstance(opt, LoliClustered) and opt.clusters == 4 and opt.inner_name == inner
     assert [g["name"] for g in opt.param_groups] == ["unet", "text_encoder"]
     assert opt.param_groups is opt.inner.param_groups  # shared: LambdaLR, scaler and LR logging hold these dicts
-    run = adapter.active_run()
+    run = adapter.run
     assert run.optimizer is opt and run.inner == inner
     if inner == "ADAMW_8BIT" and not bnb_runs_on_cpu():
         pytest.skip("built; stepping skipped: this bitsandbytes (OneTrainer pins 0.49.1) has no CPU kernels for AdamW8bit")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from loli_plugin import LoliConfigError
-from loli_plugin.adapters import onetrainer as adapter
+from loli_plugin.adapters.onetrainer import ADAPTER as adapter
 
 from .test_onetrainer_core import collection, make_config
 

@@ -1,5 +1,6 @@
-"""State shared by the trainer adapters for one training run: which optimizer drives the clusters,
-which cluster the last training draw came from, and the per-cluster loss monitor."""
+"""The state of one Loli training run inside a host trainer, shared by every trainer adapter: which
+optimizer drives the clusters, which cluster the last training draw came from, and the per-cluster
+loss monitor (carried in the optimizer's state_dict so the host's own save/resume carries it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import LoliConfigError
+from .errors import LoliConfigError
 
 
 @dataclass
@@ -22,7 +23,7 @@ class LoliRun:
     @classmethod
     def for_optimizer(cls, optimizer, **kwargs) -> "LoliRun":
         """A run whose timesteps follow ``optimizer``'s clusters, with a loss monitor carried in its state."""
-        from ..monitor import ClusterLossMonitor
+        from .monitor import ClusterLossMonitor
 
         run = cls(clusters=optimizer.clusters, stratify=True, optimizer_ref=weakref.ref(optimizer), **kwargs)
         run.monitor = ClusterLossMonitor(optimizer.clusters)
@@ -47,6 +48,10 @@ class LoliRun:
     def untracked_draw(self) -> None:
         """A draw handed to the trainer (validation): its loss must not enter the per-cluster history."""
         self.drawn_cluster = None
+
+    def logs(self) -> dict[str, float]:
+        """The run's scalars for the host's trackers (per-cluster losses, normalized, current cluster)."""
+        return self.monitor.logs() if self.monitor is not None else {}
 
     def record_loss(self, loss) -> None:
         """Record a training micro-batch's loss under its cluster (no device sync: the monitor keeps the tensor)."""

@@ -1,0 +1,53 @@
+"""Drifted copies of a real trainer tree, for the failure-policy tests: the copy differs from the
+pinned tree only in the edited files (every other entry is a symlink to the original), and is made in
+the test's temporary folder, never committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def drifted_copy(src: Path, dest: Path, edits: dict[str, list[tuple[str, str]]]) -> Path:
+    """``dest``: ``src`` with each ``edits[relpath]`` applied as text replacements (each must match)."""
+
+    def mirror(s: Path, d: Path, rels: list[tuple[str, ...]], prefix: tuple[str, ...]) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        heads = {r[0] for r in rels}
+        for entry in s.iterdir():
+            if entry.name not in heads and entry.name != "__pycache__":
+                (d / entry.name).symlink_to(entry)
+        for head in heads:
+            rest = [r[1:] for r in rels if r[0] == head]
+            if rest == [()]:
+                rel = "/".join((*prefix, head))
+                text = (s / head).read_text()
+                for old, new in edits[rel]:
+                    assert old in text, f"{rel}: the drift edit no longer matches the pinned tree: {old!r}"
+                    text = text.replace(old, new)
+                (d / head).write_text(text)
+            else:
+                mirror(s / head, d / head, rest, (*prefix, head))
+
+    mirror(src, dest, [tuple(rel.split("/")) for rel in edits], ())
+    return dest
+
+
+def run_driver(driver: Path, tree: Path, argv: list[str], disable: bool = False, extra_env: dict | None = None):
+    """Run ``driver`` (a script printing one JSON line last) in a fresh interpreter of this venv, from
+    ``tree``; returns (completed process, parsed JSON or None)."""
+    env = {**os.environ, **(extra_env or {})}
+    env.pop("LOLI_PLUGIN_DISABLE", None)
+    if disable:
+        env["LOLI_PLUGIN_DISABLE"] = "1"
+    proc = subprocess.run([sys.executable, str(driver), str(tree), json.dumps(argv)], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc, (json.loads(lines[-1]) if lines and proc.returncode == 0 else None)
+
+
+def plugin_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "loli-plugin" in line]

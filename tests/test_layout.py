@@ -1,0 +1,123 @@
+"""The package's shape, checked on its source: no import cycles (function-level imports included), the
+core imports no trainer adapter, patches never import their adapter, and nothing inspects stack frames."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# source folder -> package name (pyproject.toml's package-dir)
+PACKAGES = {REPO / "loli_plugin": "loli_plugin", REPO / "adapters": "loli_plugin.adapters", REPO / "patches": "loli_plugin.patches"}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for folder, package in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+MODULES = modules()
+
+
+def is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def imports_of(name: str) -> set[str]:
+    """Every package module ``name`` imports, wherever the import statement is (functions included)."""
+    tree = ast.parse(MODULES[name].read_text())
+    base = name if is_package(name) else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                module = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            targets = [f"{module}.{alias.name}" for alias in node.names] + [module]
+        for target in targets:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def test_the_source_tree_is_what_pyproject_installs():
+    assert "loli_plugin.host" in MODULES and "loli_plugin.adapters.kohya" in MODULES and "loli_plugin.patches.base" in MODULES
+
+
+def test_no_import_cycles():
+    # a package's __init__ importing its own submodules is how Python packages work, not a cycle of ours
+    graph = {n: {m for m in deps if not (is_package(m) and n.startswith(m + "."))} for n, deps in GRAPH.items()}
+    cycles, state, stack = [], {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert cycles == [], "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_core_imports_no_adapter_and_patches_import_no_adapter():
+    for name, deps in GRAPH.items():
+        if name.startswith("loli_plugin.adapters"):
+            continue
+        adapters = sorted(d for d in deps if d.startswith("loli_plugin.adapters"))
+        assert adapters == [], f"{name} imports {adapters}"
+
+
+def test_each_adapter_imports_its_own_patches():
+    for name in ("kohya", "onetrainer"):
+        assert f"loli_plugin.patches.{name}" in GRAPH[f"loli_plugin.adapters.{name}"]
+
+
+FRAME_INSPECTION = re.compile(r"sys\._getframe|inspect\.(stack|currentframe|getouterframes|trace)\b|\bf_locals\b|\bf_back\b")
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_stack_frame_inspection(name):
+    assert not FRAME_INSPECTION.search(MODULES[name].read_text()), f"{name} inspects stack frames"
+
+
+def test_no_stack_frame_inspection_at_start_up():
+    assert not FRAME_INSPECTION.search((REPO / "_loli_plugin_autoload.py").read_text())
+
+
+def test_watch_manifests_are_the_adapters_watches():
+    from loli_plugin.host import adapters
+
+    import _loli_plugin_autoload
+
+    shipped = {a.name: set(a.watches) for a in adapters()}
+    assert {"kohya", "onetrainer"} <= set(shipped)
+    assert set().union(*shipped.values()) <= _loli_plugin_autoload.read_manifests()
+    for a in adapters():  # every module a patch lives in is watched (else its patches are never applied)
+        patched = set().union(*(inst.modules() for inst, scope in a.instrumentors()))
+        assert patched - set(a.watches) <= {"accelerate.tracking"}, a.name  # applied when a run starts
