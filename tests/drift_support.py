@@ -51,3 +51,48 @@ def run_driver(driver: Path, tree: Path, argv: list[str], disable: bool = False,
 
 def plugin_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "loli-plugin" in line]
+
+
+def snapshot(patch) -> object:
+    """What a patch changes, as identities and contents: the attribute object itself (a function, a
+    staticmethod...), an enum's member names, a dict's keys."""
+    from loli_plugin.patches.base import EnumMemberPatch, MappingEntryPatch, _own_attribute, _owner
+
+    owner, leaf = _owner(patch.module, patch.attr)
+    value = _own_attribute(owner, leaf) if owner is not None else None
+    if isinstance(patch, EnumMemberPatch):
+        return (value, tuple(value.__members__), tuple(value._value2member_map_))
+    if isinstance(patch, MappingEntryPatch):
+        return (value, tuple(value))
+    return value
+
+
+def check_uninstrument_restores_originals(adapter) -> int:
+    """Undo every patch of ``adapter``, record what each target is, apply them all, check each target
+    changed, undo, check each is the very object it was; then re-apply the import-scope ones as the
+    start-up hook had. Returns the number of patches checked."""
+    import importlib
+
+    adapter.uninstrument()
+    for inst, _ in adapter.instrumentors():
+        for module in inst.modules():
+            importlib.import_module(module)
+    patches = [(inst, p) for inst, _ in adapter.instrumentors() for p in inst.patches if p.problem() is None]
+    before = {p.name: snapshot(p) for _, p in patches}
+    for inst, _ in adapter.instrumentors():
+        assert inst.instrument(adapter) == {}, inst.library
+    for _, p in patches:  # (identity for functions: a wrapt proxy compares equal to what it wraps)
+        now = snapshot(p)
+        changed = now[1:] != before[p.name][1:] if isinstance(now, tuple) else now is not before[p.name]
+        assert changed, f"{p.name} was not patched"
+    adapter.uninstrument()
+    for _, p in patches:
+        after = snapshot(p)
+        if isinstance(after, tuple):
+            assert after[0] is before[p.name][0] and after[1:] == before[p.name][1:], p.name
+        else:
+            assert after is before[p.name], f"{p.name}: uninstrument() did not put the original object back"
+    for inst, scope in adapter.instrumentors():
+        if scope == "import":
+            inst.instrument(adapter)
+    return len(patches)

@@ -10,6 +10,8 @@ from loli_plugin import LoliClustered, LoliConfigError
 from loli_plugin.adapters.kohya import ADAPTER as adapter
 from loli_plugin.patches.base import LoliUnsupportedTrainerError
 
+from ..drift_support import check_uninstrument_restores_originals
+
 
 def params():
     torch.manual_seed(0)
@@ -144,3 +146,8 @@ def test_example_toml_configs_build_the_optimizer(kohya, script, toml, monkeypat
     name, _, opt = kohya.train_util.get_optimizer(args, params())
     assert isinstance(opt, LoliClustered) and opt.inner_name == "AdamW8bit" and opt.clusters == 10
     assert adapter.run.loss_weights == {"mse": 0.4, "l1": 0.4, "cos": 0.2}
+
+
+def test_uninstrument_puts_every_original_object_back(kohya):
+    # parser, get_optimizer, prepare_accelerator, loss, SD timesteps, 3 families (5 patches), 7 trackers
+    assert check_uninstrument_restores_originals(adapter) >= 15

@@ -58,7 +58,7 @@ def ot():
     import loli_plugin.patches.onetrainer as patches
 
     assert "LOLI_CLUSTERED" in Optimizer.__members__, "the post-import hook did not register LOLI_CLUSTERED"
-    assert patches.TRAINING.instrumented
+    assert patches.REGISTRATION.instrumented and patches.ENTRY.instrumented and not patches.TRAINING.instrumented  # run-scope
 
     class OT:
         pass

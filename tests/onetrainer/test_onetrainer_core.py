@@ -15,6 +15,8 @@ from scipy import stats
 from loli_plugin import LoliClustered, LoliConfigError
 from loli_plugin.adapters.onetrainer import ADAPTER as adapter
 
+from ..drift_support import check_uninstrument_restores_originals
+
 
 def make_config(ot, inner="ADAMW", clusters=4, **optimizer_values):
     cfg = ot.TrainConfig.default_values()
@@ -220,3 +222,12 @@ def test_a_spawned_rank_rebuilds_the_same_config(ot, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Could not set" not in out.stdout
     assert out.stdout.split()[-4:] == ["LOLI_CLUSTERED", "LION", "6", "0.2"]
+
+
+def test_uninstrument_puts_every_original_object_back(ot):
+    import modules.ui.BaseOptimizerParamsWindowView  # noqa: F401 - the UI patches' modules
+    import modules.ui.BaseTrainingTabView  # noqa: F401
+
+    # enum member, lr report, defaults, 2 config factories, from_dict, create_trainer, create_optimizer,
+    # 2 UI views, timesteps, 2 cosine terms, 2 loss recorders, TensorBoard
+    assert check_uninstrument_restores_originals(adapter) == 16

@@ -1,30 +1,101 @@
-"""Version drift: every OneTrainer function the plugin patches, removed or with another signature,
-gives a loud error naming the target and the supported commit (never a silent fallback)."""
+"""The failure policy against drifted copies of the real, pinned OneTrainer (changed in the test's temp
+folder, never committed): an added optional parameter is compatible; a renamed parameter or a removed
+function is logged once at import, a plain run still builds its optimizer, draws its timesteps and
+computes its loss exactly as stock (bit for bit, against the same tree with the plugin disabled), and a
+config asking for LOLI_CLUSTERED or a cosine strength is refused before any work with the one message
+naming the target, the supported commit and LOLI_PLUGIN_DISABLE (never silently trained as ADAMW)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
-from loli_plugin.patches import onetrainer as op
-from loli_plugin.patches import onetrainer_ui as ui
+from ..drift_support import drifted_copy, plugin_lines, run_driver
+from .conftest import MGDS_DIR, OT_DIR
 
-from ..trainer_support import assert_changed_target_refused
+DRIVER = Path(__file__).with_name("drift_driver.py")
+PLAIN = {"optimizer": {"optimizer": "ADAMW"}, "learning_rate": 1e-2}
+LOLI = {"optimizer": {"optimizer": "LOLI_CLUSTERED", "loli_inner": "ADAMW", "loli_clusters": 4}, "learning_rate": 1e-2}
+COSINE = {**PLAIN, "cos_strength": 0.2}
 
-INSTRUMENTORS = [op.TRAINING, ui.OPTIMIZER_WINDOW, ui.TRAINING_TAB]
-TARGETS = [(inst, t) for inst in INSTRUMENTORS for t in inst.targets]
+DRIFTS = {
+    "added optional parameter": {"modules/util/create.py": [(
+        "        layer_key_fn: dict[int, str] | None = None,\n) -> torch.optim.Optimizer | None:",
+        "        layer_key_fn: dict[int, str] | None = None,\n        extra_option: bool = False,\n) -> torch.optim.Optimizer | None:")]},
+    "renamed parameter": {"modules/util/create.py": [
+        ("def create_trainer(\n        config: TrainConfig,", "def create_trainer(\n        train_config: TrainConfig,"),
+        ("    if config.cloud.enabled:", "    config = train_config\n    if config.cloud.enabled:")]},
+    "removed function": {"modules/modelSetup/BaseModelSetup.py": [("    def report_to_tensorboard(\n", "    def report_to_tensorboard_v2(\n")]},
+}
+UNFIT = {"renamed parameter": "modules.util.create.create_trainer",
+         "removed function": "modules.modelSetup.BaseModelSetup.BaseModelSetup.report_to_tensorboard"}
+ENV = {"PYTHONPATH": str(MGDS_DIR / "src")}
 
 
-@pytest.mark.parametrize("how", ["removed", "signature"])
-@pytest.mark.parametrize("inst, target", TARGETS, ids=[t.name for _, t in TARGETS])
-def test_a_changed_target_is_refused_loudly(ot, monkeypatch, inst, target, how):
-    assert_changed_target_refused(monkeypatch, inst, target, how, "23df383")
+@pytest.fixture(scope="module")
+def trees(ot, tmp_path_factory):
+    return {how: drifted_copy(OT_DIR, tmp_path_factory.mktemp("drift") / "OneTrainer", edits) for how, edits in DRIFTS.items()}
 
 
-def test_an_unknown_optimizer_in_a_config_is_never_silently_adamw(ot):
-    """With the plugin installed LOLI_CLUSTERED is a real member; OneTrainer's from_dict fallback to
-    ADAMW ("Could not set optimizer") can no longer happen to a LOLI_CLUSTERED config."""
-    import io
-    from contextlib import redirect_stdout
+@pytest.mark.parametrize("how", list(DRIFTS))
+def test_a_plain_run_is_exactly_stock(trees, how):
+    proc, with_plugin = run_driver(DRIVER, trees[how], PLAIN, extra_env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    disabled, stock = run_driver(DRIVER, trees[how], PLAIN, disable=True, extra_env=ENV)
+    assert disabled.returncode == 0, disabled.stderr[-3000:]
+    assert with_plugin == stock and with_plugin["optimizer"] == "AdamW"
+    lines = plugin_lines(proc.stderr)
+    if how in UNFIT:
+        assert len(lines) == 1, lines
+        assert UNFIT[how] in lines[0] and "23df383" in lines[0] and "LOLI_PLUGIN_DISABLE" in lines[0]
+    else:
+        assert lines == [], lines
 
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        cfg = ot.TrainConfig.default_values().from_dict({"__version": 11, "optimizer": {"optimizer": "LOLI_CLUSTERED"}})
-    assert str(cfg.optimizer.optimizer) == "LOLI_CLUSTERED" and "Could not set" not in buf.getvalue()
+
+# (TensorBoard's report is not needed by a cosine-only run: that run works, tested below)
+REFUSED = [("renamed parameter", LOLI, "LOLI_CLUSTERED"), ("renamed parameter", COSINE, "Cosine Strength"),
+           ("removed function", LOLI, "LOLI_CLUSTERED")]
+
+
+@pytest.mark.parametrize("how, config, asked", REFUSED, ids=["renamed-optimizer", "renamed-cosine", "removed-optimizer"])
+def test_a_loli_run_is_refused_before_any_work(trees, how, config, asked):
+    proc, result = run_driver(DRIVER, trees[how], config, extra_env=ENV)
+    assert proc.returncode != 0 and result is None
+    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError"):]
+    assert UNFIT[how] in message and "23df383" in message and "LOLI_PLUGIN_DISABLE=1" in message and asked in message
+    # refused in create_trainer (no trainer, model or step); when create_trainer itself drifted, in
+    # create_optimizer, still before the first step
+    assert ("stage optimizer" if UNFIT[how].endswith("create_trainer") else "stage trainer") not in proc.stdout
+
+
+def test_a_run_that_does_not_need_the_unfit_patch_still_runs(trees):
+    proc, result = run_driver(DRIVER, trees["removed function"], COSINE, extra_env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result["optimizer"] == "AdamW"
+
+
+def test_a_compatible_drift_keeps_the_plugin_working(trees):
+    proc, result = run_driver(DRIVER, trees["added optional parameter"], LOLI, extra_env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result["optimizer"] == "LoliClustered" and result["optimizer_in_config"] == "LOLI_CLUSTERED"
+    assert max(result["timesteps"]) - min(result["timesteps"]) < 250  # one cluster of four
+
+
+def test_an_unservable_config_is_never_silently_adamw(ot, monkeypatch):
+    """Had the LOLI_CLUSTERED member not fitted, OneTrainer's from_dict would print "Could not set
+    optimizer" and keep ADAMW. The from_dict guard notes what the raw config asked for, so the run is
+    refused even when the loaded optimizer reads ADAMW."""
+    from loli_plugin.adapters.onetrainer import ADAPTER
+    from loli_plugin.patches.base import LoliUnsupportedTrainerError
+
+    version = ot.TrainConfig.default_values().to_settings_dict(secrets=False)["__version"]
+    cfg = ot.TrainConfig.default_values().from_dict({"__version": version, "optimizer": {"optimizer": "LOLI_CLUSTERED"}, "cos_strength": 0.3})
+    assert cfg.__dict__["_loli_requested"] == {"optimizer", "loss"}
+    cfg.optimizer.optimizer, cfg.cos_strength = ot.Optimizer.ADAMW, 0.0  # what OneTrainer's fallback would leave
+    enum_patch = "modules.util.enum.Optimizer.Optimizer"
+    monkeypatch.setitem(ADAPTER.problems, enum_patch, (ADAPTER._patch(enum_patch), "simulated: the enum did not fit"))
+    with pytest.raises(LoliUnsupportedTrainerError, match="simulated: the enum did not fit"):
+        ADAPTER.check_request(cfg)
+    plain = ot.TrainConfig.default_values().from_dict({"__version": version, "optimizer": {"optimizer": "ADAMW"}})
+    ADAPTER.check_request(plain)  # a plain config is never refused
