@@ -53,6 +53,8 @@ CASES = [
     ("loss weight unknown term", lambda: loli_loss(torch.ones(1, 2), torch.ones(1, 2), weights={"hubber": 1.0}), LoliConfigError, "hubber"),
     ("unknown inner optimizer", lambda: LoliClustered(params(), inner="AdamQ"), LoliConfigError, "AdamQ"),
     ("schedule-free inner optimizer", lambda: LoliClustered(params(), inner="AdamWScheduleFree"), LoliConfigError, "schedule-free"),
+    ("AdaFactor with its own relative step", lambda: LoliClustered(params(), inner="AdaFactor", lr=1e-3, relative_step=True),
+     LoliConfigError, "relative_step=True / warmup_init=True make Adafactor compute its own learning rate"),
     ("unknown schedule", lambda: LoliClustered(params(), schedule="sometimes"), LoliConfigError, "unknown schedule='sometimes'"),
     ("checkpoint with another K", lambda: stepped(clusters=3).load_state_dict(saved(clusters=2)), LoliStateError,
      "clusters=2 but this run uses clusters=3; set clusters=2"),

@@ -94,3 +94,25 @@ def test_without_the_plugin_its_names_are_unknown():
         LoliClustered([torch.nn.Parameter(torch.ones(1))], inner="HalfSGD")
     with pytest.raises(LoliConfigError, match="unknown loss term 'huber'"):
         parse_loss_weights({"huber": 1.0})
+
+
+def test_adafactor_inner_is_driven_by_the_hosts_learning_rate():
+    """sd-scripts passes --learning_rate to every optimizer; transformers' Adafactor defaults to
+    relative_step=True, which refuses a manual lr. Inside LoliClustered it runs in manual-lr mode, and
+    the LR scheduler's value is the one it steps with."""
+    pytest.importorskip("transformers")
+    import torch
+
+    from loli_plugin import LoliClustered
+
+    p = [torch.nn.Parameter(torch.ones(4, 4))]
+    opt = LoliClustered(p, inner="AdaFactor", clusters=2, lr=1e-2)
+    assert (opt.inner.defaults["relative_step"], opt.inner.defaults["scale_parameter"]) == (False, False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 if step == 0 else 0.0)  # then the host sets lr 0
+    p[0].grad = torch.ones(4, 4)
+    opt.step()
+    scheduler.step()
+    before = p[0].detach().clone()
+    p[0].grad = torch.ones(4, 4)
+    opt.step()  # lr is 0 now: nothing moves
+    assert torch.equal(p[0], before) and not torch.equal(before, torch.ones(4, 4))
