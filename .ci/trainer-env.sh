@@ -1,28 +1,46 @@
 # Sourced by .ci/run with TRAINER=kohya or TRAINER=onetrainer: build that trainer's test venv and
 # install loli-plugin into it from a freshly built wheel (so the .pth hook is the real one).
-# Sets TRAINER_VENV and TRAINER_TESTS when the trainer's export is present; otherwise prints how to
-# get it and leaves them empty (the tests then skip with the same instructions).
-#   kohya:      $LOLI_KOHYA_DIR or ~/.cache/loli-plugin/trainers/sd-scripts
-#   onetrainer: $LOLI_ONETRAINER_DIR / $LOLI_MGDS_DIR or ~/.cache/loli-plugin/trainers/{OneTrainer,mgds}
-# Exports come from ../shared/tools/export-trainer (pins in ../shared/tools/trainers.toml).
+# Sets TRAINER_VENV and TRAINER_TESTS when the trainer's export is present. When it is missing, it is
+# exported with scripts/get-trainers from local bare clones if there are any: $LOLI_TRAINER_MIRRORS,
+# else a .mirror folder beside this checkout (how this project's CI machine keeps them), laid out as
+# DIR/<owner>+<name>/repo. Otherwise it prints how to get it and leaves them empty (the tests then
+# skip with the same instructions): an unreachable GitHub never fails CI.
+#   kohya:      $LOLI_KOHYA_DIR or $LOLI_TRAINERS_DIR/sd-scripts (default ~/.cache/loli-plugin/trainers)
+#   onetrainer: $LOLI_ONETRAINER_DIR and $LOLI_MGDS_DIR (default: beside OneTrainer), or
+#               $LOLI_TRAINERS_DIR/{OneTrainer,mgds}
+# The commits are pinned in scripts/trainers.toml.
 TRAINER_VENV= TRAINER_TESTS=
-trainers=$HOME/.cache/loli-plugin/trainers
+trainers=${LOLI_TRAINERS_DIR:-$HOME/.cache/loli-plugin/trainers}
 case $TRAINER in
   kohya)
-    tdir=${LOLI_KOHYA_DIR:-$trainers/sd-scripts}; marker=library/train_util.py
+    tdir=${LOLI_KOHYA_DIR:-$trainers/sd-scripts}; names=(sd-scripts)
+    exports=("$tdir"); markers=(library/train_util.py)
     tvenv=${LOLI_KOHYA_VENV:-$root/.venv-kohya-ci}; check="import library.train_util, scipy, pytest"
     extra=() ;;
   onetrainer)
-    tdir=${LOLI_ONETRAINER_DIR:-$trainers/OneTrainer}; marker=modules/util/create.py
+    tdir=${LOLI_ONETRAINER_DIR:-$trainers/OneTrainer}; mgds=${LOLI_MGDS_DIR:-$(dirname "$tdir")/mgds}
+    names=(OneTrainer mgds); exports=("$tdir" "$mgds"); markers=(modules/util/create.py src/mgds)
     tvenv=${LOLI_ONETRAINER_VENV:-$root/.venv-onetrainer-ci}; check="import transformers, customtkinter, PySide6, scipy, pytest"
     # OneTrainer's git-pinned diffusers/mgds/muon are not on PyPI: PyPI diffusers, mgds via its export;
     # its CUDA requirements pin bitsandbytes 0.49.1 (newer releases changed AdamW8bit's arguments)
     extra=("diffusers==0.39.0" "bitsandbytes==0.49.1") ;;
   *) echo "[loli] unknown TRAINER=$TRAINER" >&2; return 1 ;;
 esac
-if [[ ! -f $tdir/$marker ]]; then
-  echo "[loli] $TRAINER not found at $tdir: its tests are skipped." >&2
-  echo "[loli]   get it: fetch the trainer's repository, then ../shared/tools/export-trainer MIRROR $tdir" >&2
+missing_exports() { local i; for i in "${!exports[@]}"; do [[ -e ${exports[i]}/${markers[i]} ]] || echo "${exports[i]}"; done; }
+# what get-trainers may write: missing exports and its own (.exported-commit), which it brings to the
+# pin if the pin changed; a checkout of the user's own is left alone
+managed() { local i; for i in "${!exports[@]}"; do
+  [[ -e ${exports[i]}/${markers[i]} && ! -f ${exports[i]}/.exported-commit ]] || echo "${names[i]}"; done; }
+mirrors=${LOLI_TRAINER_MIRRORS:-$root/../.mirror}
+mapfile -t to_export < <(managed)
+if [[ -d $mirrors && ${#to_export[@]} -gt 0 ]]; then
+  # a failure is reported by get-trainers itself; a trainer still missing is then skipped as below
+  python "$root/scripts/get-trainers" --if-missing --mirrors "$mirrors" "${to_export[@]}" >&2 || true
+fi
+if [[ -n $(missing_exports) ]]; then
+  echo "[loli] $TRAINER: no export at $(missing_exports | paste -sd ' '): its tests are skipped." >&2
+  echo "[loli]   get it: python scripts/get-trainers ${names[*]}   (from GitHub at the commits in scripts/trainers.toml;" >&2
+  echo "[loli]   offline: --mirror NAME=/path/to/bare-clone.git, or LOLI_TRAINER_MIRRORS=DIR for this script)" >&2
   return 0
 fi
 if [[ ! -x $tvenv/bin/python ]] || ! (cd "$tdir" && "$tvenv/bin/python" -c "$check") 2>/dev/null; then

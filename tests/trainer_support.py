@@ -1,12 +1,35 @@
-"""Shared by the real-trainer suites: is this the trainer's own venv with loli-plugin installed from a
-wheel, and the skip-everything-below-this-folder collection hook."""
+"""Shared by the real-trainer suites: how to get the pinned trainer (for the skip messages), is this
+the trainer's own venv with loli-plugin installed from a wheel, and the skip-everything-below-this-
+folder collection hook."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
+
+PINS_MODULE = Path(__file__).resolve().parents[1] / "scripts" / "trainer_pins.py"
+
+
+def pins_module():
+    """scripts/trainer_pins.py, the reader of scripts/trainers.toml (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location("loli_trainer_pins", PINS_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def how_to_get(tests: str, names: tuple[str, ...], dir_variables: str, venv: str) -> str:
+    """The instructions a skipped trainer test gives: the script, the pinned commits, the venv."""
+    pins = pins_module().read_pins()
+    pinned = " and ".join(f"{pins[n].repo} at commit {pins[n].short}" for n in names)
+    return (f"to run the real-{tests} tests: `python scripts/get-trainers {' '.join(names)}` fetches {pinned} "
+            "(the pins in scripts/trainers.toml) from GitHub into the folder these tests read (offline: add "
+            f"`--mirror NAME=/path/to/bare-clone.git`), or point {dir_variables} at your own checkout; then "
+            f"`bash .ci/run`, which builds {venv} (the trainer's own pins + loli-plugin from a wheel) and runs these tests in it")
 
 
 def venv_problem(required: tuple[str, ...], trainer: str, how_to: str) -> str | None:

@@ -1,10 +1,11 @@
 """Fixtures for the tests that run the real kohya-ss/sd-scripts.
 
 sd-scripts is not on PyPI and its code is never committed here. The tests find an export of it at
-``$LOLI_KOHYA_DIR`` or, by default, ``~/.cache/loli-plugin/trainers/sd-scripts``, and need to run in
-a venv that has sd-scripts' own requirements and loli-plugin installed from a wheel (so the
-``.pth`` hook is the real one). ``bash .ci/run`` builds it (``.ci/trainer-env.sh``) and runs them;
-without them every test here is skipped with the reason and the commands.
+``$LOLI_KOHYA_DIR`` or ``$LOLI_TRAINERS_DIR/sd-scripts``, by default
+``~/.cache/loli-plugin/trainers/sd-scripts`` (``python scripts/get-trainers sd-scripts`` writes it),
+and need to run in a venv that has sd-scripts' own requirements and loli-plugin installed from a
+wheel (so the ``.pth`` hook is the real one). ``bash .ci/run`` builds it (``.ci/trainer-env.sh``)
+and runs them; without them every test here is skipped with the reason and the commands.
 """
 
 from __future__ import annotations
@@ -15,15 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from ..trainer_support import skip_items_below, venv_problem
+from ..trainer_support import how_to_get, skip_items_below, venv_problem
 
-DEFAULT_DIR = Path("~/.cache/loli-plugin/trainers/sd-scripts").expanduser()
+DEFAULT_DIR = Path(os.environ.get("LOLI_TRAINERS_DIR") or "~/.cache/loli-plugin/trainers").expanduser() / "sd-scripts"
 KOHYA_DIR = Path(os.environ.get("LOLI_KOHYA_DIR") or DEFAULT_DIR)
-HOW_TO = (
-    "to run the real-sd-scripts tests: fetch github:kohya-ss/sd-scripts, export it at the pinned commit with "
-    f"`../shared/tools/export-trainer MIRROR {DEFAULT_DIR}` (or set LOLI_KOHYA_DIR), then `bash .ci/run`, "
-    "which builds .venv-kohya-ci (sd-scripts' pins + loli-plugin from a wheel) and runs these tests in it"
-)
+HOW_TO = how_to_get("sd-scripts", ("sd-scripts",), "LOLI_KOHYA_DIR", ".venv-kohya-ci")
 
 
 def _skip_reason() -> str | None:

@@ -1,8 +1,9 @@
 """Fixtures for the tests that run the real Nerogar/OneTrainer.
 
 OneTrainer and its data loader mgds are not on PyPI and their code is never committed here. The
-tests find exports of them at ``$LOLI_ONETRAINER_DIR`` / ``$LOLI_MGDS_DIR`` or, by default,
-``~/.cache/loli-plugin/trainers/OneTrainer`` and ``.../mgds``, and run in a venv with OneTrainer's
+tests find exports of them at ``$LOLI_ONETRAINER_DIR`` / ``$LOLI_MGDS_DIR`` or under
+``$LOLI_TRAINERS_DIR``, by default ``~/.cache/loli-plugin/trainers/OneTrainer`` and ``.../mgds``
+(``python scripts/get-trainers OneTrainer mgds`` writes them), and run in a venv with OneTrainer's
 pins and loli-plugin installed from a wheel (``bash .ci/run`` builds it with
 ``.ci/trainer-env.sh``). Without them every test here is skipped with the reason and the commands.
 OneTrainer loads modules and resources by paths relative to its root, so the tests run from there.
@@ -16,17 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from ..trainer_support import skip_items_below, venv_problem
+from ..trainer_support import how_to_get, skip_items_below, venv_problem
 
-TRAINERS = Path("~/.cache/loli-plugin/trainers").expanduser()
+TRAINERS = Path(os.environ.get("LOLI_TRAINERS_DIR") or "~/.cache/loli-plugin/trainers").expanduser()
 OT_DIR = Path(os.environ.get("LOLI_ONETRAINER_DIR") or TRAINERS / "OneTrainer")
 MGDS_DIR = Path(os.environ.get("LOLI_MGDS_DIR") or OT_DIR.parent / "mgds")
-HOW_TO = (
-    "to run the real-OneTrainer tests: fetch github:Nerogar/OneTrainer and github:Nerogar/mgds, export them at the "
-    f"pinned commits with `../shared/tools/export-trainer MIRROR {TRAINERS}/OneTrainer` (and .../mgds), or set "
-    "LOLI_ONETRAINER_DIR / LOLI_MGDS_DIR, then `bash .ci/run`, which builds .venv-onetrainer-ci "
-    "(OneTrainer's pins + loli-plugin from a wheel) and runs these tests in it"
-)
+HOW_TO = how_to_get("OneTrainer", ("OneTrainer", "mgds"), "LOLI_ONETRAINER_DIR / LOLI_MGDS_DIR", ".venv-onetrainer-ci")
 
 
 def _skip_reason() -> str | None:
