@@ -15,8 +15,9 @@ case $TRAINER in
   kohya)
     tdir=${LOLI_KOHYA_DIR:-$trainers/sd-scripts}; names=(sd-scripts)
     exports=("$tdir"); markers=(library/train_util.py)
-    tvenv=${LOLI_KOHYA_VENV:-$root/.venv-kohya-ci}; check="import library.train_util, scipy, pytest"
-    extra=() ;;
+    tvenv=${LOLI_KOHYA_VENV:-$root/.venv-kohya-ci}; check="import library.train_util, scipy, pytest, dadaptation, lion_pytorch, schedulefree, prodigyopt"
+    # sd-scripts' own tests/test_optimizer.py imports these optimizers (tests/kohya/test_kohya_own_suite.py runs that suite)
+    extra=("dadaptation" "lion-pytorch" "schedulefree" "prodigyopt") ;;
   onetrainer)
     tdir=${LOLI_ONETRAINER_DIR:-$trainers/OneTrainer}; mgds=${LOLI_MGDS_DIR:-$(dirname "$tdir")/mgds}
     names=(OneTrainer mgds); exports=("$tdir" "$mgds"); markers=(modules/util/create.py src/mgds)
