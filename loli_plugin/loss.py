@@ -13,7 +13,9 @@ import torch
 
 from .errors import LoliConfigError
 from .plugins import loss_terms
-from .terms import cosine_term  # noqa: F401 - re-exported: adapters use loli_plugin.loss.cosine_term
+from .terms import cosine_term
+
+__all__ = ["DEFAULT_WEIGHTS", "cosine_term", "loli_loss", "parse_loss_weights"]  # cosine_term: used by the adapters
 
 DEFAULT_WEIGHTS = {"mse": 0.4, "l1": 0.4, "cos": 0.2}
 _ALIASES = {"mae": "l1", "cosine": "cos", "l2": "mse"}

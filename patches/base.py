@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import importlib
 import inspect
 import sys
 from dataclasses import dataclass, field

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loli_plugin import LoliClustered, loli_loss
+from loli_plugin import loli_loss
 from loli_plugin.adapters.kohya import ADAPTER as adapter
 
 

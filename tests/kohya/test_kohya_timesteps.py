@@ -1,10 +1,8 @@
 """Every model family's real timestep sampler draws from the optimizer's cluster, keeps kohya's own
 distribution overall (KS / chi-square against the unpatched function), and leaves validation alone."""
 
-import argparse
 import importlib
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from scipy import stats
 
 from loli_plugin import LoliClustered, LoliConfigError
 from loli_plugin.adapters.onetrainer import ADAPTER as adapter
