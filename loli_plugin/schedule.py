@@ -12,7 +12,7 @@ import random
 from typing import Callable, Protocol
 
 from .errors import LoliConfigError, LoliStateError
-from .options import check_clusters
+from .options import DEFAULT_CLUSTERS, check_clusters
 
 
 class ClusterOrder(Protocol):
@@ -82,7 +82,7 @@ class ClusterSchedule:
     window see the same cluster.
     """
 
-    def __init__(self, clusters: int = 10, strategy: str = "shuffle", seed: int = 0, step: int = 0):
+    def __init__(self, clusters: int = DEFAULT_CLUSTERS, strategy: str = "shuffle", seed: int = 0, step: int = 0):
         self.clusters = check_clusters(clusters)
         factories = available_schedules()
         if strategy not in factories:

@@ -15,6 +15,7 @@ import time
 import torch
 
 from ..clustered import LoliClustered
+from ..options import DEFAULT_CLUSTERS
 from .machine import machine_line
 
 SDXL_WIDTHS = (320, 640, 1280, 2048, 2560)
@@ -99,7 +100,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("optimizer", help="step time and state memory of LoliClustered vs its inner optimizer")
     p.add_argument("--params", type=float, default=10e6, help="number of parameters (default 10e6)")
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--clusters", type=int, default=10)
+    p.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
     p.add_argument("--inner", default="AdamW", help="a torch.optim name")
     p.add_argument("--impl", choices=["foreach", "forloop", "fused"], default="foreach")
     p.add_argument("--steps", type=int, default=60)
