@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .errors import LoliConfigError, LoliStateError
+from .errors import LoliConfigError, LoliError, LoliStateError
 from .inner import find_refusal, resolve_inner
 from .options import DEFAULT_CLUSTERS, check_clusters
 from .schedule import ClusterSchedule
@@ -40,6 +40,10 @@ INITIAL_KEY = "loli_initial"  # in a saved param group: {key: value before any s
 
 # Group keys the host owns. An LR scheduler writes them between steps; banking them would undo it.
 HOST_OWNED_KEYS = frozenset({"params", "lr", "initial_lr", "name", "names"})
+
+# What a saved state that does not fit raises inside torch's (or the inner's) load_state_dict. Anything
+# else (out of memory, I/O, KeyboardInterrupt) is not a mismatch and must reach the user unchanged.
+MISMATCH_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 
 def _snap(value: Any) -> Any:
@@ -89,10 +93,10 @@ class LoliClustered(torch.optim.Optimizer):
         **inner_kwargs: Any,
     ):
         clusters = check_clusters(clusters)
-        offloader = _make_offloader(offload, clusters)
+        offload = _check_offload(offload)
         name, factory, implied = resolve_inner(inner)
         optimizer = factory(params, **{**implied, **inner_kwargs})
-        self._setup(optimizer, name, clusters, schedule, seed, offloader, warm_start, beta_horizon)
+        self._setup(optimizer, name, clusters, schedule, seed, offload, warm_start, beta_horizon)
 
     @classmethod
     def wrap(
@@ -108,7 +112,7 @@ class LoliClustered(torch.optim.Optimizer):
     ) -> "LoliClustered":
         """Bank an optimizer a host already built (OneTrainer builds its inner optimizers itself)."""
         clusters = check_clusters(clusters)
-        offloader = _make_offloader(offload, clusters)
+        offload = _check_offload(offload)
         name = name or type(optimizer).__name__
         reason = find_refusal(type(optimizer))
         if reason:
@@ -119,11 +123,11 @@ class LoliClustered(torch.optim.Optimizer):
                 "Wrap it before the first step or before loading a checkpoint into it"
             )
         self = cls.__new__(cls)
-        self._setup(optimizer, name, clusters, schedule, seed, offloader, warm_start, beta_horizon)
+        self._setup(optimizer, name, clusters, schedule, seed, offload, warm_start, beta_horizon)
         return self
 
     def _setup(self, optimizer: torch.optim.Optimizer, name: str, clusters: int, schedule: str, seed: int,
-               offloader: "BankOffloader | None" = None, warm_start: bool = False, beta_horizon: bool = False) -> None:
+               offload: bool = False, warm_start: bool = False, beta_horizon: bool = False) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise LoliConfigError(
                 f"inner={name!r} built a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
@@ -145,11 +149,12 @@ class LoliClustered(torch.optim.Optimizer):
         self._initial: list[dict] = [{} for _ in range(n_groups)]
         self._banked_keys: list[set] = [set() for _ in range(n_groups)]
         self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
-        self._offloader = offloader
+        self._offloader = self._new_offloader() if offload else None
         self.warm_start = bool(warm_start)
+        self.beta_horizon = bool(beta_horizon)
         self._last_stepped: int | None = None
-        if beta_horizon:
-            _rescale_betas(self.param_groups, clusters)
+        if self.beta_horizon:
+            self._rescale_betas(self.param_groups)
         self._ready = True
         self._position(self.schedule.current)
         # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
@@ -209,6 +214,21 @@ class LoliClustered(torch.optim.Optimizer):
             bank[param] = {key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for key, v in state.items()}
         self._bank_values[k] = copy.deepcopy(self._bank_values[source])
 
+    def _new_offloader(self) -> "BankOffloader":
+        from .offload import BankOffloader
+
+        return BankOffloader(self.clusters, "cpu")
+
+    def _rescale_betas(self, groups: list[dict]) -> None:
+        """``beta_horizon=True``: each bank steps about once every K global steps, which stretches an
+        exponential average's horizon of 1/(1-beta) of its own steps to K/(1-beta) global steps. Rescale
+        so the horizon in global steps matches the inner optimizer's: beta' = 1 - K (1 - beta), floored
+        at 0."""
+        for group in groups:
+            betas = group.get("betas")
+            if isinstance(betas, (tuple, list)):
+                group["betas"] = tuple(max(0.0, 1.0 - self.clusters * (1.0 - float(b))) for b in betas)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
@@ -217,6 +237,8 @@ class LoliClustered(torch.optim.Optimizer):
             return super().add_param_group(param_group)
         self.inner.add_param_group(param_group)
         self.param_groups = self.inner.param_groups
+        if self.beta_horizon:
+            self._rescale_betas(self.param_groups[-1:])
         self._initial.append({})
         self._banked_keys.append(set())
         for values in self._bank_values:
@@ -304,15 +326,22 @@ class LoliClustered(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         meta = self._check_meta(state_dict)
-        saved = (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial)
+        if self._offloader is not None:
+            # the banks kept for a failed load wait in CPU memory, so they add nothing on the device
+            self._offloader.synchronize()
+            for k in sorted(self._offloader.resident):
+                self._offloader.park(k, self._banks[k])
+        saved = (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
+                 self._offloader, self.schedule.step)
         try:
             self._load_banks(state_dict, meta)
-        except Exception as exc:
+        except BaseException as exc:
             # leave the optimizer exactly as it was: a failed resume must not half-load banks
-            self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial = saved
+            (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
+             self._offloader, self.schedule.step) = saved
             self.param_groups = self.inner.param_groups
             self._position(self.schedule.current)
-            if isinstance(exc, (LoliStateError, LoliConfigError)):
+            if isinstance(exc, LoliError) or not isinstance(exc, MISMATCH_ERRORS):
                 raise
             raise LoliStateError(
                 f"the saved LoliClustered state does not fit this optimizer ({type(exc).__name__}: {exc}); "
@@ -354,28 +383,32 @@ class LoliClustered(torch.optim.Optimizer):
         plain_groups = [{key: v for key, v in g.items() if key not in (BANKED_KEY, INITIAL_KEY)} for g in saved_groups]
         banked = [g.get(BANKED_KEY, {}) for g in saved_groups]
         initial = [dict(g.get(INITIAL_KEY, {})) for g in saved_groups]
+        self.schedule.load_state_dict(meta["schedule"])
+        current = self.schedule.current
+        saved_state = state_dict["state"]
+        # The inner's own load_state_dict casts and places every tensor the way it expects
+        # (torch casts to the parameter's dtype/device; bitsandbytes handles its quantized state).
+        # Banked group values need no care here: _position() sets them before every step.
+        # Bank by bank, each parked before the next is loaded: with offload, at most the active bank and
+        # the one being loaded are on the device at any time.
+        offloader = self._new_offloader() if self._offloader is not None else None
         banks = []
         for k in range(self.clusters):
-            state_k = {idx: per_cluster[k] for idx, per_cluster in state_dict["state"].items() if k in per_cluster}
-            # The inner's own load_state_dict casts and places every tensor the way it expects
-            # (torch casts to the parameter's dtype/device; bitsandbytes handles its quantized state).
-            # Banked group values need no care here: _position() sets them before every step.
+            state_k = {idx: entry[k] for idx, entry in saved_state.items() if k in entry}
             self.inner.load_state_dict({"state": state_k, "param_groups": plain_groups})
             banks.append(self.inner.state)
+            if offloader is not None and k != current:
+                offloader.park(k, self.inner.state)
+                offloader.synchronize()  # its device copy is freed before the next bank allocates
         self.inner.load_state_dict({"state": {}, "param_groups": plain_groups})
         self.param_groups = self.inner.param_groups  # torch's load_state_dict builds new group dicts
         self._banks = banks
+        self._offloader = offloader
         self._bank_values = [[dict(b.get(k, {})) for b in banked] for k in range(self.clusters)]
         self._banked_keys = [set(init) | {key for b in bg.values() for key in b} for init, bg in zip(initial, banked)]
         self._initial = initial
-        self.schedule.load_state_dict(meta["schedule"])
         self._bank_steps = [int(n) for n in meta.get("bank_steps", [0] * self.clusters)]
-        if self._offloader is not None:  # the load put every bank at home: park all but the active one
-            self._offloader.forget()
-            for k, bank in enumerate(self._banks):
-                if k != self.schedule.current:
-                    self._offloader.park(k, bank)
-        self._position(self.schedule.current)
+        self._position(current)
 
     def __repr__(self) -> str:
         return (
@@ -387,21 +420,9 @@ class LoliClustered(torch.optim.Optimizer):
 _MISSING = object()
 
 
-def _rescale_betas(groups: list[dict], clusters: int) -> None:
-    """``beta_horizon=True``: each bank steps about once every K global steps, which stretches an
-    exponential average's horizon of 1/(1-beta) of its own steps to K/(1-beta) global steps. Rescale
-    so the horizon in global steps matches the inner optimizer's: beta' = 1 - K (1 - beta), floored at 0."""
-    for group in groups:
-        betas = group.get("betas")
-        if isinstance(betas, (tuple, list)):
-            group["betas"] = tuple(max(0.0, 1.0 - clusters * (1.0 - float(b))) for b in betas)
-
-
-def _make_offloader(offload, clusters: int):
+def _check_offload(offload) -> bool:
     if offload is None or offload is False:
-        return None
-    from .offload import BankOffloader
-
+        return False
     if str(offload).lower() != "cpu":
         raise LoliConfigError(f"offload={offload!r} is not supported; use offload='cpu' to park inactive banks in CPU memory, or None")
-    return BankOffloader(clusters, "cpu")
+    return True

@@ -37,8 +37,7 @@ class BankOffloader:
             self._stream = torch.cuda.Stream(device=device)
         return self._stream
 
-    @staticmethod
-    def _tensors(bank):
+    def _tensors(self, bank):
         for param, state in bank.items():
             for key, value in list(state.items()):
                 if isinstance(value, torch.Tensor) and value.numel() > 0:
@@ -101,9 +100,3 @@ class BankOffloader:
         if self._stream is not None:
             self._stream.synchronize()
         self._events.clear()
-
-    def forget(self) -> None:
-        """After a load: every bank is where the load put it (at home); nothing is pending."""
-        self.synchronize()
-        self.resident = set(range(self.clusters))
-        self._homes = {k: {} for k in range(self.clusters)}
