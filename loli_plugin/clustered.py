@@ -14,10 +14,18 @@ Design (why it is exact and cheap):
 - Between steps the optimizer is *positioned* on ``current_cluster`` (the cluster of the next
   step): ``state`` and the banked group values are that cluster's.
 
+- An inner optimizer may declare per-parameter state entries that are ONE quantity for all clusters
+  (class attribute ``loli_shared_state``, e.g. AdamWClusteredSecondMoment's shared first moment).
+  Those tensors exist once per parameter and every bank refers to the same object; only the other
+  entries are banked, parked by ``offload`` and saved per cluster. The inner must update shared
+  entries in place and create missing entries one by one (a cluster's first step finds the shared
+  ones already there).
+
 The state_dict keeps torch's layout (``state`` keyed by parameter index, ``param_groups``) so hosts
 that move state to a device (accelerate) or re-map parameter indices (OneTrainer) keep working; each
-parameter's entry is ``{cluster: inner_state}``. It is made of tensors and plain containers only, so
-``torch.load(weights_only=True)`` reads it.
+parameter's entry is ``{cluster: inner_state}`` (format 1), plus ``"shared": {key: tensor}`` for the
+shared entries when the inner declares any (format 2; saved once, not per cluster). It is made of
+tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it.
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ from .inner import find_refusal, resolve_inner
 from .options import DEFAULT_CLUSTERS, check_clusters
 from .schedule import ClusterSchedule
 
-STATE_FORMAT = 1
+FORMAT_BANKS = 1  # state[index] = {cluster: inner_state}
+FORMAT_SHARED = 2  # the same, plus state[index]["shared"] = {key: tensor} for the inner's shared entries
 META_KEY = "loli"
+SHARED_KEY = "shared"  # in a saved parameter entry: the inner's loli_shared_state entries, saved once
 BANKED_KEY = "loli_banked"  # in a saved param group: {cluster: {key: value}}
 INITIAL_KEY = "loli_initial"  # in a saved param group: {key: value before any step}
 
@@ -149,6 +159,8 @@ class LoliClustered(torch.optim.Optimizer):
         self._initial: list[dict] = [{} for _ in range(n_groups)]
         self._banked_keys: list[set] = [set() for _ in range(n_groups)]
         self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
+        self._shared_keys = frozenset(getattr(optimizer, "loli_shared_state", ()))
+        self._shared: dict[torch.Tensor, dict[str, torch.Tensor]] = {}  # param -> its shared entries
         self._offloader = self._new_offloader() if offload else None
         self.warm_start = bool(warm_start)
         self.beta_horizon = bool(beta_horizon)
@@ -190,8 +202,12 @@ class LoliClustered(torch.optim.Optimizer):
         if self.warm_start and self._bank_steps[k] == 0 and self._last_stepped is not None:
             self._warm_start(k, self._last_stepped)
         self._position(k)
+        if self._shared_keys:
+            self._link_shared(self._banks[k])
         before = [self._group_values(g) for g in self.param_groups]
         loss = self.inner.step() if closure is None else self.inner.step(closure)
+        if self._shared_keys:
+            self._collect_shared(self._banks[k])
         self._record_group_values(k, before)
         self._bank_steps[k] += 1
         self._last_stepped = k
@@ -211,23 +227,41 @@ class LoliClustered(torch.optim.Optimizer):
             self._offloader.fetch(k, self._banks[k], wait=True)
         bank = self._banks[k]
         for param, state in self._banks[source].items():
-            bank[param] = {key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for key, v in state.items()}
+            bank[param] = {key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                           for key, v in state.items() if key not in self._shared_keys}  # shared: linked, never copied
         self._bank_values[k] = copy.deepcopy(self._bank_values[source])
+
+    def _link_shared(self, bank) -> None:
+        """Point the bank's shared entries at each parameter's one shared tensor (a bank that was never
+        stepped, or was just loaded, has none yet)."""
+        for param, shared in self._shared.items():
+            bank[param].update(shared)
+
+    def _collect_shared(self, bank) -> None:
+        """Adopt the shared entries the inner created on a parameter's first step."""
+        if len(bank) > len(self._shared):
+            for param, state in bank.items():
+                if param not in self._shared:
+                    self._shared[param] = {key: v for key, v in state.items() if key in self._shared_keys}
 
     def _new_offloader(self) -> "BankOffloader":
         from .offload import BankOffloader
 
-        return BankOffloader(self.clusters, "cpu")
+        return BankOffloader(self.clusters, "cpu", keep=self._shared_keys)
 
     def _rescale_betas(self, groups: list[dict]) -> None:
         """``beta_horizon=True``: each bank steps about once every K global steps, which stretches an
         exponential average's horizon of 1/(1-beta) of its own steps to K/(1-beta) global steps. Rescale
         so the horizon in global steps matches the inner optimizer's: beta' = 1 - K (1 - beta), floored
-        at 0."""
+        at 0. Betas of averages the inner shares across clusters (``loli_shared_betas``) step every
+        global step and keep their value."""
+        shared = set(getattr(self.inner, "loli_shared_betas", ()))
         for group in groups:
             betas = group.get("betas")
             if isinstance(betas, (tuple, list)):
-                group["betas"] = tuple(max(0.0, 1.0 - self.clusters * (1.0 - float(b))) for b in betas)
+                group["betas"] = tuple(
+                    float(b) if i in shared else max(0.0, 1.0 - self.clusters * (1.0 - float(b))) for i, b in enumerate(betas)
+                )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
@@ -289,7 +323,12 @@ class LoliClustered(torch.optim.Optimizer):
                 self.inner.state = bank
                 sd = self.inner.state_dict()
                 for idx, st in sd["state"].items():
-                    packed.setdefault(idx, {})[k] = st
+                    entry = packed.setdefault(idx, {})
+                    own = {key: v for key, v in st.items() if key not in self._shared_keys}
+                    if len(own) < len(st):  # every bank refers to the same shared tensors: save them once
+                        entry.setdefault(SHARED_KEY, {key: v for key, v in st.items() if key in self._shared_keys})
+                    if own:
+                        entry[k] = own
                 groups = groups if groups is not None else sd["param_groups"]
         finally:
             self.inner.state = active
@@ -305,7 +344,7 @@ class LoliClustered(torch.optim.Optimizer):
             "state": packed,
             "param_groups": groups,
             META_KEY: {
-                "format": STATE_FORMAT,
+                "format": FORMAT_SHARED if self._shared_keys else FORMAT_BANKS,
                 "clusters": self.clusters,
                 "inner": self.inner_name,
                 "inner_class": f"{type(self.inner).__module__}.{type(self.inner).__qualname__}",
@@ -332,13 +371,13 @@ class LoliClustered(torch.optim.Optimizer):
             for k in sorted(self._offloader.resident):
                 self._offloader.park(k, self._banks[k])
         saved = (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
-                 self._offloader, self.schedule.step)
+                 self._shared, self._offloader, self.schedule.step)
         try:
             self._load_banks(state_dict, meta)
         except BaseException as exc:
             # leave the optimizer exactly as it was: a failed resume must not half-load banks
             (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
-             self._offloader, self.schedule.step) = saved
+             self._shared, self._offloader, self.schedule.step) = saved
             self.param_groups = self.inner.param_groups
             self._position(self.schedule.current)
             if isinstance(exc, LoliError) or not isinstance(exc, MISMATCH_ERRORS):
@@ -358,10 +397,10 @@ class LoliClustered(torch.optim.Optimizer):
                 "this optimizer state was not saved by LoliClustered (it has no 'loli' entry), so it holds no "
                 "cluster states; resume it with the optimizer that saved it, or start without resuming the optimizer state"
             )
-        if meta.get("format") != STATE_FORMAT:
+        if meta.get("format") not in (FORMAT_BANKS, FORMAT_SHARED):
             raise LoliStateError(
-                f"optimizer state format {meta.get('format')!r} is not supported by this loli-plugin (format {STATE_FORMAT}); "
-                "use the loli-plugin version that saved it"
+                f"optimizer state format {meta.get('format')!r} is not supported by this loli-plugin "
+                f"(formats {FORMAT_BANKS} and {FORMAT_SHARED}); use the loli-plugin version that saved it"
             )
         if meta.get("clusters") != self.clusters:
             raise LoliStateError(
@@ -389,6 +428,13 @@ class LoliClustered(torch.optim.Optimizer):
         # The inner's own load_state_dict casts and places every tensor the way it expects
         # (torch casts to the parameter's dtype/device; bitsandbytes handles its quantized state).
         # Banked group values need no care here: _position() sets them before every step.
+        shared_saved = {idx: entry[SHARED_KEY] for idx, entry in saved_state.items() if SHARED_KEY in entry}
+        if shared_saved and not self._shared_keys:
+            raise LoliStateError(f"the saved optimizer state has state shared across clusters, which inner={self.inner_name!r} "
+                                 "does not keep; resume with the inner optimizer that saved it")
+        if self._shared_keys:
+            self.inner.load_state_dict({"state": shared_saved, "param_groups": plain_groups})
+            self._shared = {param: dict(entries) for param, entries in self.inner.state.items()}
         # Bank by bank, each parked before the next is loaded: with offload, at most the active bank and
         # the one being loaded are on the device at any time.
         offloader = self._new_offloader() if self._offloader is not None else None
