@@ -9,8 +9,9 @@ from __future__ import annotations
 
 def add_bench_parsers(sub) -> None:
     """The ``bench`` subcommands."""
-    from . import optimizer, quality, sampler
+    from . import gpu, optimizer, quality, sampler
 
     optimizer.add_parser(sub)
     sampler.add_parser(sub)
     quality.add_parser(sub)
+    gpu.add_parser(sub)
