@@ -9,10 +9,9 @@ being prefetched.
 
 Tensors are moved by replacing them in the bank's per-parameter dicts, the way the inner optimizer
 finds them (``state[param][key]``); each remembers its home device. Entries named in ``keep`` (the
-inner's state shared by all clusters, which every bank refers to) are never moved: they are needed
-at every step. On a CPU-only machine the same
-mechanics run with copies on both sides (a parked tensor is a new CPU tensor), which is what the
-tests exercise bit for bit.
+inner's state shared by all clusters, which every bank refers to) are never moved: every step needs
+them. On a CPU-only machine the same mechanics run with copies on both sides (a parked tensor is a
+new CPU tensor), which is what the tests exercise bit for bit.
 """
 
 from __future__ import annotations
