@@ -35,6 +35,8 @@ def _inner_specs() -> dict[str, InnerSpec]:
             "Lion8bit": InnerSpec("bitsandbytes.optim:Lion8bit", pip=bnb),
             "PagedLion8bit": InnerSpec("bitsandbytes.optim:PagedLion8bit", pip=bnb),
             "SGDNesterov": InnerSpec("torch.optim:SGD", defaults={"nesterov": True, "momentum": 0.9}),
+            # One first moment for all clusters, one second moment per cluster: (1 + K) / 2K of full banks' memory.
+            "AdamWClusteredSecondMoment": InnerSpec("loli_plugin.clustered_second_moment:AdamWClusteredSecondMoment"),
             "SGDNesterov8bit": InnerSpec("bitsandbytes.optim:SGD8bit", pip=bnb, defaults={"nesterov": True, "momentum": 0.9}),
             "Lion": InnerSpec("lion_pytorch:Lion", pip="lion-pytorch"),
             "Prodigy": InnerSpec("prodigyopt:Prodigy", pip="prodigyopt"),

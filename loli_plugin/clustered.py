@@ -14,10 +14,18 @@ Design (why it is exact and cheap):
 - Between steps the optimizer is *positioned* on ``current_cluster`` (the cluster of the next
   step): ``state`` and the banked group values are that cluster's.
 
+- An inner optimizer may declare per-parameter state entries that are ONE quantity for all clusters
+  (class attribute ``loli_shared_state``, e.g. AdamWClusteredSecondMoment's shared first moment).
+  Those tensors exist once per parameter and every bank refers to the same object; only the other
+  entries are banked, parked by ``offload`` and saved per cluster. The inner must update shared
+  entries in place and create missing entries one by one (a cluster's first step finds the shared
+  ones already there).
+
 The state_dict keeps torch's layout (``state`` keyed by parameter index, ``param_groups``) so hosts
 that move state to a device (accelerate) or re-map parameter indices (OneTrainer) keep working; each
-parameter's entry is ``{cluster: inner_state}``. It is made of tensors and plain containers only, so
-``torch.load(weights_only=True)`` reads it.
+parameter's entry is ``{cluster: inner_state}`` (format 1), plus ``"shared": {key: tensor}`` for the
+shared entries when the inner declares any (format 2; saved once, not per cluster). It is made of
+tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it.
 """
 
 from __future__ import annotations
@@ -28,19 +36,25 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .errors import LoliConfigError, LoliStateError
+from .errors import LoliConfigError, LoliError, LoliStateError
 from .inner import find_refusal, resolve_inner
 from .options import DEFAULT_CLUSTERS, check_clusters
 from .plugins import inner_specs
 from .schedule import ClusterSchedule
 
-STATE_FORMAT = 1
+FORMAT_BANKS = 1  # state[index] = {cluster: inner_state}
+FORMAT_SHARED = 2  # the same, plus state[index]["shared"] = {key: tensor} for the inner's shared entries
 META_KEY = "loli"
+SHARED_KEY = "shared"  # in a saved parameter entry: the inner's loli_shared_state entries, saved once
 BANKED_KEY = "loli_banked"  # in a saved param group: {cluster: {key: value}}
 INITIAL_KEY = "loli_initial"  # in a saved param group: {key: value before any step}
 
 # Group keys the host owns. An LR scheduler writes them between steps; banking them would undo it.
 HOST_OWNED_KEYS = frozenset({"params", "lr", "initial_lr", "name", "names"})
+
+# What a saved state that does not fit raises inside torch's (or the inner's) load_state_dict. Anything
+# else (out of memory, I/O, KeyboardInterrupt) is not a mismatch and must reach the user unchanged.
+MISMATCH_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 
 def _snap(value: Any) -> Any:
@@ -90,10 +104,10 @@ class LoliClustered(torch.optim.Optimizer):
         **inner_kwargs: Any,
     ):
         clusters = check_clusters(clusters)
-        offloader = _make_offloader(offload, clusters)
+        offload = _check_offload(offload)
         name, factory, implied = resolve_inner(inner, inner_specs())
         optimizer = factory(params, **{**implied, **inner_kwargs})
-        self._setup(optimizer, name, clusters, schedule, seed, offloader, warm_start, beta_horizon)
+        self._setup(optimizer, name, clusters, schedule, seed, offload, warm_start, beta_horizon)
 
     @classmethod
     def wrap(
@@ -109,7 +123,7 @@ class LoliClustered(torch.optim.Optimizer):
     ) -> "LoliClustered":
         """Bank an optimizer a host already built (OneTrainer builds its inner optimizers itself)."""
         clusters = check_clusters(clusters)
-        offloader = _make_offloader(offload, clusters)
+        offload = _check_offload(offload)
         name = name or type(optimizer).__name__
         reason = find_refusal(type(optimizer))
         if reason:
@@ -120,11 +134,11 @@ class LoliClustered(torch.optim.Optimizer):
                 "Wrap it before the first step or before loading a checkpoint into it"
             )
         self = cls.__new__(cls)
-        self._setup(optimizer, name, clusters, schedule, seed, offloader, warm_start, beta_horizon)
+        self._setup(optimizer, name, clusters, schedule, seed, offload, warm_start, beta_horizon)
         return self
 
     def _setup(self, optimizer: torch.optim.Optimizer, name: str, clusters: int, schedule: str, seed: int,
-               offloader: "BankOffloader | None" = None, warm_start: bool = False, beta_horizon: bool = False) -> None:
+               offload: bool = False, warm_start: bool = False, beta_horizon: bool = False) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise LoliConfigError(
                 f"inner={name!r} built a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
@@ -146,11 +160,14 @@ class LoliClustered(torch.optim.Optimizer):
         self._initial: list[dict] = [{} for _ in range(n_groups)]
         self._banked_keys: list[set] = [set() for _ in range(n_groups)]
         self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
-        self._offloader = offloader
+        self._shared_keys = frozenset(getattr(optimizer, "loli_shared_state", ()))
+        self._shared: dict[torch.Tensor, dict[str, torch.Tensor]] = {}  # param -> its shared entries
+        self._offloader = self._new_offloader() if offload else None
         self.warm_start = bool(warm_start)
+        self.beta_horizon = bool(beta_horizon)
         self._last_stepped: int | None = None
-        if beta_horizon:
-            _rescale_betas(self.param_groups, clusters)
+        if self.beta_horizon:
+            self._rescale_betas(self.param_groups)
         self._ready = True
         self._position(self.schedule.current)
         # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
@@ -186,8 +203,12 @@ class LoliClustered(torch.optim.Optimizer):
         if self.warm_start and self._bank_steps[k] == 0 and self._last_stepped is not None:
             self._warm_start(k, self._last_stepped)
         self._position(k)
+        if self._shared_keys:
+            self._link_shared(self._banks[k])
         before = [self._group_values(g) for g in self.param_groups]
         loss = self.inner.step() if closure is None else self.inner.step(closure)
+        if self._shared_keys:
+            self._collect_shared(self._banks[k])
         self._record_group_values(k, before)
         self._bank_steps[k] += 1
         self._last_stepped = k
@@ -207,8 +228,41 @@ class LoliClustered(torch.optim.Optimizer):
             self._offloader.fetch(k, self._banks[k], wait=True)
         bank = self._banks[k]
         for param, state in self._banks[source].items():
-            bank[param] = {key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for key, v in state.items()}
+            bank[param] = {key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                           for key, v in state.items() if key not in self._shared_keys}  # shared: linked, never copied
         self._bank_values[k] = copy.deepcopy(self._bank_values[source])
+
+    def _link_shared(self, bank) -> None:
+        """Point the bank's shared entries at each parameter's one shared tensor (a bank that was never
+        stepped, or was just loaded, has none yet)."""
+        for param, shared in self._shared.items():
+            bank[param].update(shared)
+
+    def _collect_shared(self, bank) -> None:
+        """Adopt the shared entries the inner created on a parameter's first step."""
+        if len(bank) > len(self._shared):
+            for param, state in bank.items():
+                if param not in self._shared:
+                    self._shared[param] = {key: v for key, v in state.items() if key in self._shared_keys}
+
+    def _new_offloader(self) -> "BankOffloader":
+        from .offload import BankOffloader
+
+        return BankOffloader(self.clusters, "cpu", keep=self._shared_keys)
+
+    def _rescale_betas(self, groups: list[dict]) -> None:
+        """``beta_horizon=True``: each bank steps about once every K global steps, which stretches an
+        exponential average's horizon of 1/(1-beta) of its own steps to K/(1-beta) global steps. Rescale
+        so the horizon in global steps matches the inner optimizer's: beta' = 1 - K (1 - beta), floored
+        at 0. Betas of averages the inner shares across clusters (``loli_shared_betas``) step every
+        global step and keep their value."""
+        shared = set(getattr(self.inner, "loli_shared_betas", ()))
+        for group in groups:
+            betas = group.get("betas")
+            if isinstance(betas, (tuple, list)):
+                group["betas"] = tuple(
+                    float(b) if i in shared else max(0.0, 1.0 - self.clusters * (1.0 - float(b))) for i, b in enumerate(betas)
+                )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
@@ -218,6 +272,8 @@ class LoliClustered(torch.optim.Optimizer):
             return super().add_param_group(param_group)
         self.inner.add_param_group(param_group)
         self.param_groups = self.inner.param_groups
+        if self.beta_horizon:
+            self._rescale_betas(self.param_groups[-1:])
         self._initial.append({})
         self._banked_keys.append(set())
         for values in self._bank_values:
@@ -268,7 +324,12 @@ class LoliClustered(torch.optim.Optimizer):
                 self.inner.state = bank
                 sd = self.inner.state_dict()
                 for idx, st in sd["state"].items():
-                    packed.setdefault(idx, {})[k] = st
+                    entry = packed.setdefault(idx, {})
+                    own = {key: v for key, v in st.items() if key not in self._shared_keys}
+                    if len(own) < len(st):  # every bank refers to the same shared tensors: save them once
+                        entry.setdefault(SHARED_KEY, {key: v for key, v in st.items() if key in self._shared_keys})
+                    if own:
+                        entry[k] = own
                 groups = groups if groups is not None else sd["param_groups"]
         finally:
             self.inner.state = active
@@ -284,7 +345,7 @@ class LoliClustered(torch.optim.Optimizer):
             "state": packed,
             "param_groups": groups,
             META_KEY: {
-                "format": STATE_FORMAT,
+                "format": FORMAT_SHARED if self._shared_keys else FORMAT_BANKS,
                 "clusters": self.clusters,
                 "inner": self.inner_name,
                 "inner_class": f"{type(self.inner).__module__}.{type(self.inner).__qualname__}",
@@ -305,15 +366,22 @@ class LoliClustered(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         meta = self._check_meta(state_dict)
-        saved = (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial)
+        if self._offloader is not None:
+            # the banks kept for a failed load wait in CPU memory, so they add nothing on the device
+            self._offloader.synchronize()
+            for k in sorted(self._offloader.resident):
+                self._offloader.park(k, self._banks[k])
+        saved = (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
+                 self._shared, self._offloader, self.schedule.step)
         try:
             self._load_banks(state_dict, meta)
-        except Exception as exc:
+        except BaseException as exc:
             # leave the optimizer exactly as it was: a failed resume must not half-load banks
-            self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial = saved
+            (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
+             self._shared, self._offloader, self.schedule.step) = saved
             self.param_groups = self.inner.param_groups
             self._position(self.schedule.current)
-            if isinstance(exc, (LoliStateError, LoliConfigError)):
+            if isinstance(exc, LoliError) or not isinstance(exc, MISMATCH_ERRORS):
                 raise
             raise LoliStateError(
                 f"the saved LoliClustered state does not fit this optimizer ({type(exc).__name__}: {exc}); "
@@ -330,10 +398,10 @@ class LoliClustered(torch.optim.Optimizer):
                 "this optimizer state was not saved by LoliClustered (it has no 'loli' entry), so it holds no "
                 "cluster states; resume it with the optimizer that saved it, or start without resuming the optimizer state"
             )
-        if meta.get("format") != STATE_FORMAT:
+        if meta.get("format") not in (FORMAT_BANKS, FORMAT_SHARED):
             raise LoliStateError(
-                f"optimizer state format {meta.get('format')!r} is not supported by this loli-plugin (format {STATE_FORMAT}); "
-                "use the loli-plugin version that saved it"
+                f"optimizer state format {meta.get('format')!r} is not supported by this loli-plugin "
+                f"(formats {FORMAT_BANKS} and {FORMAT_SHARED}); use the loli-plugin version that saved it"
             )
         if meta.get("clusters") != self.clusters:
             raise LoliStateError(
@@ -355,28 +423,39 @@ class LoliClustered(torch.optim.Optimizer):
         plain_groups = [{key: v for key, v in g.items() if key not in (BANKED_KEY, INITIAL_KEY)} for g in saved_groups]
         banked = [g.get(BANKED_KEY, {}) for g in saved_groups]
         initial = [dict(g.get(INITIAL_KEY, {})) for g in saved_groups]
+        self.schedule.load_state_dict(meta["schedule"])
+        current = self.schedule.current
+        saved_state = state_dict["state"]
+        # The inner's own load_state_dict casts and places every tensor the way it expects
+        # (torch casts to the parameter's dtype/device; bitsandbytes handles its quantized state).
+        # Banked group values need no care here: _position() sets them before every step.
+        shared_saved = {idx: entry[SHARED_KEY] for idx, entry in saved_state.items() if SHARED_KEY in entry}
+        if shared_saved and not self._shared_keys:
+            raise LoliStateError(f"the saved optimizer state has state shared across clusters, which inner={self.inner_name!r} "
+                                 "does not keep; resume with the inner optimizer that saved it")
+        if self._shared_keys:
+            self.inner.load_state_dict({"state": shared_saved, "param_groups": plain_groups})
+            self._shared = {param: dict(entries) for param, entries in self.inner.state.items()}
+        # Bank by bank, each parked before the next is loaded: with offload, at most the active bank and
+        # the one being loaded are on the device at any time.
+        offloader = self._new_offloader() if self._offloader is not None else None
         banks = []
         for k in range(self.clusters):
-            state_k = {idx: per_cluster[k] for idx, per_cluster in state_dict["state"].items() if k in per_cluster}
-            # The inner's own load_state_dict casts and places every tensor the way it expects
-            # (torch casts to the parameter's dtype/device; bitsandbytes handles its quantized state).
-            # Banked group values need no care here: _position() sets them before every step.
+            state_k = {idx: entry[k] for idx, entry in saved_state.items() if k in entry}
             self.inner.load_state_dict({"state": state_k, "param_groups": plain_groups})
             banks.append(self.inner.state)
+            if offloader is not None and k != current:
+                offloader.park(k, self.inner.state)
+                offloader.synchronize()  # its device copy is freed before the next bank allocates
         self.inner.load_state_dict({"state": {}, "param_groups": plain_groups})
         self.param_groups = self.inner.param_groups  # torch's load_state_dict builds new group dicts
         self._banks = banks
+        self._offloader = offloader
         self._bank_values = [[dict(b.get(k, {})) for b in banked] for k in range(self.clusters)]
         self._banked_keys = [set(init) | {key for b in bg.values() for key in b} for init, bg in zip(initial, banked)]
         self._initial = initial
-        self.schedule.load_state_dict(meta["schedule"])
         self._bank_steps = [int(n) for n in meta.get("bank_steps", [0] * self.clusters)]
-        if self._offloader is not None:  # the load put every bank at home: park all but the active one
-            self._offloader.forget()
-            for k, bank in enumerate(self._banks):
-                if k != self.schedule.current:
-                    self._offloader.park(k, bank)
-        self._position(self.schedule.current)
+        self._position(current)
 
     def __repr__(self) -> str:
         return (
@@ -388,21 +467,9 @@ class LoliClustered(torch.optim.Optimizer):
 _MISSING = object()
 
 
-def _rescale_betas(groups: list[dict], clusters: int) -> None:
-    """``beta_horizon=True``: each bank steps about once every K global steps, which stretches an
-    exponential average's horizon of 1/(1-beta) of its own steps to K/(1-beta) global steps. Rescale
-    so the horizon in global steps matches the inner optimizer's: beta' = 1 - K (1 - beta), floored at 0."""
-    for group in groups:
-        betas = group.get("betas")
-        if isinstance(betas, (tuple, list)):
-            group["betas"] = tuple(max(0.0, 1.0 - clusters * (1.0 - float(b))) for b in betas)
-
-
-def _make_offloader(offload, clusters: int):
+def _check_offload(offload) -> bool:
     if offload is None or offload is False:
-        return None
-    from .offload import BankOffloader
-
+        return False
     if str(offload).lower() != "cpu":
         raise LoliConfigError(f"offload={offload!r} is not supported; use offload='cpu' to park inactive banks in CPU memory, or None")
-    return BankOffloader(clusters, "cpu")
+    return True

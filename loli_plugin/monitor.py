@@ -22,11 +22,11 @@ import math
 
 import torch
 
-from .options import check_clusters
+from .options import DEFAULT_CLUSTERS, check_clusters
 
 
 class ClusterLossMonitor:
-    def __init__(self, clusters: int = 10, ema: float = 0.9, warmup: int = 3, prefix: str = "loss"):
+    def __init__(self, clusters: int = DEFAULT_CLUSTERS, ema: float = 0.9, warmup: int = 3, prefix: str = "loss"):
         self.clusters = check_clusters(clusters)
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")

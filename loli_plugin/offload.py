@@ -8,9 +8,10 @@ written back the same way. At most two banks are device-resident: the active one
 being prefetched.
 
 Tensors are moved by replacing them in the bank's per-parameter dicts, the way the inner optimizer
-finds them (``state[param][key]``); each remembers its home device. On a CPU-only machine the same
-mechanics run with copies on both sides (a parked tensor is a new CPU tensor), which is what the
-tests exercise bit for bit.
+finds them (``state[param][key]``); each remembers its home device. Entries named in ``keep`` (the
+inner's state shared by all clusters, which every bank refers to) are never moved: every step needs
+them. On a CPU-only machine the same mechanics run with copies on both sides (a parked tensor is a
+new CPU tensor), which is what the tests exercise bit for bit.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import torch
 
 
 class BankOffloader:
-    def __init__(self, clusters: int, target: str | torch.device = "cpu"):
+    def __init__(self, clusters: int, target: str | torch.device = "cpu", keep: frozenset[str] = frozenset()):
         self.target = torch.device(target)
         if self.target.type != "cpu":
             raise ValueError(f"offload={target!r}: only 'cpu' (or None) is supported")
         self.clusters = clusters
+        self.keep = frozenset(keep)
         self.resident: set[int] = set(range(clusters))  # banks whose tensors are at home
         self._homes: dict[int, dict[tuple[int, str], torch.device]] = {k: {} for k in range(clusters)}
         self._events: dict[int, object] = {}
@@ -37,11 +39,10 @@ class BankOffloader:
             self._stream = torch.cuda.Stream(device=device)
         return self._stream
 
-    @staticmethod
-    def _tensors(bank):
+    def _tensors(self, bank):
         for param, state in bank.items():
             for key, value in list(state.items()):
-                if isinstance(value, torch.Tensor) and value.numel() > 0:
+                if isinstance(value, torch.Tensor) and value.numel() > 0 and key not in self.keep:
                     yield param, state, key, value
 
     # ----------------------------------------------------------------- moves
@@ -101,9 +102,3 @@ class BankOffloader:
         if self._stream is not None:
             self._stream.synchronize()
         self._events.clear()
-
-    def forget(self) -> None:
-        """After a load: every bank is where the load put it (at home); nothing is pending."""
-        self.synchronize()
-        self.resident = set(range(self.clusters))
-        self._homes = {k: {} for k in range(self.clusters)}

@@ -9,7 +9,7 @@ taken) and its persistence; the orders themselves are in ``orders`` (and plugins
 from __future__ import annotations
 
 from .errors import LoliConfigError, LoliStateError
-from .options import check_clusters
+from .options import DEFAULT_CLUSTERS, check_clusters
 from .plugins import schedules
 
 
@@ -21,7 +21,7 @@ class ClusterSchedule:
     window see the same cluster.
     """
 
-    def __init__(self, clusters: int = 10, strategy: str = "shuffle", seed: int = 0, step: int = 0):
+    def __init__(self, clusters: int = DEFAULT_CLUSTERS, strategy: str = "shuffle", seed: int = 0, step: int = 0):
         self.clusters = check_clusters(clusters)
         factories = schedules()
         if strategy not in factories:

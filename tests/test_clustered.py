@@ -431,3 +431,74 @@ def test_warm_start_copies_the_last_stepped_bank_into_a_new_one():
         assert opt.bank(1)[p]["step"].item() == 2.0  # continued bias correction: 1 copied + 1 own
         assert not torch.equal(opt.bank(1)[p]["exp_avg"], snapshot[p]["exp_avg"])  # its own update went in
         assert torch.equal(opt.bank(0)[p]["exp_avg"], snapshot[p]["exp_avg"])  # the source is untouched
+
+
+def test_beta_horizon_applies_to_groups_added_later():
+    params = make_params()
+    opt = LoliClustered(params[:2], inner="AdamW", clusters=10, beta_horizon=True, betas=(0.9, 0.999), lr=1e-2)
+    opt.add_param_group({"params": params[2:3]})  # the inner's default betas
+    opt.add_param_group({"params": params[3:], "betas": (0.95, 0.999)})  # the user's own
+    assert opt.param_groups[1]["betas"] == pytest.approx((0.0, 0.99), abs=1e-12)
+    assert opt.param_groups[2]["betas"] == pytest.approx((0.5, 0.99), abs=1e-12)
+    plain = LoliClustered(make_params()[:2], inner="AdamW", clusters=10, betas=(0.9, 0.999), lr=1e-2)
+    plain.add_param_group({"params": make_params()[2:]})
+    assert plain.param_groups[1]["betas"] == (0.9, 0.999)
+
+
+def test_format_1_checkpoint_of_an_earlier_release_resumes_exactly():
+    import pathlib
+
+    saved = torch.load(pathlib.Path(__file__).parent / "data" / "format1_adamw_k3.pt", weights_only=True)
+    assert saved["optimizer"]["loli"]["format"] == 1
+    params = [torch.nn.Parameter(p.clone()) for p in saved["params"]]
+    opt = LoliClustered(params, inner="AdamW", clusters=3, schedule="shuffle", seed=0, lr=1e-2, weight_decay=0.01)
+    opt.load_state_dict(saved["optimizer"])
+    for step in range(5, 10):  # the gradients make_format1_fixture.py used
+        g = torch.Generator().manual_seed(500 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, saved["params_after_10"]))
+    assert opt.state_dict()["loli"]["format"] == 1  # full banks still write format 1: older releases read it
+
+
+@pytest.mark.parametrize("error", [OSError("disk read failed"), KeyboardInterrupt(), MemoryError(), ValueError("shape")])
+@pytest.mark.parametrize("offload", [None, "cpu"])
+def test_failed_load_restores_and_only_mismatches_are_relabelled(error, offload, monkeypatch):
+    params = make_params()
+    opt = LoliClustered(params, clusters=3, offload=offload, lr=1e-2)
+    for step in range(4):
+        set_grads(step, params)
+        opt.step()
+    before = _roundtrip(opt.state_dict())
+    other = LoliClustered(make_params(1), clusters=3, lr=1e-2)
+    for step in range(5):
+        set_grads(step, other.param_groups[0]["params"])
+        other.step()
+    incoming = other.state_dict()
+    calls = []
+    original = type(opt.inner).load_state_dict
+
+    def failing_load(inner, state_dict):
+        calls.append(1)
+        if len(calls) == 2:  # the second bank: the first one is already loaded
+            raise error
+        return original(inner, state_dict)
+
+    monkeypatch.setattr(type(opt.inner), "load_state_dict", failing_load)
+    expected = LoliStateError if isinstance(error, ValueError) else type(error)
+    with pytest.raises(expected) as info:
+        opt.load_state_dict(incoming)
+    assert isinstance(info.value, LoliStateError) == isinstance(error, ValueError)
+    if not isinstance(error, ValueError):
+        assert info.value is error  # re-raised as it is, not wrapped as "does not fit"
+    monkeypatch.undo()
+    after = opt.state_dict()
+    assert after["loli"] == before["loli"]
+    for idx, per_cluster in before["state"].items():
+        for k, st in per_cluster.items():
+            assert all(torch.equal(v, after["state"][idx][k][key]) for key, v in st.items())
+    if offload:
+        assert opt._offloader.resident == {opt.current_cluster}  # the active bank came home, the rest stay parked
+    set_grads(4, params)
+    opt.step()  # still usable

@@ -103,3 +103,51 @@ def test_resume_and_accelerate_prepare_keep_banks_parked():
 def test_unknown_offload_target():
     with pytest.raises(LoliConfigError, match="offload='cuda' is not supported"):
         LoliClustered(make_params(), offload="cuda")
+
+
+@pytest.mark.parametrize("inner", ["AdamW", "AdamWClusteredSecondMoment"])
+@pytest.mark.parametrize("used", [False, True], ids=["fresh optimizer", "optimizer with state"])
+def test_resume_loads_and_parks_bank_by_bank(inner, used, monkeypatch):
+    """At most two banks are at home (the active one and the one being loaded) at any time during a
+    load with offload='cpu'. On CPU both sides are CPU memory, so a tensor counts as parked when
+    BankOffloader.park produced it."""
+    from loli_plugin.offload import BankOffloader
+
+    K = 6
+    _, saved_opt, _ = run(inner, None, steps=3 * K, clusters=K)
+    saved = saved_opt.state_dict()
+    params = make_params()
+    opt = LoliClustered(params, inner=inner, clusters=K, offload="cpu", lr=1e-2)
+    if used:
+        for s in range(K):
+            set_grads(s, params)
+            opt.step()
+    banks, counts = list(opt._banks), []
+    parked_ids = {id(v) for k, bank in enumerate(banks) if k not in opt._offloader.resident for st in bank.values() for v in st.values()}
+
+    def at_home() -> int:
+        return sum(
+            any(torch.is_tensor(v) and id(v) not in parked_ids and key not in opt._shared_keys for st in bank.values() for key, v in st.items())
+            for bank in {id(b): b for b in banks}.values()
+        )
+
+    original_park, original_load = BankOffloader.park, type(opt.inner).load_state_dict
+
+    def park(self, k, bank):
+        original_park(self, k, bank)
+        parked_ids.update(id(v) for st in bank.values() for v in st.values() if torch.is_tensor(v))
+        counts.append(at_home())
+
+    def load(inner_opt, state_dict):
+        original_load(inner_opt, state_dict)
+        banks.append(inner_opt.state)
+        counts.append(at_home())
+
+    monkeypatch.setattr(BankOffloader, "park", park)
+    monkeypatch.setattr(type(opt.inner), "load_state_dict", load)
+    opt.load_state_dict(saved)
+    monkeypatch.undo()
+    assert max(counts) <= 2
+    assert at_home() == 1  # only the active bank stays
+    stepped = [k for k in range(K) if opt.bank_steps[k]]
+    assert opt._offloader.resident & set(stepped) == {opt.current_cluster}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 def add_bench_parsers(sub) -> None:
     """The ``bench`` subcommands."""
-    from . import optimizer, quality, sampler, startup
+    from . import gpu, optimizer, quality, sampler, startup
 
     optimizer.add_parser(sub)
     sampler.add_parser(sub)
     quality.add_parser(sub)
     startup.add_parser(sub)
+    gpu.add_parser(sub)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..options import DEFAULT_CLUSTERS
+
 
 def run(args) -> int:
     from tqdm import tqdm
@@ -82,7 +84,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="out/demo", help="folder for the PNG (default out/demo)")
     p.add_argument("--steps", type=int, default=400, help="LoRA steps")
     p.add_argument("--pretrain-steps", type=int, default=600)
-    p.add_argument("--clusters", type=int, default=10)
+    p.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)
     p.set_defaults(func=run)

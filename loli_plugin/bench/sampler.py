@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from ..options import DEFAULT_CLUSTERS
 from .machine import machine_line
 
 
@@ -41,7 +42,7 @@ def bench_sampler(args) -> dict:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sampler", help="time of a cluster draw vs the plain draw")
-    s.add_argument("--clusters", type=int, default=10)
+    s.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
     s.add_argument("--calls", type=int, default=2000)
     s.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
     s.set_defaults(func=bench_sampler)
