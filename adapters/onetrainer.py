@@ -117,15 +117,16 @@ class OneTrainerAdapter(TrainerAdapter):
         config = bound["config"]
         oc = config.optimizer
         inner_name = str(getattr(oc, "loli_inner", "") or "").strip()
-        choices = [m for m in Optimizer.__members__ if m != patches.MEMBER]
-        if inner_name not in Optimizer.__members__ or inner_name == patches.MEMBER:
+        choices = [m for m in Optimizer.__members__ if m != patches.MEMBER] + list(patches.PLUGIN_INNERS)
+        if inner_name not in choices:
             raise LoliConfigError(
                 f"Inner Optimizer (optimizer.loli_inner) is {inner_name!r}, not a OneTrainer optimizer; "
                 f"pick one in the optimizer window, e.g. ADAMW, ADAMW_8BIT, PRODIGY, LION, CAME (all: {', '.join(choices)})"
             )
-        inner_member = Optimizer[inner_name]
-        if inner_member.is_schedule_free:
-            raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used: {SCHEDULE_FREE_REASON}")
+        if inner_name not in patches.PLUGIN_INNERS:
+            inner_member = Optimizer[inner_name]
+            if inner_member.is_schedule_free:
+                raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used: {SCHEDULE_FREE_REASON}")
         if inner_name in _REFUSED:
             raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used with LOLI_CLUSTERED: {_REFUSED[inner_name]}")
         if getattr(oc, "fused_back_pass", False):
@@ -141,12 +142,14 @@ class OneTrainerAdapter(TrainerAdapter):
                 "Multi-GPU training with LOLI_CLUSTERED needs loli-plugin's start-up hook in every spawned rank: install "
                 "loli-plugin with pip (not editable) so loli_plugin.pth runs, instead of the python -m loli_plugin.launch launcher"
             )
-
-        inner_optimizer_config = copy.copy(oc)
-        inner_optimizer_config.optimizer = inner_member
-        inner_config = copy.copy(config)
-        inner_config.optimizer = inner_optimizer_config
-        inner = create_optimizer(bound["parameter_group_collection"], None, inner_config, bound.get("layer_key_fn"))
+        if inner_name in patches.PLUGIN_INNERS:
+            inner = _plugin_inner(inner_name, bound["parameter_group_collection"].parameters_for_optimizer(config), config)
+        else:
+            inner_optimizer_config = copy.copy(oc)
+            inner_optimizer_config.optimizer = inner_member
+            inner_config = copy.copy(config)
+            inner_config.optimizer = inner_optimizer_config
+            inner = create_optimizer(bound["parameter_group_collection"], None, inner_config, bound.get("layer_key_fn"))
         if inner is None:
             raise LoliConfigError(f"OneTrainer built no optimizer for Inner Optimizer {inner_name}")
         optimizer = LoliClustered.wrap(inner, clusters=clusters, schedule=str(getattr(oc, "loli_schedule", "shuffle")), seed=0, name=inner_name)
@@ -158,6 +161,29 @@ class OneTrainerAdapter(TrainerAdapter):
         print(f"loli-plugin: LOLI_CLUSTERED(inner={inner_name}, clusters={clusters}, schedule={optimizer.schedule.strategy}); "
               "timesteps drawn from one cluster per optimizer step", file=sys.stderr)
         return optimizer
+
+
+def _plugin_inner(name: str, parameters, config):
+    """An inner optimizer OneTrainer does not have, configured by the rows of the one it resembles
+    (``patches.onetrainer.PLUGIN_INNERS``); the option values are read as OneTrainer's own ADAMW branch
+    reads them (modules/util/create.py ``create_optimizer``, ``case Optimizer.ADAMW``)."""
+    from ..clustered_second_moment import AdamWClusteredSecondMoment
+
+    oc = config.optimizer
+
+    def value(key, default):
+        v = getattr(oc, key, None)
+        return default if v is None else v
+
+    for key, label in (("stochastic_rounding", "Stochastic Rounding"), ("amsgrad", "AMSGrad"), ("capturable", "Capturable"),
+                       ("differentiable", "Differentiable")):
+        if value(key, False):
+            raise LoliConfigError(f"Inner Optimizer {name} does not implement '{label}'; turn it off in the optimizer window")
+    # ADAMW's default in OneTrainer is fused=True; this optimizer has no fused kernel, its foreach path is the fast one
+    return AdamWClusteredSecondMoment(
+        parameters, lr=config.learning_rate, betas=(value("beta1", 0.9), value("beta2", 0.999)), eps=value("eps", 1e-8),
+        weight_decay=value("weight_decay", 1e-2), maximize=value("maximize", False),
+        foreach=bool(value("foreach", False) or value("fused", False)))
 
 
 def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:

@@ -24,6 +24,7 @@ import sys
 import torch
 
 from ..errors import LoliConfigError
+from ..options import DEFAULT_CLUSTERS
 from .base import EnumMemberPatch, FunctionPatch, Instrumentor, MappingEntryPatch, bind_arguments
 from .draws import cluster_draw
 
@@ -31,7 +32,17 @@ SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one wi
 LIBRARY = "Nerogar/OneTrainer"
 MEMBER = "LOLI_CLUSTERED"
 #: TrainOptimizerConfig fields the plugin adds: (name, default, type, nullable)
-OPTIMIZER_FIELDS = [("loli_inner", "ADAMW", str, False), ("loli_clusters", 10, int, False), ("loli_schedule", "shuffle", str, False)]
+OPTIMIZER_FIELDS = [("loli_inner", "ADAMW", str, False), ("loli_clusters", DEFAULT_CLUSTERS, int, False),
+                    ("loli_schedule", "shuffle", str, False)]
+#: inner optimizers the plugin offers beyond OneTrainer's own list: name -> the OneTrainer optimizer
+#: whose parameter rows (and defaults) configure it
+PLUGIN_INNERS = {"ADAMW_CLUSTERED_SECOND_MOMENT": "ADAMW"}
+
+
+def rows_of(inner_name: str) -> str:
+    """The OneTrainer optimizer whose rows and defaults an inner optimizer uses (its own, or, for a
+    plugin-owned inner, the one it is configured like)."""
+    return PLUGIN_INNERS.get(inner_name, inner_name)
 #: TrainConfig field for the cosine term of the loss section
 CONFIG_FIELDS = [("cos_strength", 0.0, float, False)]
 #: what the optimizer window shows for the plugin's rows (title, tooltip, kind)

@@ -16,7 +16,7 @@ rows (logged once); configs and the CLI still carry the plugin's options.
 from __future__ import annotations
 
 from .base import FunctionPatch, Instrumentor, bind_arguments
-from .onetrainer import FIELD_DETAILS, LIBRARY, MEMBER, OPTIMIZER_FIELDS, SUPPORTED
+from .onetrainer import FIELD_DETAILS, LIBRARY, MEMBER, OPTIMIZER_FIELDS, PLUGIN_INNERS, SUPPORTED, rows_of
 
 SCHEDULES = ["shuffle", "random", "round_robin"]
 COSINE_ROW = 9  # rows 0-8 of the loss frame are OneTrainer's (MSE ... Loss Scaler) for every model type
@@ -32,7 +32,7 @@ def build_dynamic_content(context, wrapped, instance, args, kwargs):
     from modules.util.optimizer_util import OPTIMIZER_DEFAULT_PARAMETERS as table
 
     member = Optimizer[MEMBER]
-    inner_name = str(getattr(controller.config.optimizer, "loli_inner", "ADAMW"))
+    inner_name = rows_of(str(getattr(controller.config.optimizer, "loli_inner", "ADAMW")))
     inner = Optimizer[inner_name] if inner_name in Optimizer.__members__ and inner_name != MEMBER else Optimizer.ADAMW
     own = [name for name, *_ in OPTIMIZER_FIELDS]
     saved = table[member]
@@ -49,11 +49,11 @@ def build_dynamic_content(context, wrapped, instance, args, kwargs):
         # like OneTrainer's own optimizer switch (optimizer_util.change_optimizer): the new inner's rows start
         # from its OPTIMIZER_DEFAULT_PARAMETERS, not from the previous inner's values (or blanks)
         name = str(value if value is not None else controller.config.optimizer.loli_inner)
-        if name in Optimizer.__members__ and name != MEMBER:
+        if rows_of(name) in Optimizer.__members__ and name != MEMBER:
             from modules.util.config.TrainConfig import TrainOptimizerConfig
 
             fresh = TrainOptimizerConfig.default_values()
-            fresh.from_dict(table[Optimizer[name]])
+            fresh.from_dict(table[Optimizer[rows_of(name)]])
             fresh.optimizer = member
             for key in own:
                 setattr(fresh, key, getattr(controller.config.optimizer, key))
@@ -70,7 +70,7 @@ def build_dynamic_content(context, wrapped, instance, args, kwargs):
         title, tooltip, kind = FIELD_DETAILS[key]
         components.label(master, row, col, title, tooltip=tooltip)
         if kind == "options":
-            values = [str(m) for m in Optimizer if m is not member and not m.is_schedule_free]
+            values = [str(m) for m in Optimizer if m is not member and not m.is_schedule_free] + list(PLUGIN_INNERS)
             components.options(master, row, col + 1, values, ui_state, key, command=inner_changed)
         elif kind == "schedule":
             components.options(master, row, col + 1, SCHEDULES, ui_state, key, command=lambda *_: update and update())

@@ -151,3 +151,20 @@ def test_example_toml_configs_build_the_optimizer(kohya, script, toml, monkeypat
 def test_uninstrument_puts_every_original_object_back(kohya):
     # parser, get_optimizer, prepare_accelerator, loss, SD timesteps, 3 families (5 patches), 7 trackers
     assert check_uninstrument_restores_originals(adapter) >= 15
+
+
+@pytest.mark.parametrize("inner", ["AdamWClusteredSecondMoment", "AdaFactor"])
+def test_other_inners_through_the_real_get_optimizer(kohya, parse, inner):
+    """inner=AdamWClusteredSecondMoment (shared first moment, per-cluster second moment) and
+    inner=AdaFactor (driven by --learning_rate; sd-scripts' relative_step default does not apply)."""
+    args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", f"inner={inner}", "clusters=3")
+    _, _, opt = kohya.train_util.get_optimizer(args, params())
+    assert isinstance(opt, LoliClustered) and opt.inner_name == inner and opt.clusters == 3
+    flat = [p for g in opt.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in flat]
+    for s in range(3):
+        for p in flat:
+            p.grad = torch.sin(p.detach() * (s + 1)) + 0.1
+        opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, flat))
+    assert opt.bank_steps == [1, 1, 1]

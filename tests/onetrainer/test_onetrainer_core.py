@@ -119,10 +119,31 @@ def test_k1_equals_onetrainers_own_inner_bit_for_bit(ot):
     assert all(torch.equal(x, y) for x, y in zip(pa, pb))
 
 
+@pytest.mark.parametrize("fused, foreach", [(True, False), (False, False), (False, True)])
+def test_clustered_second_moment_inner_from_adamws_rows(ot, fused, foreach):
+    """The plugin-owned inner ADAMW_CLUSTERED_SECOND_MOMENT is configured by ADAMW's rows; at K=1 it is
+    OneTrainer's own ADAMW bit for bit (fused=True, OneTrainer's default, runs its foreach path)."""
+    from loli_plugin.clustered_second_moment import AdamWClusteredSecondMoment
+
+    a, b = collection(ot), collection(ot)
+    loli = ot.create.create_optimizer(a, None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=1, fused=fused, foreach=foreach))
+    assert isinstance(loli.inner, AdamWClusteredSecondMoment) and loli.inner_name == "ADAMW_CLUSTERED_SECOND_MOMENT"
+    assert loli.inner.defaults["foreach"] == (fused or foreach) and [g["name"] for g in loli.param_groups] == ["unet", "text_encoder"]
+    cfg = make_config(ot, foreach=fused or foreach)
+    cfg.optimizer.optimizer = ot.Optimizer.ADAMW
+    plain = ot.create.create_optimizer(b, None, cfg)
+    pa = [p for g in loli.param_groups for p in g["params"]]
+    pb = [p for g in plain.param_groups for p in g["params"]]
+    step(loli, pa, 6)
+    step(plain, pb, 6)
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+
+
 @pytest.mark.parametrize(
     "values, match",
     [
         ({"loli_inner": "NOPE"}, r"Inner Optimizer \(optimizer.loli_inner\) is 'NOPE'"),
+        ({"loli_inner": "ADAMW_CLUSTERED_SECOND_MOMENT", "amsgrad": True}, "does not implement 'AMSGrad'"),
         ({"loli_inner": "LOLI_CLUSTERED"}, "not a OneTrainer optimizer"),
         ({"loli_inner": "SCHEDULE_FREE_ADAMW"}, "schedule-free"),
         ({"loli_inner": "MUON"}, "Muon"),
