@@ -1,8 +1,9 @@
 """``loli-plugin demo``: a real tiny LoRA fine-tune on CPU that shows why the raw loss curve of LoRA
 training is noise and what the per-cluster view shows instead.
 
-1. A tiny diffusers ``UNet2DModel`` learns scikit-learn's handwritten digits 0-8 (rectified flow,
-   logit-normal timesteps; the data ships with scikit-learn, nothing is downloaded).
+1. A tiny diffusers ``UNet2DModel`` pre-trained on scikit-learn's handwritten digits 0-8 (rectified
+   flow, logit-normal timesteps) is loaded from the package (``loli-plugin bench make-base`` made it;
+   the data ships with scikit-learn, nothing is downloaded).
 2. A LoRA (peft) fits the held-out digit 9 with ``LoliClustered(AdamW, K=10)``, one-cluster timestep
    sampling and the Loli loss, at batch size 2: the raw loss jumps with the timesteps each step drew.
 3. At the end: a per-cluster table, a fixed-grid validation loss (same t grid and noise before and
@@ -24,15 +25,15 @@ def run(args) -> int:
 
     from .. import ClusterLossMonitor, LoliClustered, loli_loss
     from ..plot import plot_run
-    from .digits import Objective, add_lora, nine_split, pretrain, tiny_unet
+    from . import base as base_model
+    from .digits import Objective, add_lora, nine_split, tiny_unet
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     flow = Objective("flow")  # rectified flow, logit-normal t
     sampler = flow.dist
-    base = pretrain(flow, args.pretrain_steps,
-                    progress=lambda steps: tqdm(steps, desc="pre-training on digits 0-8", unit="step", mininterval=2))
+    base, _ = base_model.load(base_model.shipped("flow"))  # pre-trained on digits 0-8, shipped with the package
 
     x_train, x_val = nine_split()
     model = tiny_unet()
@@ -81,7 +82,6 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="tiny LoRA fine-tune on CPU: raw vs per-cluster loss (needs loli-plugin[demo])")
     p.add_argument("--out", default="out/demo", help="folder for the PNG (default out/demo)")
     p.add_argument("--steps", type=int, default=400, help="LoRA steps")
-    p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--clusters", type=int, default=10)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)

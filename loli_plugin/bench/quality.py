@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from .machine import machine_line
-from .digits import BANDS, Objective, add_lora, nine_split, pretrain, tiny_unet
+from . import base as base_model
+from .digits import BANDS, Objective, add_lora, nine_split, tiny_unet
 
 VARIANTS = {
     "AdamW": dict(loli=False, sampler=False, clusters=10, loss="mse"),
@@ -76,7 +77,7 @@ def run(args) -> int:
     rows = []
     for obj_name in args.objectives:
         objective = Objective(obj_name)
-        base = pretrain(objective, args.pretrain_steps)
+        base, _ = base_model.load(base_model.shipped(obj_name))  # pre-trained on digits 0-8, shipped
         for batch, seed in itertools.product(args.batch, args.seeds):
             for name in args.variants:
                 result = fit_lora(objective, base, VARIANTS[name], batch, seed, args.steps, args.lr)
@@ -145,6 +146,5 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 8])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
     p.set_defaults(func=run)
