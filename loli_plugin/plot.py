@@ -2,9 +2,9 @@
 TensorBoard event files.
 
 Top panel: the raw step loss (what the trainer's loss curve shows) with the per-cluster loss EMAs
-over it; bottom panel: ``loss/normalized`` (mean over clusters of each cluster's EMA / its own
-starting level). The raw curve jumps with the timesteps each step drew; the per-cluster and
-normalized curves show the progress. Needs ``pip install loli-plugin[plot]`` (tensorboard, matplotlib).
+over it; bottom panel: ``loss/normalized`` (mean over clusters of each cluster's EMA / the mean of its
+first losses). The raw curve jumps with the timesteps each step drew; the per-cluster and
+normalized curves remove that, but still move with the images and noise each step drew. Needs ``pip install loli-plugin[plot]`` (tensorboard, matplotlib).
 """
 
 from __future__ import annotations
@@ -42,24 +42,25 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
     clusters = sorted((int(m.group(1)), t) for t in scalars if (m := CLUSTER_TAG.match(t)))
     if raw_tag is None and not clusters:
         raise SystemExit(f"{title}: no loss scalars found (expected {', '.join(RAW_TAGS)} or loss/cluster_XX)")
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     if raw_tag:
         steps, values = zip(*scalars[raw_tag])
-        top.plot(steps, values, color="0.6", lw=0.8, label=f"raw {raw_tag}")
+        top.plot(steps, values, color="0.6", lw=0.8, label=f"raw training loss of each step ({raw_tag})")
     cmap = plt.get_cmap("viridis", max(len(clusters), 1))
     for i, (k, tag) in enumerate(clusters):
         steps, values = zip(*scalars[tag])
-        top.plot(steps, values, color=cmap(i), lw=1.4, label=f"cluster {k:02d} (EMA)")
-    top.set_ylabel("loss")
-    top.set_title(f"{title}: raw loss vs per-cluster loss (cluster 0 = lowest timesteps)")
-    top.legend(fontsize=7, ncol=2)
+        top.plot(steps, values, color=cmap(i), lw=1.4, label=f"cluster {k:02d}, EMA")
+    top.set_ylabel("training loss")
+    top.set_title(f"{title}\nraw loss jumps with the drawn timesteps; a cluster's EMA still moves with the drawn images and noise",
+                  fontsize=10)
+    top.legend(fontsize=7, title="cluster 00 = lowest timesteps\n(least noise)", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     if "loss/normalized" in scalars:
         steps, values = zip(*scalars["loss/normalized"])
-        bottom.plot(steps, values, color="C3", lw=1.6, label="loss/normalized")
-        bottom.axhline(1.0, color="0.7", lw=0.8, ls="--")
-        bottom.legend(fontsize=8)
-    bottom.set_ylabel("normalized (1 = start)")
-    bottom.set_xlabel("step")
+        bottom.plot(steps, values, color="C3", lw=1.6, label="loss/normalized:\nmean over clusters of\nEMA / mean of its first losses")
+        bottom.axhline(1.0, color="0.7", lw=0.8, ls="--", label="1 = each cluster's first losses\n(its EMA starts at the first\nloss, not at their mean,\nso the curve starts near 1)")
+        bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    bottom.set_ylabel("loss/normalized")
+    bottom.set_xlabel("optimizer step")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

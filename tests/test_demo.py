@@ -28,8 +28,9 @@ from loli_plugin.cli import main  # noqa: E402
 def test_demo_runs_and_writes_the_plot(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--clusters", "5"]) == 0
     out = capsys.readouterr().out
-    assert "| cluster | t range | steps |" in out and "| 04 |" in out
-    assert "held-out digit-9 loss on a fixed t grid" in out
+    assert "| cluster | t range | steps | start | now | now / start | noise of now / start (2 s.e.) |" in out and "| 04 |" in out
+    assert "held-out digit-9 loss (MSE) on a fixed t grid with fixed noise, per noise band" in out
+    assert all(f"| {band} |" in out for band in ("low", "mid", "high", "all"))
     png = tmp_path / "demo_clusters.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 
