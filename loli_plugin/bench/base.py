@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..cli import positive_int, require
 from ..errors import LoliConfigError
+from .digits import PRETRAIN, Objective, nine_split, pretrain, tiny_unet
 
 ASSETS = Path(__file__).with_name("assets")
 OBJECTIVES = ("eps", "flow")
@@ -53,8 +55,6 @@ def _cpuinfo() -> list[str]:
 
 def validation_losses(objective, state: dict) -> list[float]:
     """Held-out losses on the fixed grid of ``objective`` for the base weights ``state`` (one per t)."""
-    from .digits import nine_split, tiny_unet
-
     model = tiny_unet()
     model.load_state_dict(state)
     return objective.grid_losses(model, nine_split()[1])
@@ -62,8 +62,6 @@ def validation_losses(objective, state: dict) -> list[float]:
 
 def make_base(objective_name: str, steps: int, progress=iter) -> tuple[dict, dict]:
     """Pre-train with the shipped recipe; returns (state_dict, safetensors metadata)."""
-    from .digits import PRETRAIN, Objective, pretrain
-
     objective = Objective(objective_name)
     check = {}
 
@@ -104,9 +102,12 @@ def load(path: Path) -> tuple[dict, dict]:
 
 
 def run(args) -> int:
+    require("sklearn", "diffusers", "tqdm", extra="demo")
+    out = Path(args.out)
+    if out.is_dir():
+        raise LoliConfigError(f"--out {out} is a folder; give the path of the .safetensors file to write")
     from tqdm import tqdm
 
-    out = Path(args.out)
     state, meta = make_base(args.objective, args.steps,
                             progress=lambda r: tqdm(r, desc=f"pre-training the {args.objective} base on digits 0-8", unit="step", mininterval=2))
     save(state, meta, out)
@@ -115,12 +116,10 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from .digits import PRETRAIN
-
     p = sub.add_parser("make-base", help="regenerate a shipped digits base model (what the demo and bench quality start from)",
                        description="Pre-train the tiny digits UNet with the shipped recipe on one CPU thread and write it "
                                    "as safetensors; the same bits on every run of the same CPU type and torch build.")
     p.add_argument("--objective", choices=OBJECTIVES, required=True, help="training objective: eps (epsilon prediction) or flow (rectified flow)")
-    p.add_argument("--steps", type=int, default=PRETRAIN["steps"], help=f"pre-training steps (default {PRETRAIN['steps']}, the shipped recipe)")
+    p.add_argument("--steps", type=positive_int, default=PRETRAIN["steps"], help=f"pre-training steps (default {PRETRAIN['steps']}, the shipped recipe)")
     p.add_argument("--out", required=True, help="safetensors path to write (the shipped ones: loli_plugin/bench/assets/digits_base_OBJECTIVE.safetensors)")
     p.set_defaults(func=run)

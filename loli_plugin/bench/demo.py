@@ -22,8 +22,15 @@ from pathlib import Path
 
 import torch
 
+from ..cli import cluster_count, positive_float, positive_int, require
+from ..errors import LoliConfigError
+
 
 def run(args) -> int:
+    require("sklearn", "peft", "matplotlib", "tqdm", extra="demo")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LoliConfigError(f"--out {out} is a file; give a folder for the PNG")
     from tqdm import tqdm
 
     from .. import ClusterLossMonitor, LoliClustered, loli_loss
@@ -31,7 +38,6 @@ def run(args) -> int:
     from . import base as base_model
     from .digits import BANDS, Objective, add_lora, nine_split, tiny_unet
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     # One thread: batch-2 8x8 images are too small to split, and on a 2-core machine with anything
@@ -134,8 +140,8 @@ def print_band_table(objective, before: dict, after: dict, bands) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="tiny LoRA fine-tune on CPU: raw vs per-cluster loss (needs loli-plugin[demo])")
     p.add_argument("--out", default="out/demo", help="folder for the PNG (default out/demo)")
-    p.add_argument("--steps", type=int, default=400, help="LoRA steps")
-    p.add_argument("--clusters", type=int, default=10)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=positive_int, default=400, help="LoRA steps (default 400)")
+    p.add_argument("--clusters", type=cluster_count, default=10, help="K, the number of timestep clusters (default 10)")
+    p.add_argument("--batch", type=positive_int, default=2, help="images per step (default 2)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate (default 3e-3)")
     p.set_defaults(func=run)
