@@ -12,9 +12,12 @@ current folder), named after the run's path below LOGDIR; next to each run only 
 ``--next-to-runs``.
 
 Top panel: the raw step loss (what the trainer's loss curve shows) with the per-cluster loss EMAs
-over it; bottom panel: ``loss/normalized`` (mean over clusters of each cluster's EMA / the mean of its
-first losses). The raw curve jumps with the timesteps each step drew; the per-cluster and
-normalized curves remove that, but still move with the images and noise each step drew. Needs
+over it. Middle panel, when the run logged a progress probe (``loli_plugin.probe``): the probe per
+cluster, the loss on fixed samples with fixed noise at each cluster's midpoint timestep. Bottom
+panel: ``loss/normalized`` (mean over clusters of each cluster's EMA / the mean of its first losses)
+and ``probe/normalized`` (mean over clusters of probe / first probe). The raw curve jumps with the
+timesteps each step drew; the per-cluster EMAs remove that but still move with the samples and
+noise each step drew; the probe curves move only with the weights. Needs
 ``pip install loli-plugin[plot]`` (tensorboard, matplotlib).
 """
 
@@ -28,6 +31,8 @@ from .errors import LoliConfigError
 
 RAW_TAGS = ("loss/current", "loss/train_step", "loss")  # kohya train_network, OneTrainer, kohya fine_tune
 CLUSTER_TAG = re.compile(r"^loss/cluster_(\d+)$")
+PROBE_PREFIX = "probe"  # loli_plugin.probe.ProgressProbe's tags
+PROBE_TAG = re.compile(rf"^{PROBE_PREFIX}/cluster_(\d+)$")
 EVENTS = "events.out.tfevents*"
 DEPTH = 2  # kohya: logging_dir/<run>/network_train; OneTrainer: workspace/tensorboard/<run>
 
@@ -55,34 +60,57 @@ def run_name(run_dir: Path, logdir: Path) -> str:
     return logdir.resolve().name if relative == "." else relative.replace("/", "_")
 
 
+def cluster_tags(scalars: dict, pattern: re.Pattern) -> list[tuple[int, str]]:
+    return sorted((int(m.group(1)), t) for t in scalars if (m := pattern.match(t)))
+
+
 def plot_run(scalars: dict, out: Path, title: str) -> Path:
+    """Training loss (raw and per-cluster EMA) on top; the progress probe per cluster under it when
+    the run logged one; both normalized views at the bottom. Cluster k has one colour throughout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    raw_tag = next((t for t in RAW_TAGS if t in scalars), None)
-    clusters = sorted((int(m.group(1)), t) for t in scalars if (m := CLUSTER_TAG.match(t)))
     if not has_loss(scalars):
         raise LoliConfigError(f"{title}: no loss scalars (expected {', '.join(RAW_TAGS)} or loss/cluster_XX)")
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    raw_tag = next((t for t in RAW_TAGS if t in scalars), None)
+    clusters, probes = cluster_tags(scalars, CLUSTER_TAG), cluster_tags(scalars, PROBE_TAG)
+    colour = plt.get_cmap("viridis", max(len(clusters), len(probes), 1))
+    rows = [3, 3, 2] if probes else [3, 2]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 3 * len(rows) + 1.5), sharex=True, gridspec_kw={"height_ratios": rows})
+    top, bottom = axes[0], axes[-1]
+    fig.suptitle(title, fontsize=12)
+
     if raw_tag:
-        steps, values = zip(*scalars[raw_tag])
-        top.plot(steps, values, color="0.6", lw=0.8, label=f"raw training loss of each step ({raw_tag})")
-    cmap = plt.get_cmap("viridis", max(len(clusters), 1))
-    for i, (k, tag) in enumerate(clusters):
-        steps, values = zip(*scalars[tag])
-        top.plot(steps, values, color=cmap(i), lw=1.4, label=f"cluster {k:02d}, EMA")
+        top.plot(*zip(*scalars[raw_tag]), color="0.6", lw=0.8, label=f"raw training loss\nof each step ({raw_tag})")
+    for k, tag in clusters:
+        top.plot(*zip(*scalars[tag]), color=colour(k), lw=1.4, label=f"cluster {k:02d}, EMA")
     top.set_ylabel("training loss")
-    top.set_title(f"{title}\nraw loss jumps with the drawn timesteps; a cluster's EMA still moves with the drawn images and noise",
-                  fontsize=10)
+    top.set_title("training loss: the raw loss jumps with the drawn timesteps; a cluster's EMA still moves with "
+                  "the drawn samples and noise", fontsize=9)
     top.legend(fontsize=7, title="cluster 00 = lowest timesteps\n(least noise)", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+    if probes:
+        middle = axes[1]
+        for k, tag in probes:
+            middle.plot(*zip(*scalars[tag]), color=colour(k), lw=1.6, marker=".", ms=3, label=f"cluster {k:02d}")
+        middle.set_ylabel("probe loss")
+        middle.set_title("progress probe (probe/cluster_KK): the same loss on fixed samples with fixed noise at each "
+                         "cluster's midpoint timestep: only the weights change", fontsize=9)
+        middle.legend(fontsize=7, title="probe at the midpoint\nof cluster", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+
     if "loss/normalized" in scalars:
-        steps, values = zip(*scalars["loss/normalized"])
-        bottom.plot(steps, values, color="C3", lw=1.6, label="loss/normalized:\nmean over clusters of\nEMA / mean of its first losses")
-        bottom.axhline(1.0, color="0.7", lw=0.8, ls="--", label="1 = each cluster's first losses\n(its EMA starts at the first\nloss, not at their mean,\nso the curve starts near 1)")
+        bottom.plot(*zip(*scalars["loss/normalized"]), color="C3", lw=1.2,
+                    label="loss/normalized: mean over\nclusters of EMA / mean of\nits first training losses\n(starts near 1: an EMA\nstarts at the first loss)")
+    if f"{PROBE_PREFIX}/normalized" in scalars:
+        bottom.plot(*zip(*scalars[f"{PROBE_PREFIX}/normalized"]), color="C0", lw=1.8, marker=".", ms=3,
+                    label="probe/normalized: mean over\nclusters of probe / first probe\n(1 at the first probe)")
+    bottom.axhline(1.0, color="0.7", lw=0.8, ls="--")
+    bottom.set_ylabel("relative to start")
+    bottom.set_title("each cluster relative to its own start, averaged over clusters (below 1 = progress)", fontsize=9)
+    if bottom.get_legend_handles_labels()[0]:
         bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    bottom.set_ylabel("loss/normalized")
     bottom.set_xlabel("optimizer step")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -31,6 +31,7 @@ def test_demo_runs_and_writes_the_plot(tmp_path, capsys):
     assert "| cluster | t range | steps | start | now | now / start | noise of now / start (2 s.e.) |" in out and "| 04 |" in out
     assert "held-out digit-9 loss (MSE) on a fixed t grid with fixed noise, per noise band" in out
     assert all(f"| {band} |" in out for band in ("low", "mid", "high", "all"))
+    assert "| cluster | probe t | step 0 | step 30 | last / first |" in out and "probe/normalized" in out
     png = tmp_path / "demo_clusters.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 

@@ -8,15 +8,21 @@ pytest.importorskip("matplotlib")
 
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
+import torch  # noqa: E402
+from matplotlib.image import imread  # noqa: E402
+
 from loli_plugin import ClusterLossMonitor  # noqa: E402
 from loli_plugin.cli import main  # noqa: E402
+from loli_plugin.probe import ProgressProbe  # noqa: E402
+from loli_plugin.sampling import LogitNormal  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(folder, raw_tag="loss/current", losses=True):
+def write_run(folder, raw_tag="loss/current", losses=True, probe=False):
     writer = SummaryWriter(str(folder))
     monitor = ClusterLossMonitor(clusters=3)
+    progress = ProgressProbe(torch.ones(4, 2), LogitNormal(), clusters=3)
     for step in range(30):
         k = step % 3
         loss = (k + 1) * (1.0 - step / 60)  # improving, but the raw value jumps with the cluster
@@ -27,6 +33,9 @@ def write_run(folder, raw_tag="loss/current", losses=True):
                 writer.add_scalar(tag, value, step)
         else:
             writer.add_scalar("lr/unet", 1e-4, step)
+        if probe and step % 5 == 0:
+            for tag, value in progress(lambda x0, noise, t: (x0 * noise).mean(dim=1) * t * (1 - step / 60)).items():
+                writer.add_scalar(tag, value, step)
     writer.close()
 
 
@@ -73,3 +82,11 @@ def test_runs_without_loss_scalars_only(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"loli-plugin plot: error: {tmp_path}: 1 run(s) found, none with loss scalars")
     assert not (tmp_path / "plots").exists()
+
+
+def test_probe_curves_get_their_own_panel(tmp_path):
+    write_run(tmp_path / "logs" / "plain")
+    write_run(tmp_path / "logs" / "probed", probe=True)
+    assert main(["plot", str(tmp_path / "logs"), "--out", str(tmp_path / "plots")]) == 0
+    plain, probed = (imread(tmp_path / "plots" / f"{name}.png") for name in ("plain", "probed"))
+    assert probed.shape[0] > plain.shape[0] * 1.3  # a third panel: probe per cluster

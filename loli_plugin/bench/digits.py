@@ -66,8 +66,12 @@ class Objective:
         self.grid = torch.linspace(50, 950, 9).long() if name == "eps" else torch.linspace(0.05, 0.95, 9)
 
     def noisy(self, x0, t, g):
-        """(model input, model timestep, target) for clean images ``x0`` at timesteps ``t``."""
-        noise = torch.randn(x0.shape, generator=g)
+        """(model input, model timestep, target) for clean images ``x0`` at timesteps ``t``, with
+        noise drawn from ``g``."""
+        return self.noised(x0, torch.randn(x0.shape, generator=g), t)
+
+    def noised(self, x0, noise, t):
+        """(model input, model timestep, target) for clean images ``x0`` with this ``noise`` at ``t``."""
         if self.name == "eps":
             return self.sched.add_noise(x0, noise, t), t, noise
         tt = t.view(-1, 1, 1, 1)
