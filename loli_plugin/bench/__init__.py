@@ -1,6 +1,6 @@
 """Benchmarks, the demo and the tiny digits task they share: tools around the plugin, not part of it.
 
-``loli-plugin bench optimizer|sampler|quality`` and ``loli-plugin demo``; nothing in the core imports
+``loli-plugin bench optimizer|sampler|quality|make-base`` and ``loli-plugin demo``; nothing in the core imports
 this package.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 def add_bench_parsers(sub) -> None:
     """The ``bench`` subcommands."""
-    from . import gpu, optimizer, quality, sampler, startup
+    from . import base, gpu, optimizer, quality, sampler, startup
 
     optimizer.add_parser(sub)
     sampler.add_parser(sub)
     quality.add_parser(sub)
     startup.add_parser(sub)
     gpu.add_parser(sub)
+    base.add_parser(sub)

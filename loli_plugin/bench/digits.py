@@ -66,16 +66,20 @@ class Objective:
         self.grid = torch.linspace(50, 950, 9).long() if name == "eps" else torch.linspace(0.05, 0.95, 9)
 
     def noisy(self, x0, t, g):
-        """(model input, model timestep, target) for clean images ``x0`` at timesteps ``t``."""
-        noise = torch.randn(x0.shape, generator=g)
+        """(model input, model timestep, target) for clean images ``x0`` at timesteps ``t``, with
+        noise drawn from ``g``."""
+        return self.noised(x0, torch.randn(x0.shape, generator=g), t)
+
+    def noised(self, x0, noise, t):
+        """(model input, model timestep, target) for clean images ``x0`` with this ``noise`` at ``t``."""
         if self.name == "eps":
             return self.sched.add_noise(x0, noise, t), t, noise
         tt = t.view(-1, 1, 1, 1)
         return (1 - tt) * x0 + tt * noise, t * 1000, noise - x0  # velocity target
 
-    def validation(self, model, x_val) -> dict:
-        """MSE on the fixed timestep grid with fixed noise (comparable from one evaluation to the
-        next), per noise band and averaged."""
+    def grid_losses(self, model, x_val) -> list[float]:
+        """MSE at each timestep of the fixed grid, with fixed noise: comparable from one evaluation
+        to the next because neither the timesteps nor the noise move."""
         g = torch.Generator().manual_seed(1234)
         per_t = []
         with torch.no_grad():
@@ -83,23 +87,46 @@ class Objective:
                 t = torch.full((len(x_val),), value.item(), dtype=self.grid.dtype)
                 xt, tt, target = self.noisy(x_val, t, g)
                 per_t.append(torch.nn.functional.mse_loss(model(xt, tt).sample, target).item())
+        return per_t
+
+    def validation(self, model, x_val) -> dict:
+        """The grid losses per noise band (thirds of the grid) and averaged."""
+        per_t = self.grid_losses(model, x_val)
         thirds = [per_t[0:3], per_t[3:6], per_t[6:9]]
         return {band: statistics.mean(v) for band, v in zip(BANDS, thirds)} | {"mean": statistics.mean(per_t)}
 
 
-def pretrain(objective: Objective, steps: int, seed: int = 0, progress: Callable[[Iterable], Iterable] = iter) -> dict:
+# The recipe of the shipped base models (``loli-plugin bench make-base`` regenerates them).
+PRETRAIN = {"steps": 600, "seed": 0, "batch": 64, "lr": 2e-3}
+
+
+def pretrain(objective: Objective, steps: int = PRETRAIN["steps"], seed: int = PRETRAIN["seed"],
+             progress: Callable[[Iterable], Iterable] = iter, after_step: Callable[[int, dict], None] | None = None) -> dict:
     """Train the tiny UNet on digits 0-8 (batch 64, AdamW 2e-3); returns its state_dict.
-    ``progress`` wraps the step range (e.g. a tqdm progress bar)."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = digits(range(9))
-    model = tiny_unet()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in progress(range(steps)):
-        x0 = data[torch.randint(len(data), (64,), generator=g)]
-        xt, tt, target = objective.noisy(x0, objective.dist.sample(64, generator=g), g)
-        loss = torch.nn.functional.mse_loss(model(xt, tt).sample, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    ``progress`` wraps the step range (e.g. a tqdm progress bar); ``after_step(n, state_dict)`` is
+    called after optimizer step n (1-based).
+
+    Runs on ONE CPU thread: oneDNN's convolutions and the vectorized reductions split their sums by
+    thread count, so 1 and 2 threads give different bits; with one thread the result is the same
+    bits on every run and thread setting of the same CPU type and torch build."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        data = digits(range(9))
+        model = tiny_unet()
+        opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"])
+        batch = PRETRAIN["batch"]
+        for step in progress(range(steps)):
+            x0 = data[torch.randint(len(data), (batch,), generator=g)]
+            xt, tt, target = objective.noisy(x0, objective.dist.sample(batch, generator=g), g)
+            loss = torch.nn.functional.mse_loss(model(xt, tt).sample, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step(step + 1, model.state_dict())
+        return {k: v.clone() for k, v in model.state_dict().items()}
+    finally:
+        torch.set_num_threads(threads)

@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from ..cli_args import cluster_count, positive_float, positive_int
 from ..clustered import LoliClustered
 from ..inner import resolve_inner
 from ..plugins import inner_specs
@@ -471,9 +472,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("gpu", help="GPU step time, device memory with/without offload, offload overlap, fp16/bf16 runs")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --dry-run, to exercise the code)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes: checks that every measurement runs, figures mean nothing")
-    p.add_argument("--params", type=float, default=20e6, help="LoRA-shaped parameters for sections 1-2 (default 20e6)")
-    p.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
-    p.add_argument("--steps", type=int, default=50, help="timed optimizer steps in section 1")
+    p.add_argument("--params", type=positive_float, default=20e6, help="LoRA-shaped parameters for sections 1-2 (default 20e6)")
+    p.add_argument("--clusters", type=cluster_count, default=DEFAULT_CLUSTERS, help="K, the number of timestep clusters (default 10)")
+    p.add_argument("--steps", type=positive_int, default=50, help="timed optimizer steps in section 1 (default 50)")
     p.add_argument("--sections", type=_sections, default=set(range(1, len(MEASUREMENTS) + 1)),
                    help="which measurements to run, e.g. 1,2 (default: all four)")
     p.add_argument("--out", default=None, help="also write the Markdown to this file")

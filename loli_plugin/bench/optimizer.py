@@ -16,8 +16,12 @@ import time
 
 import torch
 
+from ..cli_args import cluster_count, nonnegative_int, positive_float, positive_int, torch_device
 from ..clustered import LoliClustered
+from ..errors import LoliConfigError
+from ..inner import resolve_inner
 from ..options import DEFAULT_CLUSTERS
+from ..plugins import inner_specs
 from .machine import machine_line
 
 SDXL_WIDTHS = (320, 640, 1280, 2048, 2560)
@@ -56,10 +60,33 @@ def clustered_second_moment_state_bytes(args, grads) -> int:
     return state_bytes(opt)
 
 
+IMPLS = {"foreach": dict(foreach=True), "forloop": dict(foreach=False), "fused": dict(fused=True)}
+
+
+def torch_optimizers() -> list[str]:
+    return sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+
+
+def check_inner(args, kwargs: dict) -> None:
+    """Build the inner optimizer as the benchmark will, on one tiny parameter on the device, and step
+    it once: a name torch.optim lacks, an option the optimizer does not take (weight_decay, fused, ...)
+    or one LoliClustered refuses fails here, before any work, as a LoliConfigError."""
+    cls = getattr(torch.optim, args.inner, None)
+    if args.inner not in torch_optimizers():
+        raise LoliConfigError(f"--inner {args.inner}: not a torch.optim optimizer; use one of {', '.join(torch_optimizers())}")
+    resolve_inner(args.inner, inner_specs())  # raises for an optimizer LoliClustered refuses
+    p = torch.nn.Parameter(torch.zeros(2, device=args.device))
+    p.grad = torch.zeros_like(p)
+    try:
+        cls([p], **kwargs).step()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LoliConfigError(f"--inner {args.inner} with --impl {args.impl} on {args.device} does not work: {exc}") from None
+
+
 def bench_optimizer(args) -> dict:
     device = args.device
-    impl = {"foreach": dict(foreach=True), "forloop": dict(foreach=False), "fused": dict(fused=True)}[args.impl]
-    kwargs = dict(lr=1e-4, weight_decay=0.01, **impl)
+    kwargs = dict(lr=1e-4, weight_decay=0.01, **IMPLS[args.impl])
+    check_inner(args, kwargs)
     p_ref = lora_like_params(args.params, rank=args.rank, device=device)
     p_ours = lora_like_params(args.params, rank=args.rank, device=device)
     ref = getattr(torch.optim, args.inner)(p_ref, **kwargs)
@@ -116,13 +143,14 @@ def bench_optimizer(args) -> dict:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("optimizer", help="step time and state memory of LoliClustered vs its inner optimizer")
-    p.add_argument("--params", type=float, default=10e6, help="number of parameters (default 10e6)")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
-    p.add_argument("--inner", default="AdamW", help="a torch.optim name")
-    p.add_argument("--impl", choices=["foreach", "forloop", "fused"], default="foreach")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--params", type=positive_float, default=10e6, help="number of parameters (default 10e6)")
+    p.add_argument("--rank", type=positive_int, default=16, help="LoRA rank of the parameter shapes (default 16)")
+    p.add_argument("--clusters", type=cluster_count, default=DEFAULT_CLUSTERS, help="K, the number of timestep clusters (default 10)")
+    p.add_argument("--inner", default="AdamW", help="the inner optimizer: a torch.optim class name (default AdamW)")
+    p.add_argument("--impl", choices=list(IMPLS), default="foreach", help="the inner optimizer's implementation (default foreach)")
+    p.add_argument("--steps", type=positive_int, default=60, help="timed steps of each optimizer (default 60)")
+    p.add_argument("--warmup", type=nonnegative_int, default=5, help="untimed steps first (default 5; at least one per cluster)")
+    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] (default cuda when available)")
     p.add_argument("--offload", choices=["cpu"], default=None, help="park inactive banks in CPU memory")
     p.set_defaults(func=bench_optimizer)

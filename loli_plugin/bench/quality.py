@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from ..cli_args import positive_float, positive_int, require
 from .machine import machine_line
-from .digits import BANDS, Objective, add_lora, nine_split, pretrain, tiny_unet
+from . import base as base_model
+from .digits import BANDS, Objective, add_lora, nine_split, tiny_unet
 
 VARIANTS = {
     "AdamW": dict(loli=False, sampler=False, clusters=10, loss="mse"),
@@ -70,13 +72,14 @@ def fit_lora(objective, base_state, variant: dict, batch: int, seed: int, steps:
 
 
 def run(args) -> int:
+    require("sklearn", "peft", "matplotlib", extra="demo")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows = []
     for obj_name in args.objectives:
         objective = Objective(obj_name)
-        base = pretrain(objective, args.pretrain_steps)
+        base, _ = base_model.load(base_model.shipped(obj_name))  # pre-trained on digits 0-8, shipped
         for batch, seed in itertools.product(args.batch, args.seeds):
             for name in args.variants:
                 result = fit_lora(objective, base, VARIANTS[name], batch, seed, args.steps, args.lr)
@@ -139,12 +142,12 @@ def plot(rows, args, path: Path) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("quality", help="held-out loss of LoRA fits with each variant (digits, CPU)")
-    p.add_argument("--out", default="docs/bench")
-    p.add_argument("--objectives", nargs="+", default=["eps", "flow"], choices=["eps", "flow"])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 8])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--pretrain-steps", type=int, default=600)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--out", default="docs/bench", help="folder for quality.md and quality.png (default docs/bench)")
+    p.add_argument("--objectives", nargs="+", default=["eps", "flow"], choices=["eps", "flow"], help="training objectives (default both)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"variants to fit (default all: {', '.join(VARIANTS)})")
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 2, 8], help="batch sizes (default 1 2 8)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default 0 1)")
+    p.add_argument("--steps", type=positive_int, default=200, help="LoRA steps per fit (default 200)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate (default 3e-3)")
     p.set_defaults(func=run)

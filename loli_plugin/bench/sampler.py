@@ -8,6 +8,7 @@ import time
 import torch
 
 from ..options import DEFAULT_CLUSTERS
+from ..cli_args import cluster_count, positive_int
 from .machine import machine_line
 
 
@@ -42,7 +43,7 @@ def bench_sampler(args) -> dict:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sampler", help="time of a cluster draw vs the plain draw")
-    s.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
-    s.add_argument("--calls", type=int, default=2000)
-    s.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
+    s.add_argument("--clusters", type=cluster_count, default=DEFAULT_CLUSTERS, help="K, the number of timestep clusters (default 10)")
+    s.add_argument("--calls", type=positive_int, default=2000, help="timed calls per family and batch size (default 2000)")
+    s.add_argument("--batch", type=positive_int, nargs="+", default=[1, 4, 16], help="batch sizes to time (default 1 4 16)")
     s.set_defaults(func=bench_sampler)
