@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -41,10 +42,21 @@ def state_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
+# Environment variables that change which kernels oneDNN and MKL pick, hence the low bits.
+KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+
+
 def machine() -> str:
-    """What decides the bits of a one-thread CPU run: torch build, the vector ISA its kernels use, the CPU."""
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.machine())
-    return f"torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()} | {model}"
+    """What decides the bits of a one-thread CPU run: the torch build, the vector ISA of its own
+    kernels, the CPU (model and feature flags, which oneDNN and MKL dispatch on) and any variable
+    that overrides that dispatch. Measured: ONEDNN_MAX_CPU_ISA=SSE41 changes the bits while the
+    torch build, ISA and model stay the same."""
+    info = _cpuinfo()
+    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    overrides = [f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ]
+    return " | ".join([f"torch {torch.__version__}", torch.backends.cpu.get_cpu_capability(), model,
+                       f"cpu flags {hashlib.sha256(' '.join(sorted(flags)).encode()).hexdigest()[:12]}", *overrides])
 
 
 def _cpuinfo() -> list[str]:
