@@ -29,11 +29,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
 from ..host import TrainerAdapter, pushed
+from ..options import DEFAULT_CLUSTERS
 from ..patches import kohya as patches
-from ..patches.base import ENV_DISABLE, LoliUnsupportedTrainerError
+from ..patches.base import ENV_DISABLE, LoliUnsupportedTrainerError, bind_arguments, call_replacing
 from ..run import LoliRun
 
 
@@ -55,10 +58,11 @@ class KohyaAdapter(TrainerAdapter):
         super().__init__()
         self._building: list = []  # args of the get_optimizer calls in progress (innermost last)
         self.accelerator = None
+        self._measure = None  # (process_batch, its args, its kwargs) of the last training micro-batch
 
     def instrumentors(self):
         return [(patches.ENTRY, "import"), (patches.TRAINING, "run"),
-                *((inst, "run") for inst in patches.FAMILIES.values()), (patches.LOGS, "run")]
+                *((inst, "run") for inst in patches.FAMILIES.values()), (patches.LOGS, "run"), (patches.PROBE, "run")]
 
     def recognises(self, module) -> bool:
         # sd-scripts' `library` package, not another project's: its modules sit beside train_util.py and
@@ -78,13 +82,16 @@ class KohyaAdapter(TrainerAdapter):
             features |= {"activation", "sampler", "logs"}
         if patches.requests_loss(args):
             features |= {"activation", "loss"}
+        if patches.requests_probe(args):
+            features |= {"activation", "sampler", "logs", "probe"}
         return features
 
     def run_features(self) -> set[str]:
         run = self.run
         if run is None:
             return set()
-        return ({"activation", "sampler", "logs"} if run.stratify else set()) | ({"activation", "loss"} if run.loss_weights else set())
+        return (({"activation", "sampler", "logs"} if run.stratify else set()) | ({"activation", "loss"} if run.loss_weights else set())
+                | ({"activation", "sampler", "logs", "probe"} if run.probe is not None else set()))
 
     # ------------------------------------------------------------------ the patches' context
     def building_optimizer(self, args):
@@ -99,6 +106,17 @@ class KohyaAdapter(TrainerAdapter):
     def observe(self, args, accelerator) -> None:
         self.accelerator = accelerator
 
+    def optimizer_built(self, args, optimizer) -> None:
+        """After get_optimizer (any route): a run with only the Loli loss or only the probe starts here,
+        with the user's optimizer; the probe counts that optimizer's steps and rides in its state."""
+        if self.run is None and (patches.requests_loss(args) or patches.requests_probe(args)):
+            self.activate(args, optimizer=None)
+        if self.run is not None and self.run.probe is not None and optimizer is not None:
+            from ..run import attach_monitor_state, count_steps
+
+            attach_monitor_state(optimizer, self.run.probe, key="loli_probe")
+            count_steps(optimizer, self.run.probe, self.after_step)
+
     def activate(self, args, optimizer=None) -> KohyaRun:
         """Start a Loli run for sd-scripts: validate, patch, carry the monitor in the optimizer's state."""
         from ..loss import parse_loss_weights
@@ -112,6 +130,9 @@ class KohyaAdapter(TrainerAdapter):
             run = KohyaRun.for_optimizer(optimizer, args=args, loss_weights=weights)
         else:
             run = KohyaRun(args=args, loss_weights=weights)
+        if patches.requests_probe(args):
+            run.probe = _probe(args, optimizer)
+            run.clusters = run.probe.clusters
         self.run = run
         if run.stratify:
             import accelerate.tracking  # noqa: F401 - the LOGS patches' module (accelerate imports it lazily)
@@ -122,6 +143,49 @@ class KohyaAdapter(TrainerAdapter):
             raise
         print(f"loli-plugin active: {describe(run)}", file=sys.stderr)
         return run
+
+    def deactivate(self) -> None:
+        super().deactivate()
+        self._measure = None
+
+    # ------------------------------------------------------------------ the progress probe
+    def probe_batch(self, wrapped, args, kwargs) -> None:
+        """A training micro-batch is about to run (NetworkTrainer.process_batch): keep it while the probe
+        wants samples, remember how to measure through this call, and take the first probe (the
+        reference, before any step) as soon as the samples are there."""
+        probe = self.run.probe
+        bound = bind_arguments(wrapped, args, kwargs)
+        if probe.wants():
+            probe.keep(bound["batch"], _batch_size(bound["batch"]))
+        self._measure = (wrapped, args, kwargs)
+        if probe.due() and probe.last is None:
+            self._run_probe()
+
+    def after_step(self) -> None:
+        """After every optimizer step (a step post-hook): probe when due, so the values describe the
+        weights sd-scripts logs at this step."""
+        if self.run is not None and self.run.probe is not None and self._measure is not None and self.run.probe.due():
+            self._run_probe()
+
+    def _run_probe(self) -> None:
+        run, (wrapped, args, kwargs) = self.run, self._measure
+        bound = bind_arguments(wrapped, args, kwargs)
+        trainer, accelerator = bound["self"], bound["accelerator"]
+
+        def evaluate(batch, k):
+            with run.probing(k):
+                on_step_start = getattr(trainer, "on_step_start", None)  # what sd-scripts' validation calls first
+                if on_step_start is not None:
+                    on_step_start(bound["args"], accelerator, bound["network"], bound["text_encoders"], bound["unet"], batch,
+                                  bound["weight_dtype"], is_train=False)
+                return call_replacing(wrapped, args, kwargs, batch=batch, is_train=False)
+
+        text_encoders = bound["text_encoders"] if isinstance(bound["text_encoders"], (list, tuple)) else [bound["text_encoders"]]
+        modules = [m for m in (bound["network"], bound["unet"], *text_encoders) if isinstance(m, torch.nn.Module)]
+        reduce = None
+        if getattr(accelerator, "num_processes", 1) > 1:  # every rank probes its own samples; the log is their mean
+            reduce = lambda values: accelerator.reduce(values, reduction="mean")  # noqa: E731
+        run.probe.run(evaluate, modules, reduce)
 
     # ------------------------------------------------------------------ the optimizer's constructor
     def on_optimizer_created(self, optimizer) -> None:
@@ -144,12 +208,35 @@ class KohyaAdapter(TrainerAdapter):
         )
 
 
+def _probe(args, optimizer):
+    from ..options import check_clusters
+    from ..probe import TrainerProbe
+
+    every, samples = getattr(args, "loli_probe_every", patches.PROBE_EVERY), getattr(args, "loli_probe_samples", patches.PROBE_SAMPLES)
+    for option, value in (("--loli_probe_every", every), ("--loli_probe_samples", samples)):
+        if not isinstance(value, int) or value < 1:
+            raise LoliConfigError(f"{option} must be a whole number >= 1, got {value!r}")
+    clusters = optimizer.clusters if optimizer is not None else check_clusters(
+        getattr(args, "loli_probe_clusters", DEFAULT_CLUSTERS), option="--loli_probe_clusters")
+    return TrainerProbe(clusters, every, samples, seed=getattr(args, "seed", None) or 0)
+
+
+def _batch_size(batch) -> int:
+    for key in ("loss_weights", "latents", "images"):
+        value = batch.get(key) if isinstance(batch, dict) else None
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    return 1
+
+
 def _asked(args) -> str:
     parts = []
     if patches.requests_optimizer(args):
         parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
     if patches.requests_loss(args):
         parts.append("--loss_type loli")
+    if patches.requests_probe(args) and not patches.requests_optimizer(args):
+        parts.append("--loli_probe on")
     return " and ".join(parts) or "a Loli run"
 
 
@@ -187,6 +274,8 @@ def describe(run: KohyaRun) -> str:
                      "timesteps drawn from one cluster per optimizer step")
     if run.loss_weights is not None:
         parts.append("loss_type=loli(" + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items()) + ")")
+    if run.probe is not None:
+        parts.append(f"progress probe: {run.probe.clusters} timesteps on {run.probe.samples} samples every {run.probe.every} steps")
     return "; ".join(parts) or "nothing"
 
 

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from .errors import LoliStateError
-from .options import check_clusters
+from .options import DEFAULT_CLUSTERS, check_clusters
 
 FORMAT = 1
 
@@ -70,33 +70,55 @@ def preserved_rng():
             numpy.random.set_state(np_state)
 
 
-class ProgressProbe:
-    """``ProgressProbe(samples, distribution, clusters)``; call ``probe(loss_fn, model)`` every N steps."""
+@contextlib.contextmanager
+def evaluating(*modules):
+    """Every module given, with all its submodules, in eval mode for the block; afterwards each one
+    gets back its own mode (a frozen base left in eval beside a LoRA in train stays exactly so)."""
+    modes = {m: m.training for root in modules if root is not None for m in root.modules()}
+    for root in modules:
+        if root is not None:
+            root.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
-    def __init__(self, samples: torch.Tensor, distribution, clusters: int = 10, seed: int = 0, prefix: str = "probe"):
-        self.timesteps = midpoint_timesteps(distribution, clusters)
-        self.clusters = len(self.timesteps)
-        self.samples = samples.detach().clone()
-        # seeded on the CPU and moved: the same noise whatever device the samples live on
-        noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-        self.noise = noise.to(device=samples.device, dtype=samples.dtype)
-        self.prefix = prefix
+
+def reseed(seed: int) -> None:
+    """Seed every generator a trainer draws its noise from (torch CPU and CUDA, numpy, Python)."""
+    torch.manual_seed(seed)  # seeds the CUDA devices too
+    random.seed(seed)
+    try:
+        import numpy
+    except ImportError:
+        return
+    numpy.random.seed(seed % 2**32)
+
+
+class ProbeCurves:
+    """K values per probe, kept against the first probe's values; the shared part of every probe.
+
+    ``measure(evaluate)`` calls ``evaluate(k)`` (the loss at cluster k's fixed timestep, per sample or
+    a mean) for every k, under ``torch.no_grad()``, with ``modules`` in eval mode, every random state
+    reseeded with ``seed`` before each k (so noise drawn by the host's own code is the same at every
+    probe) and put back afterwards (so the training run draws exactly what it would have drawn)."""
+
+    def __init__(self, clusters: int, seed: int = 0, prefix: str = "probe"):
+        self.clusters = check_clusters(clusters)
+        self.seed, self.prefix = int(seed), prefix
         self.reference: list[float] | None = None
 
-    def __call__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], model=None) -> dict[str, float]:
-        """Run the probe; returns ``{"probe/cluster_00": ..., "probe/mean": ..., "probe/normalized": ...}``."""
-        training = model.training if model is not None else None
-        if model is not None:
-            model.eval()
-        try:
-            with preserved_rng(), torch.no_grad():
-                n = len(self.samples)
-                losses = [loss_fn(self.samples, self.noise, t.to(self.samples.device).expand(n)).float().mean()
-                          for t in self.timesteps]
-                values = torch.stack(losses).cpu().tolist()  # one device sync for all K
-        finally:
-            if model is not None:
-                model.train(training)
+    def measure(self, evaluate: Callable[[int], torch.Tensor], modules=(), reduce=None) -> dict[str, float]:
+        with preserved_rng(), torch.no_grad(), evaluating(*modules):
+            losses = []
+            for k in range(self.clusters):
+                reseed(self.seed)
+                losses.append(evaluate(k).detach().float().mean())
+            values = torch.stack(losses)
+            if reduce is not None:  # e.g. the mean over the ranks of a distributed run
+                values = reduce(values)
+            values = values.cpu().tolist()  # one device sync for all K
         if self.reference is None:
             self.reference = values
         return self.logs(values)
@@ -111,16 +133,111 @@ class ProgressProbe:
         return out
 
     def state_dict(self) -> dict:
-        return {"format": FORMAT, "clusters": self.clusters, "timesteps": self.timesteps.cpu(), "samples": self.samples.cpu(),
-                "noise": self.noise.cpu(), "reference": self.reference}
+        return {"format": FORMAT, "clusters": self.clusters, "seed": self.seed, "reference": self.reference}
 
     def load_state_dict(self, state: dict) -> None:
-        """Take over a saved probe: its samples, noise, timesteps and first-probe values."""
         if state.get("format") != FORMAT or state.get("clusters") != self.clusters:
             raise LoliStateError(f"saved progress probe has format {state.get('format')!r} and clusters={state.get('clusters')!r}; "
                                  f"this one format {FORMAT}, clusters={self.clusters}: resume with the same clusters")
+        self.seed = int(state.get("seed", self.seed))
+        self.reference = None if state["reference"] is None else [float(v) for v in state["reference"]]
+
+
+class ProgressProbe(ProbeCurves):
+    """For a plain PyTorch loop: ``ProgressProbe(samples, distribution, clusters)``; call
+    ``probe(loss_fn, model)`` every N steps. The fixed noise is drawn here, once; ``loss_fn(samples,
+    noise, timesteps) -> per-sample loss`` runs the loop's own forward, target and loss."""
+
+    def __init__(self, samples: torch.Tensor, distribution, clusters: int = DEFAULT_CLUSTERS, seed: int = 0, prefix: str = "probe"):
+        timesteps = midpoint_timesteps(distribution, clusters)
+        super().__init__(len(timesteps), seed, prefix)
+        self.timesteps = timesteps
+        self.samples = samples.detach().clone()
+        # seeded on the CPU and moved: the same noise whatever device the samples live on
+        noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+        self.noise = noise.to(device=samples.device, dtype=samples.dtype)
+
+    def __call__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], model=None) -> dict[str, float]:
+        """Run the probe; returns ``{"probe/cluster_00": ..., "probe/mean": ..., "probe/normalized": ...}``."""
+        n = len(self.samples)
+        return self.measure(lambda k: loss_fn(self.samples, self.noise, self.timesteps[k].to(self.samples.device).expand(n)),
+                            modules=(model,) if model is not None else ())
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "timesteps": self.timesteps.cpu(), "samples": self.samples.cpu(), "noise": self.noise.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take over a saved probe: its samples, noise, timesteps and first-probe values."""
+        super().load_state_dict(state)
         device = self.samples.device
         self.timesteps = state["timesteps"].clone()
         self.samples = state["samples"].to(device)
         self.noise = state["noise"].to(device)
-        self.reference = None if state["reference"] is None else [float(v) for v in state["reference"]]
+
+
+class TrainerProbe(ProbeCurves):
+    """The probe inside a host trainer (kohya, OneTrainer): it keeps the host's own prepared batches,
+    taken once from the first training steps (``keep``), and every ``every`` optimizer steps measures
+    the host's own forward and loss on them for each cluster (``run``; the host's sampler, told the
+    cluster, draws the cluster's midpoint through its own transform, and its noise is fixed by the
+    reseed). ``state_dict`` holds the batches, the first values and the step count, so the curves
+    continue after a resume."""
+
+    def __init__(self, clusters: int, every: int, samples: int, seed: int = 0, prefix: str = "probe"):
+        super().__init__(clusters, seed, prefix)
+        if every < 1 or samples < 1:
+            raise ValueError(f"progress probe: every={every} and samples={samples} must be >= 1")
+        self.every, self.samples = int(every), int(samples)
+        self.batches: list = []
+        self.kept = 0  # samples in the kept batches
+        self.steps = 0  # optimizer steps seen
+        self.last: int | None = None  # the step of the last probe
+        self.pending: dict[str, float] = {}
+
+    def wants(self) -> bool:
+        return self.kept < self.samples
+
+    def keep(self, batch, size: int) -> None:
+        """Keep a detached copy of one of the host's training batches (``size`` samples)."""
+        self.batches.append(_copy(batch))
+        self.kept += int(size)
+
+    def due(self) -> bool:
+        """Samples are kept, ``every`` steps have passed since the last probe, and its values were logged
+        (a host logs once per step: a second probe before that would replace the first unseen)."""
+        return (bool(self.batches) and not self.wants() and not self.pending
+                and (self.last is None or self.steps - self.last >= self.every))
+
+    def run(self, evaluate: Callable[[object, int], torch.Tensor], modules=(), reduce=None) -> dict[str, float]:
+        """``evaluate(batch, k)``: the host's loss on one kept batch at cluster k's timestep."""
+        logs = self.measure(lambda k: torch.stack([evaluate(b, k).detach().float().mean() for b in self.batches]).mean(),
+                            modules, reduce)
+        self.last = self.steps
+        self.pending = logs
+        return logs
+
+    def take_logs(self) -> dict[str, float]:
+        """The values of the last probe, once (the host logs them at its next log call)."""
+        logs, self.pending = self.pending, {}
+        return logs
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "every": self.every, "samples": self.samples, "steps": self.steps,
+                "last": -1 if self.last is None else self.last, "kept": self.kept, "batches": _copy(self.batches, "cpu")}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.steps, self.kept = int(state["steps"]), int(state["kept"])
+        self.last = None if int(state["last"]) < 0 else int(state["last"])
+        self.batches = list(state["batches"])
+
+
+def _copy(value, device=None):
+    """A detached copy of a batch: tensors cloned (to ``device`` if given), containers rebuilt."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device, copy=True) if device is not None else value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _copy(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy(v, device) for v in value)
+    return value

@@ -1,9 +1,11 @@
 """The state of one Loli training run inside a host trainer, shared by every trainer adapter: which
-optimizer drives the clusters, which cluster the last training draw came from, and the per-cluster
-loss monitor (carried in the optimizer's state_dict so the host's own save/resume carries it)."""
+optimizer drives the clusters, which cluster the last training draw came from, the per-cluster loss
+monitor and the progress probe (both carried in the optimizer's state_dict, so the host's own
+save/resume carries them)."""
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 
@@ -19,6 +21,10 @@ class LoliRun:
     optimizer_ref: object = field(default=None, repr=False)
     monitor: object = field(default=None, repr=False)
     drawn_cluster: int | None = None
+    #: the progress probe (loli_plugin.probe.TrainerProbe), or None
+    probe: object = field(default=None, repr=False)
+    #: while the probe measures: the cluster whose midpoint timestep the host's sampler must draw
+    probe_cluster: int | None = None
 
     @classmethod
     def for_optimizer(cls, optimizer, **kwargs) -> "LoliRun":
@@ -49,9 +55,22 @@ class LoliRun:
         """A draw handed to the trainer (validation): its loss must not enter the per-cluster history."""
         self.drawn_cluster = None
 
+    @contextlib.contextmanager
+    def probing(self, k: int):
+        """The probe measures cluster k: the host's sampler draws its midpoint; no loss is recorded."""
+        self.probe_cluster, self.drawn_cluster = k, None
+        try:
+            yield
+        finally:
+            self.probe_cluster, self.drawn_cluster = None, None
+
     def logs(self) -> dict[str, float]:
-        """The run's scalars for the host's trackers (per-cluster losses, normalized, current cluster)."""
-        return self.monitor.logs() if self.monitor is not None else {}
+        """The run's scalars for the host's trackers: per-cluster losses, normalized, current cluster, and
+        the last probe's values once."""
+        logs = self.monitor.logs() if self.monitor is not None else {}
+        if self.probe is not None:
+            logs.update(self.probe.take_logs())
+        return logs
 
     def record_loss(self, loss) -> None:
         """Record a training micro-batch's loss under its cluster (no device sync: the monitor keeps the tensor)."""
@@ -60,19 +79,31 @@ class LoliRun:
         self.drawn_cluster = None
 
 
-def attach_monitor_state(optimizer, monitor) -> None:
-    """Carry the loss monitor inside the optimizer's state_dict (the trainers' save/resume of the optimizer
-    state then carries the per-cluster history together with the cluster banks)."""
+def attach_monitor_state(optimizer, monitor, key: str = "loli_monitor") -> None:
+    """Carry the loss monitor (or the probe: anything with ``clusters`` and a state_dict) inside the
+    optimizer's state_dict; the trainers' save/resume of the optimizer state then carries it together
+    with the cluster banks. Any torch optimizer has these hooks, so a probe rides in AdamW's state too."""
 
     def save(opt, state_dict):
-        state_dict["loli_monitor"] = monitor.state_dict()
+        state_dict[key] = monitor.state_dict()
         return state_dict
 
     def load(opt, state_dict):
-        saved = state_dict.pop("loli_monitor", None)
+        saved = state_dict.pop(key, None)
         if saved is not None and saved.get("clusters") == monitor.clusters:
             monitor.load_state_dict(saved)
         return state_dict
 
     optimizer.register_state_dict_post_hook(save)
     optimizer.register_load_state_dict_pre_hook(load)
+
+
+def count_steps(optimizer, probe, after_step) -> None:
+    """Count the optimizer's steps for the probe (a step skipped by a GradScaler is not one) and call
+    ``after_step()`` after each."""
+
+    def hook(opt, args, kwargs):
+        probe.steps += 1
+        after_step()
+
+    optimizer.register_step_post_hook(hook)

@@ -35,9 +35,9 @@ def _size_of(args, kwargs) -> tuple[int, ...]:
 class StratifiedTorch:
     """Stands in for a sampler module's ``torch`` global during one sampler call."""
 
-    def __init__(self, real, k: int, clusters: int, batch: int, where: str, supported: str = ""):
+    def __init__(self, real, k: int, clusters: int, batch: int, where: str, supported: str = "", midpoint: bool = False):
         self._real, self._k, self._clusters, self._batch = real, k, clusters, batch
-        self._where, self._supported = where, supported
+        self._where, self._supported, self._midpoint = where, supported, midpoint
         self.drawn = False
 
     def __getattr__(self, name):
@@ -56,6 +56,8 @@ class StratifiedTorch:
         if n != self._batch:
             self._fail(f"expected the timestep draw to have one value per sample ({self._batch}), got size {tuple(size)}")
         self.drawn = True
+        if self._midpoint:  # the progress probe: the cluster's quantile midpoint, (k + 1/2) / K, for every sample
+            return torch.full(tuple(size), (self._k + 0.5) / self._clusters, dtype=dtype)
         return cluster_uniform(n, self._k, self._clusters, generator=generator, dtype=dtype).reshape(tuple(size))
 
     @staticmethod
@@ -126,12 +128,13 @@ class _StratifiedDistributions:
 
 
 @contextlib.contextmanager
-def cluster_draw(module, k: int, clusters: int, batch: int, where: str, supported: str, options: str):
+def cluster_draw(module, k: int, clusters: int, batch: int, where: str, supported: str, options: str, midpoint: bool = False):
     """Run the body with ``module.torch`` replaced by a ``StratifiedTorch`` for cluster ``k``; afterwards
     refuse loudly if the sampler made no draw the stand-in recognised (a trainer branch this plugin does
     not know would otherwise silently train with unrestricted timesteps). ``options`` describes the
-    trainer's sampler settings for that message."""
-    proxy = StratifiedTorch(module.torch, k, clusters, batch, where, supported)
+    trainer's sampler settings for that message. ``midpoint``: every sample gets the cluster's quantile
+    midpoint through the trainer's own transform (the progress probe's fixed timestep)."""
+    proxy = StratifiedTorch(module.torch, k, clusters, batch, where, supported, midpoint)
     real = module.torch
     module.torch = proxy
     try:

@@ -30,7 +30,10 @@ import ast
 import copy
 import sys
 
+import torch
+
 from ..errors import LoliConfigError
+from ..options import DEFAULT_CLUSTERS
 from .base import FunctionPatch, Instrumentor, bind_arguments, call_replacing
 from .draws import StratifiedTorch, cluster_draw
 
@@ -45,6 +48,9 @@ DOTTED_NAME = "loli_plugin.LoliClustered"
 #: optimizer_args keys whose values are plain names; the plugin quotes them so kohya's
 #: ast.literal_eval accepts `inner=AdamW8bit` as well as `inner='AdamW8bit'`.
 NAME_KEYS = ("inner", "schedule")
+#: the probe's defaults: K forward passes on PROBE_SAMPLES samples every PROBE_EVERY optimizer steps
+#: cost about K / (3 * PROBE_EVERY) of the training compute (a forward is about a third of a step)
+PROBE_EVERY, PROBE_SAMPLES = 100, 4
 
 
 def requests_optimizer(args) -> bool:
@@ -57,6 +63,14 @@ def requests_loss(args) -> bool:
     return getattr(args, "loss_type", None) == "loli"
 
 
+def requests_probe(args) -> bool:
+    """``--loli_probe on``, or ``auto`` (the default) with LoliClustered when the run logs somewhere
+    (``--logging_dir`` / ``--log_with``: without a tracker the probe's values would go nowhere)."""
+    mode = getattr(args, "loli_probe", "auto")
+    logs = getattr(args, "logging_dir", None) is not None or getattr(args, "log_with", None) is not None
+    return mode == "on" or (mode == "auto" and requests_optimizer(args) and logs)
+
+
 # --------------------------------------------------------------------------- parser
 def add_training_arguments(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``add_training_arguments(parser, support_dreambooth)`` defines the closed
@@ -67,13 +81,26 @@ def add_training_arguments(context, wrapped, instance, args, kwargs):
         if "--loss_type" in action.option_strings and action.choices is not None and "loli" not in action.choices:
             action.choices = [*action.choices, "loli"]
             action.help = (action.help or "") + " / loli: loli-plugin's MSE+L1+cosine loss (see --loli_loss_weights)"
-    if not any("--loli_loss_weights" in a.option_strings for a in parser._actions):
+    known = {option for a in parser._actions for option in a.option_strings}
+    if "--loli_loss_weights" not in known:
         parser.add_argument(
             "--loli_loss_weights",
             type=str,
             default=None,
             help='loli-plugin: weights of --loss_type loli, e.g. "mse=0.4,l1=0.4,cos=0.2" (the default)',
         )
+    if "--loli_probe" not in known:
+        parser.add_argument("--loli_probe", choices=["auto", "on", "off"], default="auto",
+                            help="loli-plugin progress probe: the loss on a few fixed training samples with fixed noise at one fixed "
+                                 "timestep per cluster, logged as probe/cluster_KK, probe/mean, probe/normalized (smooth curves). "
+                                 "auto (default): on with --optimizer_type LoliClustered when --logging_dir or --log_with is set")
+        parser.add_argument("--loli_probe_every", type=int, default=PROBE_EVERY,
+                            help=f"loli-plugin: optimizer steps between two probes (default {PROBE_EVERY})")
+        parser.add_argument("--loli_probe_samples", type=int, default=PROBE_SAMPLES,
+                            help=f"loli-plugin: training samples the probe keeps, taken from the first steps (default {PROBE_SAMPLES})")
+        parser.add_argument("--loli_probe_clusters", type=int, default=DEFAULT_CLUSTERS,
+                            help=f"loli-plugin: probe timesteps when the optimizer is not LoliClustered (default {DEFAULT_CLUSTERS}; "
+                                 "with LoliClustered its clusters)")
     return result
 
 
@@ -99,16 +126,16 @@ def get_optimizer(context, wrapped, instance, args, kwargs):
     activate the plugin for runs that only use ``--loss_type loli``. The optimizer's constructor finds
     the run's ``args`` through ``context.building_optimizer``."""
     run_args = bind_arguments(wrapped, args, kwargs)["args"]
-    if str(getattr(run_args, "optimizer_type", "") or "").strip().lower() in SHORT_NAMES:
-        routed = copy.copy(run_args)
-        routed.optimizer_type = DOTTED_NAME
-        routed.optimizer_args = quote_name_args(getattr(run_args, "optimizer_args", None))
-        with context.building_optimizer(run_args):
-            return call_replacing(wrapped, args, kwargs, args=routed)
     with context.building_optimizer(run_args):
-        result = wrapped(*args, **kwargs)
-    if requests_loss(run_args) and context.run is None:
-        context.activate(run_args, optimizer=None)  # the Loli loss alone, with the user's optimizer
+        if str(getattr(run_args, "optimizer_type", "") or "").strip().lower() in SHORT_NAMES:
+            routed = copy.copy(run_args)
+            routed.optimizer_type = DOTTED_NAME
+            routed.optimizer_args = quote_name_args(getattr(run_args, "optimizer_args", None))
+            result = call_replacing(wrapped, args, kwargs, args=routed)
+        else:
+            result = wrapped(*args, **kwargs)
+    # the Loli loss or the probe with the user's own optimizer; the probe's state rides in any optimizer
+    context.optimizer_built(run_args, result[2] if isinstance(result, tuple) and len(result) == 3 else None)
     return result
 
 
@@ -163,12 +190,15 @@ def get_timesteps(context, wrapped, instance, args, kwargs):
     bound = bind_arguments(wrapped, args, kwargs)
     run = context.run
     lo, hi = int(bound["min_timestep"]), int(bound["max_timestep"])
+    from ..sampling import DiscreteUniform
+
+    if run is not None and run.probe_cluster is not None and lo < hi:  # the probe: the cluster's midpoint
+        u = torch.full((int(bound["b_size"]),), (run.probe_cluster + 0.5) / run.clusters, dtype=torch.float64)
+        return DiscreteUniform(lo, hi).quantile(u).long().to(bound["device"])
     if run is None or not run.stratify or lo >= hi:
         if run is not None:
             run.untracked_draw()
         return wrapped(*args, **kwargs)
-    from ..sampling import DiscreteUniform
-
     k = run.take_cluster()
     t = DiscreteUniform(lo, hi).sample_cluster(int(bound["b_size"]), k, run.clusters)
     return t.long().to(bound["device"])
@@ -216,20 +246,21 @@ def _validating(run_args) -> bool:
 def _flow_sampler(family: str, module_name: str):
     def wrapper(context, wrapped, instance, args, kwargs):
         run = context.run
-        if run is None or not run.stratify:
+        probing = run is not None and run.probe_cluster is not None
+        if run is None or not (run.stratify or probing):
             return wrapped(*args, **kwargs)
         bound = bind_arguments(wrapped, args, kwargs)
         run_args = bound["args"]
-        if _validating(run_args):
+        if not probing and _validating(run_args):
             run.untracked_draw()
             return wrapped(*args, **kwargs)
-        k = run.take_cluster()
+        k = run.probe_cluster if probing else run.take_cluster()
         if _flow_reflect(family, run_args):
             k = run.clusters - 1 - k
         options = (f"timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}, "
                    f"weighting_scheme={getattr(run_args, 'weighting_scheme', None)!r}")
         with cluster_draw(sys.modules[module_name], k, run.clusters, bound["latents"].shape[0],
-                          f"{module_name}.get_noisy_model_input_and_timesteps", SUPPORTED, options):
+                          f"{module_name}.get_noisy_model_input_and_timesteps", SUPPORTED, options, midpoint=probing):
             return wrapped(*args, **kwargs)
 
     wrapper.__doc__ = f"library/{module_name.split('.')[-1]}.py get_noisy_model_input_and_timesteps: draw from one cluster"
@@ -289,12 +320,13 @@ def tracker_log(context, wrapped, instance, args, kwargs):
     directly, the others through Accelerator.log). A step log of a Loli run gets the per-cluster
     values added; reading them costs one small device-to-host copy, after kohya's own ``loss.item()``."""
     run = context.run
-    if run is None or run.monitor is None:
+    if run is None:
         return wrapped(*args, **kwargs)
     values = bind_arguments(wrapped, args, kwargs)["values"]
     if not isinstance(values, dict) or not any(k in values for k in STEP_LOSS_KEYS):
         return wrapped(*args, **kwargs)
-    return call_replacing(wrapped, args, kwargs, values={**values, **run.logs()})
+    extra = run.logs()
+    return call_replacing(wrapped, args, kwargs, values={**values, **extra}) if extra else wrapped(*args, **kwargs)
 
 
 def _tracker(cls: str, optional: bool) -> FunctionPatch:
@@ -310,3 +342,32 @@ LOGS = Instrumentor(
     [_tracker("TensorBoardTracker", False), _tracker("WandBTracker", False)]
     + [_tracker(cls, True) for cls in ("CometMLTracker", "AimTracker", "MLflowTracker", "ClearMLTracker", "DVCLiveTracker")],
 )
+
+
+# --------------------------------------------------------------------------- progress probe
+def process_batch(context, wrapped, instance, args, kwargs):
+    """train_network.py ``NetworkTrainer.process_batch(self, batch, text_encoders, unet, network, vae,
+    noise_scheduler, vae_dtype, weight_dtype, accelerator, args, text_encoding_strategy,
+    tokenize_strategy, is_train=True, train_text_encoder=True, train_unet=True)``: one micro-batch's
+    forward and loss for every family that inherits it (SD1/2, SDXL, SD3, Flux/Chroma, Lumina). The
+    progress probe keeps the first training batches seen here and measures through this very function,
+    with ``is_train=False`` as sd-scripts' own validation calls it (``context.probe_batch``)."""
+    run = context.run
+    if run is None or run.probe is None or run.probe_cluster is not None:
+        return wrapped(*args, **kwargs)
+    if bind_arguments(wrapped, args, kwargs)["is_train"]:
+        context.probe_batch(wrapped, args, kwargs)
+    return wrapped(*args, **kwargs)
+
+
+_PROCESS_BATCH = ["self", "batch", "text_encoders", "unet", "network", "vae", "noise_scheduler", "vae_dtype", "weight_dtype",
+                  "accelerator", "args", "text_encoding_strategy", "tokenize_strategy", "is_train"]
+#: train_network.py's NetworkTrainer: the module `train_network` when another script (sdxl_train_network.py,
+#: flux_train_network.py, ...) imports it, or `__main__` when train_network.py itself runs
+PROBE = Instrumentor(LIBRARY, SUPPORTED, [
+    FunctionPatch(module, "NetworkTrainer.process_batch", "progress probe: keeps training batches, measures through them",
+                  "probe", params=_PROCESS_BATCH, reads=["self", "batch", "text_encoders", "unet", "network", "weight_dtype",
+                                                         "accelerator", "args", "is_train"],
+                  wrapper=process_batch, optional=True)
+    for module in ("train_network", "__main__")
+])
