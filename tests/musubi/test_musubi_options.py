@@ -66,6 +66,11 @@ def test_every_lora_script_builds_loli_clustered(musubi, parse, trainer, family,
     assert run is not None and run.optimizer is opt and run.stratify
     assert musubi.patches.TRAINING.instrumented
     train_fn(), eval_fn()  # musubi calls them around sampling and saving: no-ops for a non-schedule-free optimizer
+    before = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+    for p in (p for g in opt.param_groups for p in g["params"]):
+        p.grad = torch.ones_like(p)
+    opt.step()  # bitsandbytes' AdamW8bit runs on the CPU
+    assert all(not torch.equal(a, p) for a, p in zip(before, (p for g in opt.param_groups for p in g["params"])))
 
 
 def test_musubis_lr_scheduler_drives_the_shared_groups(musubi, parse, trainer):
