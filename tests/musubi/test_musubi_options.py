@@ -231,6 +231,16 @@ def test_the_dotted_route_without_the_hook_is_refused(musubi, tmp_path):
     assert "start-up hook did not run" in proc.stderr and "python -m loli_plugin.launch" in proc.stderr
 
 
+def test_the_launcher_turns_the_hook_on_where_pth_files_do_not_run(musubi):
+    # LOLI_PLUGIN_DISABLE=1 stands for "the .pth did not run"; the launcher installs the finder itself
+    script = ["src/musubi_tuner/qwen_image_train_network.py", "--help"]
+    env = {"LOLI_PLUGIN_DISABLE": "1", "PATH": ""}
+    off = subprocess.run([sys.executable, *script], capture_output=True, text=True, env=env, cwd=musubi.dir)
+    on = subprocess.run([sys.executable, "-m", "loli_plugin.launch", *script], capture_output=True, text=True, env=env, cwd=musubi.dir)
+    assert off.returncode == 0 and on.returncode == 0, on.stderr[-2000:]
+    assert "--loli_loss_weights" not in off.stdout and "--loss_type {mse,loli}" in on.stdout and "--loli_loss_weights" in on.stdout
+
+
 def test_doctor_reports_the_checkout(musubi, tmp_path):
     out = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "doctor", str(musubi.dir)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
