@@ -1,4 +1,4 @@
-# Sourced by .ci/run with TRAINER=kohya or TRAINER=onetrainer: build that trainer's test venv and
+# Sourced by .ci/run with TRAINER=kohya, onetrainer or musubi: build that trainer's test venv and
 # install loli-plugin into it from a freshly built wheel (so the .pth hook is the real one).
 # Sets TRAINER_VENV and TRAINER_TESTS when the trainer's export is present. When it is missing, it is
 # exported with scripts/get-trainers from local bare clones if there are any: $LOLI_TRAINER_MIRRORS,
@@ -8,6 +8,7 @@
 #   kohya:      $LOLI_KOHYA_DIR or $LOLI_TRAINERS_DIR/sd-scripts (default ~/.cache/loli-plugin/trainers)
 #   onetrainer: $LOLI_ONETRAINER_DIR and $LOLI_MGDS_DIR (default: beside OneTrainer), or
 #               $LOLI_TRAINERS_DIR/{OneTrainer,mgds}
+#   musubi:     $LOLI_MUSUBI_DIR or $LOLI_TRAINERS_DIR/musubi-tuner (pip-installed from that tree)
 # The commits are pinned in scripts/trainers.toml.
 TRAINER_VENV= TRAINER_TESTS=
 trainers=${LOLI_TRAINERS_DIR:-$HOME/.cache/loli-plugin/trainers}
@@ -25,6 +26,12 @@ case $TRAINER in
     # OneTrainer's git-pinned diffusers/mgds/muon are not on PyPI: PyPI diffusers, mgds via its export;
     # its CUDA requirements pin bitsandbytes 0.49.1 (newer releases changed AdamW8bit's arguments)
     extra=("diffusers==0.39.0" "bitsandbytes==0.49.1") ;;
+  musubi)
+    tdir=${LOLI_MUSUBI_DIR:-$trainers/musubi-tuner}; names=(musubi-tuner)
+    exports=("$tdir"); markers=(src/musubi_tuner/training/trainer_base.py)
+    tvenv=${LOLI_MUSUBI_VENV:-$root/.venv-musubi-ci}; check="import musubi_tuner, accelerate, transformers, diffusers, scipy, pytest, tensorboard"
+    # musubi-tuner is a package (src/ layout, pyproject with its pins); the e2e test reads TensorBoard files
+    extra=("tensorboard") ;;
   *) echo "[loli] unknown TRAINER=$TRAINER" >&2; return 1 ;;
 esac
 missing_exports() { local i; for i in "${!exports[@]}"; do [[ -e ${exports[i]}/${markers[i]} ]] || echo "${exports[i]}"; done; }
@@ -55,7 +62,15 @@ if [[ ! -x $tvenv/bin/python ]] || ! (cd "$tdir" && "$tvenv/bin/python" -c "$che
   # (a later, separate `pip install diffusers` pulled huggingface-hub 2.x past transformers 5.5.4's <2.0)
   reqs=("-r" "$tdir/requirements.txt")
   [[ $TRAINER == onetrainer ]] && reqs=("-r" "$tvenv/requirements-pypi.txt")
+  [[ $TRAINER == musubi ]] && reqs=("$tdir")  # the tree itself, with the pins of its pyproject.toml
   (cd "$tdir" && "$tvenv/bin/pip" install -q --disable-pip-version-check "${reqs[@]}" pytest scipy hypothesis "${extra[@]}")
+  [[ $TRAINER == musubi ]] && cp "$tdir/.exported-commit" "$tvenv/musubi-tuner-commit" 2>/dev/null || true
+fi
+if [[ $TRAINER == musubi ]] && ! cmp -s "$tdir/.exported-commit" "$tvenv/musubi-tuner-commit" 2>/dev/null; then
+  # pip installed a copy of the tree: bring it to the export after a new pin (or for a checkout of your own)
+  echo "[loli] installing musubi-tuner from $tdir into $tvenv" >&2
+  "$tvenv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$tdir"
+  cp "$tdir/.exported-commit" "$tvenv/musubi-tuner-commit" 2>/dev/null || true
 fi
 echo "[loli] installing loli-plugin into $tvenv from a wheel" >&2
 wheel_dir=$(mktemp -d)

@@ -1,0 +1,260 @@
+"""kohya-ss/musubi-tuner adapter: turns musubi-tuner's arguments into a Loli run and keeps its state.
+
+How a run starts (nothing in musubi-tuner is edited):
+
+1. ``pip install`` puts ``loli_plugin.pth`` in site-packages. At interpreter start it installs a finder
+   that does nothing until a module listed in ``musubi.watch`` is imported. When musubi-tuner's
+   ``training.parser_common`` / ``training.trainer_base`` are imported, ``patches.musubi.ENTRY`` is
+   applied: the parser options, the check in ``NetworkTrainer.train`` and the short optimizer name in
+   ``NetworkTrainer.get_optimizer``. ``LOLI_PLUGIN_DISABLE=1`` turns it off. Where ``.pth`` files do not
+   run, ``python -m loli_plugin.launch SCRIPT ...`` does the same.
+2. ``NetworkTrainer.train(args)`` checks a run that asks for a Loli feature before it loads a dataset or a
+   model: every patch it needs fits, the trainer class has no override loli-plugin has not read, and the
+   options make sense together.
+3. Building a ``LoliClustered`` inside ``get_optimizer`` (short name, or the stock dotted route
+   ``--optimizer_type loli_plugin.LoliClustered``) activates the run: sampler, loss and log patches
+   applied, the loss monitor carried in the optimizer's state_dict (so ``--save_state``/``--resume`` carry
+   it). ``--loss_type loli`` with another optimizer activates the loss alone.
+
+Without the start-up hook the dotted route would build a LoliClustered whose clusters musubi-tuner's stock
+sampler does not follow; that is refused with an error that says how to enable the hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LoliConfigError
+from ..hookspecs import hookimpl
+from ..host import TrainerAdapter, pushed
+from ..patches import musubi as patches
+from ..patches.base import ENV_DISABLE, LoliUnsupportedTrainerError
+from ..run import LoliRun
+
+#: the modules the family overrides live in when reached through musubi-tuner's package
+_PACKAGE_MODULES = {p.module for p in patches.OVERRIDES.patches}
+
+
+@dataclass
+class MusubiRun(LoliRun):
+    """What the patches need during one musubi-tuner training run."""
+
+    args: argparse.Namespace | None = field(default=None, repr=False)
+    loss_weights: dict | None = None
+    #: the family's channel axis, along which the Loli loss takes its cosine
+    loss_dim: int = 1
+
+
+class MusubiAdapter(TrainerAdapter):
+    name = "musubi"
+    library = patches.LIBRARY
+    supported = patches.SUPPORTED
+    manifest = Path(__file__).with_suffix(".watch")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._building: list = []  # (trainer, args) of the get_optimizer calls in progress (innermost last)
+        self._drawing = False
+        #: OVERRIDES aimed at a family script that runs as another module (``__main__``), by module name
+        self._script_overrides: dict = {}
+
+    def instrumentors(self):
+        return [(patches.ENTRY, "import"), (patches.TRAINING, "run"), (patches.OVERRIDES, "run"),
+                *((inst, "run") for inst in self._script_overrides.values() if inst is not None)]
+
+    def recognises(self, module) -> bool:
+        return module.__name__.startswith("musubi_tuner.")
+
+    def find_checkout(self, path: Path) -> bool:
+        return any((path / src / "musubi_tuner" / "training" / "trainer_base.py").is_file() for src in ("src", "."))
+
+    # ------------------------------------------------------------------ features
+    @staticmethod
+    def features_for(args) -> set[str]:
+        """The patch features a run with these arguments needs (empty: not a Loli run)."""
+        features = set()
+        if patches.requests_optimizer(args):
+            features |= {"activation", "sampler", "logs"}
+        if patches.requests_loss(args):
+            features |= {"activation", "loss"}
+        return features
+
+    def run_features(self) -> set[str]:
+        run = self.run
+        if run is None:
+            return set()
+        return ({"activation", "sampler", "logs"} if run.stratify else set()) | ({"activation", "loss"} if run.loss_weights else set())
+
+    # ------------------------------------------------------------------ the patches' context
+    def building_optimizer(self, trainer, args):
+        return pushed(self._building, (trainer, args))
+
+    @property
+    def drawing_now(self) -> bool:
+        return self._drawing
+
+    @contextlib.contextmanager
+    def drawing(self):
+        """A cluster draw is in progress (an override's ``super()`` call passes through the base wrapper)."""
+        self._drawing = True
+        try:
+            yield
+        finally:
+            self._drawing = False
+
+    def check_request(self, trainer, args) -> None:
+        """NetworkTrainer.train: refuse a Loli run before any work if it cannot be served."""
+        features = self.features_for(args)
+        if features:
+            self._check(trainer, args, features)
+
+    def _check(self, trainer, args, features: set) -> None:
+        self.require(features, _asked(args))
+        problems = patches.override_problems(type(trainer), features, self._override_instrumentors(type(trainer)))
+        if problems:
+            raise LoliUnsupportedTrainerError(
+                f"loli-plugin cannot run {_asked(args)} with this {self.library} trainer: " + "; ".join(problems)
+                + f". Supported: {self.supported}. Train without the Loli options, or with a LoRA script this version supports.")
+        _check_args(args, trainer)
+
+    def _override_instrumentors(self, trainer_cls: type) -> list:
+        """The family overrides' patches for this trainer: ``OVERRIDES`` (musubi-tuner's package modules) and,
+        for a family script that runs as another module (``__main__``), a copy aimed at it, kept and applied
+        with the other run-scope patches."""
+        found = [patches.OVERRIDES]
+        for cls in trainer_cls.__mro__:
+            module = cls.__module__
+            if module in _PACKAGE_MODULES or module not in sys.modules:
+                continue
+            if module not in self._script_overrides:
+                self._script_overrides[module] = patches.overrides_in(module)
+            if self._script_overrides[module] is not None:
+                found.append(self._script_overrides[module])
+        return found
+
+    def activate(self, trainer, args, optimizer=None) -> MusubiRun:
+        """Start a Loli run for musubi-tuner: validate, patch, carry the monitor in the optimizer's state."""
+        from ..loss import parse_loss_weights
+
+        features = self.features_for(args) or {"activation", "sampler", "logs"}
+        self._check(trainer, args, features)
+        _check_clusters(args, optimizer)
+        weights = None
+        if patches.requests_loss(args):
+            weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
+        dim = patches.channel_dim(type(trainer), args)
+        fields = dict(args=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
+        run = MusubiRun.for_optimizer(optimizer, **fields) if optimizer is not None else MusubiRun(**fields)
+        self.run = run
+        try:
+            self.activate_run_patches()
+        except Exception:
+            self.deactivate()
+            raise
+        print(f"loli-plugin active: {describe(run, type(trainer))}", file=sys.stderr)
+        return run
+
+    def deactivate(self) -> None:
+        super().deactivate()
+        self._drawing = False
+        self._script_overrides.clear()  # undone above; made again for the next run's trainer
+
+    def uninstrument(self) -> None:
+        super().uninstrument()
+        self._script_overrides.clear()
+
+    # ------------------------------------------------------------------ the optimizer's constructor
+    def on_optimizer_created(self, optimizer) -> None:
+        if patches.TRAINER_BASE not in sys.modules:
+            return  # not inside musubi-tuner
+        if self._building:
+            self.activate(*self._building[-1], optimizer)
+            return
+        if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
+            return  # built by the user's own code, outside NetworkTrainer.get_optimizer: not a musubi run
+        raise LoliUnsupportedTrainerError(
+            "loli_plugin.LoliClustered is being built inside musubi-tuner, but loli-plugin's musubi-tuner integration is not "
+            + ("installed: " + "; ".join(r for _, r in self.problems.values()) if self.problems else
+               f"active (the start-up hook did not run: {ENV_DISABLE} is set, loli-plugin is an editable install, or "
+               "Python runs without site)")
+            + ". Without it musubi-tuner would draw its stock timesteps and the cluster banks would not match them. "
+            f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
+            "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
+        )
+
+
+def _asked(args) -> str:
+    parts = []
+    if patches.requests_optimizer(args):
+        parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
+    if patches.requests_loss(args):
+        parts.append("--loss_type loli")
+    return " and ".join(parts) or "a Loli run"
+
+
+def _check_args(args, trainer) -> None:
+    """Refuse option combinations that cannot work, before anything is loaded."""
+    from ..loss import parse_loss_weights
+
+    if patches.requests_loss(args):
+        weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
+        if weights.get("cos", 0) > 0 and patches.channel_dim(type(trainer), args) is None:
+            raise LoliConfigError(
+                f"--loss_type loli: loli-plugin does not know which axis of {type(trainer).__name__}'s predictions holds the "
+                "latent channels, which its cosine term compares; give the cosine no weight "
+                '(--loli_loss_weights "mse=0.5,l1=0.5") or use a family this version supports')
+    if not patches.requests_optimizer(args):
+        return
+    sampling = getattr(args, "timestep_sampling", "sigma")
+    if sampling in patches.MIXTURES and getattr(args, "preserve_distribution_shape", False):
+        raise LoliConfigError(
+            f"--timestep_sampling {sampling} with --preserve_distribution_shape cannot be split into clusters: {sampling} "
+            "picks one of several samplers per sample, so the [min_timestep, max_timestep] truncation has no single inverse "
+            "CDF to slice. Drop --preserve_distribution_shape (musubi-tuner then rescales to [min, max]) or choose another "
+            "--timestep_sampling")
+    if sampling == "sigma" and getattr(args, "weighting_scheme", "none") == "mode":
+        from ..sampling import ModeScale
+
+        try:
+            ModeScale(getattr(args, "mode_scale", 1.29))
+        except LoliConfigError as exc:
+            raise LoliConfigError(f"--mode_scale: {exc}") from None
+
+
+def _check_clusters(args, optimizer) -> None:
+    """"sigma" sampling picks integer indices in [min_timestep, max_timestep): each cluster needs one."""
+    if optimizer is None or getattr(args, "timestep_sampling", "sigma") != "sigma":
+        return
+    lo = getattr(args, "min_timestep", None) or 0
+    hi = 1000 if getattr(args, "max_timestep", None) is None else args.max_timestep
+    if hi > lo and optimizer.clusters > hi - lo:
+        raise LoliConfigError(
+            f"optimizer_args clusters={optimizer.clusters} is larger than the {hi - lo} timesteps between "
+            f"--min_timestep {lo} and --max_timestep {hi}; lower clusters or widen the range")
+
+
+def describe(run: MusubiRun, trainer_cls: type) -> str:
+    opt, args = run.optimizer, run.args
+    parts = []
+    if opt is not None:
+        parts.append(f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
+                     "timesteps drawn from one cluster per optimizer step")
+        buckets = getattr(args, "num_timestep_buckets", None)
+        if buckets is not None and buckets > 1 and getattr(args, "timestep_sampling", "sigma") != "sigma":
+            parts.append(f"--num_timestep_buckets {buckets} places each draw inside its cluster")
+    if run.loss_weights is not None:
+        parts.append("loss_type=loli(" + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items())
+                     + f"), cosine along dim {run.loss_dim} of {trainer_cls.__name__}'s predictions")
+    return "; ".join(parts) or "nothing"
+
+
+ADAPTER = MusubiAdapter()
+
+
+@hookimpl
+def loli_trainer_adapters():
+    return [ADAPTER]

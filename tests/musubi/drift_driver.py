@@ -1,0 +1,66 @@
+"""Run from a musubi-tuner tree (``python drift_driver.py TREE ARGV_JSON``): what a LoRA script does
+before and at its first step, through musubi-tuner's own code: parse with Qwen-Image's parser, enter
+``NetworkTrainer.train`` (which stops at musubi's own "dataset_config is required"), build the optimizer
+and step it once, draw timesteps, compute the loss. Prints "stage ..." lines as it goes and, last, one
+JSON line with exact (hex) values, so two runs can be compared bit for bit. Used by
+test_musubi_drift.py on drifted copies of the pinned tree (its ``src`` goes first on sys.path, ahead of
+the musubi-tuner installed in the venv)."""
+
+import json
+import sys
+
+tree, argv = sys.argv[1], json.loads(sys.argv[2])
+sys.path.insert(0, f"{tree}/src")
+
+import torch  # noqa: E402
+
+from musubi_tuner import qwen_image_train_network as script  # noqa: E402
+from musubi_tuner.modules.scheduling_flow_match_discrete import FlowMatchDiscreteScheduler  # noqa: E402
+from musubi_tuner.training.trainer_base import DiTOutput  # noqa: E402
+
+assert script.__file__.startswith(tree), script.__file__  # the drifted copy, not the venv's
+
+
+def hexes(t):
+    return [float(v).hex() for v in t.detach().double().flatten().tolist()]
+
+
+out = {}
+parser = script.qwen_image_setup_parser(script.setup_parser_common())
+args = parser.parse_args(["--dit", "unused", "--learning_rate", "1e-3", *argv])
+print("stage parsed", flush=True)
+trainer = script.QwenImageNetworkTrainer()
+try:
+    trainer.train(args)
+except ValueError as exc:  # musubi's own first check: a plain run and an accepted Loli run get here
+    assert "dataset_config is required" in str(exc), exc
+print("stage train", flush=True)
+
+torch.manual_seed(0)
+params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))]
+# a drifted tree may have renamed get_optimizer: call what it has, as its own train() would
+get_optimizer = getattr(trainer, "get_optimizer", None) or trainer.get_optimizer_v2
+_, _, optimizer, _, _ = get_optimizer(args, params)
+out["optimizer"] = type(optimizer).__name__
+for p in params:
+    p.grad = torch.sin(p.detach() * 3) + 0.1
+optimizer.step()
+out["params_after_step"] = hexes(torch.cat([p.flatten() for p in params]))
+print("stage optimizer", flush=True)
+
+scheduler = FlowMatchDiscreteScheduler(shift=args.discrete_flow_shift, reverse=True, solver="euler")
+torch.manual_seed(1)
+latents = torch.randn(8, 16, 1, 8, 8)
+noise = torch.randn_like(latents)
+noisy, timesteps = trainer.get_noisy_model_input_and_timesteps(args, noise, latents, None, scheduler, "cpu", torch.float32)
+out["timesteps"] = hexes(timesteps)
+out["noisy"] = hexes(noisy[:, 0, 0, 0, 0])
+print("stage timesteps", flush=True)
+
+torch.manual_seed(3)
+pred, target = torch.randn(2, 16, 1, 8, 8), torch.randn(2, 16, 1, 8, 8)
+loss, _ = trainer.compute_loss(args, DiTOutput(pred=pred, target=target), torch.tensor([100.0, 900.0]), scheduler,
+                               torch.float32, torch.float32, 0)
+out["loss"] = hexes(loss)
+print("stage loss", flush=True)
+print(json.dumps(out))

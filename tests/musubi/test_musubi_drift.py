@@ -1,0 +1,76 @@
+"""The failure policy against drifted copies of the real, pinned musubi-tuner (changed in the test's temp
+folder, never committed): an added optional parameter is compatible; a renamed parameter or a removed
+method is logged once at import, a plain run still builds its optimizer, draws its timesteps and
+computes its loss exactly as stock (bit for bit, against the same tree with the plugin disabled), and a
+run with Loli options is refused in NetworkTrainer.train, before any work, with the one message that
+names the target, the supported version and LOLI_PLUGIN_DISABLE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ..drift_support import drifted_copy, plugin_lines, run_driver
+from .conftest import MUSUBI_DIR
+
+DRIVER = Path(__file__).with_name("drift_driver.py")
+TRAINER_BASE = "src/musubi_tuner/training/trainer_base.py"
+PLAIN = ["--optimizer_type", "AdamW"]
+LOLI = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4", "--loss_type", "loli"]
+
+GET_OPTIMIZER = "    def get_optimizer(self, args, trainable_params: list[torch.nn.Parameter]) -> tuple[str, str, torch.optim.Optimizer]:"
+DRIFTS = {
+    "added optional parameter": [(GET_OPTIMIZER, GET_OPTIMIZER.replace("trainable_params: list[torch.nn.Parameter]",
+                                                                       "trainable_params: list[torch.nn.Parameter], model=None"))],
+    "renamed parameter": [("        noise_scheduler: FlowMatchDiscreteScheduler,\n", "        scheduler: FlowMatchDiscreteScheduler,\n"),
+                          ("timesteps = noise_scheduler.timesteps[indices]", "timesteps = scheduler.timesteps[indices]"),
+                          ("sigmas = get_sigmas(noise_scheduler, timesteps, device, n_dim=latents.ndim, dtype=dtype)",
+                           "sigmas = get_sigmas(scheduler, timesteps, device, n_dim=latents.ndim, dtype=dtype)")],
+    "removed method": [(GET_OPTIMIZER, GET_OPTIMIZER.replace("def get_optimizer(", "def get_optimizer_v2("))],
+}
+UNFIT = {"renamed parameter": "musubi_tuner.training.trainer_base.NetworkTrainer.get_noisy_model_input_and_timesteps",
+         "removed method": "musubi_tuner.training.trainer_base.NetworkTrainer.get_optimizer"}
+
+
+@pytest.fixture(scope="module")
+def trees(musubi, tmp_path_factory):
+    return {how: drifted_copy(MUSUBI_DIR, tmp_path_factory.mktemp("drift") / "musubi-tuner", {TRAINER_BASE: edits})
+            for how, edits in DRIFTS.items()}
+
+
+@pytest.mark.parametrize("how", list(DRIFTS))
+def test_a_plain_run_is_exactly_stock(trees, how):
+    proc, with_plugin = run_driver(DRIVER, trees[how], PLAIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    disabled, stock = run_driver(DRIVER, trees[how], PLAIN, disable=True)
+    assert disabled.returncode == 0, disabled.stderr[-3000:]
+    assert with_plugin == stock and with_plugin["optimizer"] == "AdamW"
+    lines = plugin_lines(proc.stderr)
+    if how in UNFIT:  # logged once, one line: the target, the supported version, the off switch
+        assert len(lines) == 1, lines
+        assert UNFIT[how] in lines[0] and "30c658c" in lines[0] and "LOLI_PLUGIN_DISABLE" in lines[0]
+    else:
+        assert lines == [], lines
+    assert plugin_lines(disabled.stderr) == []
+
+
+@pytest.mark.parametrize("how", list(UNFIT))
+def test_a_loli_run_is_refused_before_any_work(trees, how):
+    proc, result = run_driver(DRIVER, trees[how], LOLI)
+    assert proc.returncode != 0 and result is None
+    assert "LoliUnsupportedTrainerError" in proc.stderr
+    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError"):]
+    assert UNFIT[how] in message and "30c658c" in message and "LOLI_PLUGIN_DISABLE=1" in message
+    assert "--optimizer_type LoliClustered" in message and "--loss_type loli" in message
+    assert "stage train" not in proc.stdout  # stopped in NetworkTrainer.train, before a dataset or a model
+
+
+def test_a_compatible_drift_keeps_the_plugin_working(trees):
+    proc, result = run_driver(DRIVER, trees["added optional parameter"], LOLI)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result["optimizer"] == "LoliClustered" and "loli-plugin active" in proc.stderr and plugin_lines(proc.stderr) == [
+        line for line in plugin_lines(proc.stderr) if line.startswith("loli-plugin active")]
+    # the draw came from one cluster: a quarter of musubi's 1..1000 for clusters=4
+    ts = [float.fromhex(v) for v in result["timesteps"]]
+    assert max(ts) - min(ts) < 251, ts
