@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
 from ..host import TrainerAdapter
@@ -40,7 +42,7 @@ _REFUSED = {"MUON": _MUON, "MUON_ADV": _MUON, "ADAMUON_ADV": _MUON}
 @dataclass
 class OneTrainerRun(LoliRun):
     inner: str = ""
-    loss_only: bool = False
+    without_optimizer: bool = False
 
 
 class OneTrainerAdapter(TrainerAdapter):
@@ -72,31 +74,83 @@ class OneTrainerAdapter(TrainerAdapter):
             asked.add("optimizer")
         if (getattr(config, "cos_strength", 0.0) or 0.0) > 0:
             asked.add("loss")
+        if patches.requests_probe(config):
+            asked.add("probe")
         features = set()
         if "optimizer" in asked:
             features |= {"options", "activation", "sampler", "logs"}
         if "loss" in asked:
             features |= {"options", "activation", "loss"}
+        if "probe" in asked:
+            features |= {"options", "activation", "sampler", "logs", "probe"}
         return features
 
     def run_features(self) -> set[str]:
         run = self.run
         if run is None:
             return set()
-        return {"options", "activation", "loss"} if run.loss_only else {"options", "activation", "sampler", "logs"}
+        features = {"options", "activation", "loss"} if run.without_optimizer else {"options", "activation", "sampler", "logs"}
+        return features | ({"options", "activation", "sampler", "logs", "probe"} if run.probe is not None else set())
 
     # ------------------------------------------------------------------ the patches' context
     def check_request(self, config) -> None:
         features = self.features_for(config)
         if features:
-            asked = " and ".join(n for n, f in (("LOLI_CLUSTERED", "sampler"), ("a Cosine Strength", "loss")) if f in features)
+            asked = " and ".join(n for n, f in (("LOLI_CLUSTERED", "sampler"), ("a Cosine Strength", "loss"),
+                                                ("the progress probe", "probe")) if f in features)
             self.require(features, asked or "a Loli run")
 
-    def activate_loss(self, config) -> None:
-        """A run with another optimizer and a cosine strength > 0: the loss patches alone."""
-        if (getattr(config, "cos_strength", 0.0) or 0.0) > 0 and self.run is None:
-            self.run = OneTrainerRun(loss_only=True)
+    def activate_extras(self, config, optimizer, probe_state=None) -> None:
+        """A run with another optimizer: the cosine term and/or the progress probe, with that optimizer."""
+        cosine = (getattr(config, "cos_strength", 0.0) or 0.0) > 0
+        if self.run is None and (cosine or patches.requests_probe(config)):
+            self.run = OneTrainerRun(without_optimizer=True)
+            if patches.requests_probe(config):
+                self._start_probe(config, optimizer, probe_state)
             self._apply_training()
+
+    def _start_probe(self, config, optimizer, probe_state=None) -> None:
+        """The progress probe of this run; its state rides in the optimizer's (OneTrainer backups carry it)."""
+        from ..options import check_clusters
+        from ..probe import TrainerProbe
+        from ..run import attach_monitor_state, count_steps
+
+        run = self.run
+        every, samples = getattr(config, "loli_probe_every", patches.PROBE_EVERY), getattr(config, "loli_probe_samples", patches.PROBE_SAMPLES)
+        for label, value in (("loli_probe_every", every), ("loli_probe_samples", samples)):
+            if not isinstance(value, int) or value < 1:
+                raise LoliConfigError(f"{label} must be a whole number >= 1, got {value!r}")
+        if run.stratify:
+            clusters = run.clusters
+        else:
+            clusters = check_clusters(getattr(config, "loli_probe_clusters", DEFAULT_CLUSTERS), option="loli_probe_clusters")
+            run.clusters = clusters
+        run.probe = TrainerProbe(clusters, every, samples, seed=0)
+        if probe_state is not None and probe_state.get("clusters") == clusters:
+            run.probe.load_state_dict(probe_state)
+        attach_monitor_state(optimizer, run.probe, key="loli_probe")
+        count_steps(optimizer, run.probe, lambda: None)  # the probe itself runs in report_to_tensorboard
+
+    def run_probe(self, setup, model, config) -> None:
+        """Measure through OneTrainer's own ``predict`` and ``calculate_loss`` of the model setup, with a
+        fixed TrainProgress (predict seeds its noise generator from its step) and no grad, as its own
+        validation calls them, but at the probe's timesteps (``deterministic=False``: the sampler draws
+        each cluster's midpoint)."""
+        import copy as copy_module
+
+        run = self.run
+        progress = copy_module.copy(model.train_progress)
+        progress.global_step = run.probe.seed
+        device = getattr(setup, "train_device", None)
+
+        def evaluate(batch, k):
+            with run.probing(k):
+                batch = _to_device(batch, device)
+                output = setup.predict(model, batch, config, progress)
+                return setup.calculate_loss(model, batch, output, config)
+
+        modules = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
+        run.probe.run(evaluate, modules)
 
     def _apply_training(self) -> None:
         try:
@@ -154,13 +208,28 @@ class OneTrainerAdapter(TrainerAdapter):
             raise LoliConfigError(f"OneTrainer built no optimizer for Inner Optimizer {inner_name}")
         optimizer = LoliClustered.wrap(inner, clusters=clusters, schedule=str(getattr(oc, "loli_schedule", "shuffle")), seed=0, name=inner_name)
         run = OneTrainerRun.for_optimizer(optimizer, inner=inner_name)
+        self.run = run
+        if patches.requests_probe(config):
+            self._start_probe(config, optimizer)
         if bound.get("state_dict") is not None:
             load_backup(optimizer, bound["state_dict"], bound["parameter_group_collection"].unique_name_mapping)
-        self.run = run
         self._apply_training()
         print(f"loli-plugin: LOLI_CLUSTERED(inner={inner_name}, clusters={clusters}, schedule={optimizer.schedule.strategy}); "
               "timesteps drawn from one cluster per optimizer step", file=sys.stderr)
         return optimizer
+
+
+def _to_device(value, device):
+    """A kept batch on the training device (a resumed probe's batches come back on the CPU)."""
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 def _plugin_inner(name: str, parameters, config):

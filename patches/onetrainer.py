@@ -43,8 +43,16 @@ def rows_of(inner_name: str) -> str:
     """The OneTrainer optimizer whose rows and defaults an inner optimizer uses (its own, or, for a
     plugin-owned inner, the one it is configured like)."""
     return PLUGIN_INNERS.get(inner_name, inner_name)
-#: TrainConfig field for the cosine term of the loss section
-CONFIG_FIELDS = [("cos_strength", 0.0, float, False)]
+#: TrainConfig fields: the cosine term of the loss section, and the progress probe (auto: on with
+#: LOLI_CLUSTERED; every N optimizer steps; training samples kept; probe timesteps without LOLI_CLUSTERED)
+PROBE_EVERY, PROBE_SAMPLES = 100, 4
+CONFIG_FIELDS = [("cos_strength", 0.0, float, False), ("loli_probe", "auto", str, False), ("loli_probe_every", PROBE_EVERY, int, False),
+                 ("loli_probe_samples", PROBE_SAMPLES, int, False), ("loli_probe_clusters", DEFAULT_CLUSTERS, int, False)]
+
+
+def requests_probe(config) -> bool:
+    mode = str(getattr(config, "loli_probe", "auto") or "auto")
+    return mode == "on" or (mode == "auto" and str(config.optimizer.optimizer) == MEMBER)
 #: what the optimizer window shows for the plugin's rows (title, tooltip, kind)
 FIELD_DETAILS = {
     "loli_inner": ("Inner Optimizer", "The optimizer LoliClustered runs once per timestep cluster (its parameters are the rows below)", "options"),
@@ -128,6 +136,8 @@ def config_requests(data) -> set[str]:
             asked.add("loss")
     except (TypeError, ValueError):
         pass
+    if str(data.get("loli_probe")) == "on":
+        asked.add("probe")
     return asked
 
 
@@ -179,8 +189,11 @@ def create_optimizer(context, wrapped, instance, args, kwargs):
     context.check_request(config)
     if str(config.optimizer.optimizer) == MEMBER:
         return context.build_optimizer(wrapped, bound)
+    saved = bound["state_dict"]
+    # the probe's saved state: taken out before OneTrainer's own load, which knows nothing of it
+    probe_state = saved.pop("loli_probe", None) if isinstance(saved, dict) else None
     optimizer = wrapped(*args, **kwargs)
-    context.activate_loss(config)
+    context.activate_extras(config, optimizer, probe_state)
     return optimizer
 
 
@@ -216,7 +229,9 @@ def get_timestep_discrete(context, wrapped, instance, args, kwargs):
     bound = bind_arguments(wrapped, args, kwargs)
     instance = bound.get("self", instance)
     run = context.run
-    if run is None or not run.stratify or bound["deterministic"] or type(instance).__name__ == "TimestepGenerator":
+    probing = run is not None and run.probe_cluster is not None
+    if (run is None or not (run.stratify or probing) or bound["deterministic"]
+            or type(instance).__name__ == "TimestepGenerator"):
         if run is not None and bound.get("deterministic"):
             run.untracked_draw()
         return wrapped(*args, **kwargs)
@@ -235,11 +250,11 @@ def get_timestep_discrete(context, wrapped, instance, args, kwargs):
             ModeScale(config.noising_weight)
         except LoliConfigError as exc:
             raise LoliConfigError(f"Noising Weight with the HEAVY_TAIL timestep distribution: {exc}") from None
-    k = run.take_cluster()
+    k = run.probe_cluster if probing else run.take_cluster()
     if _reflect(config):
         k = run.clusters - 1 - k
     with cluster_draw(sys.modules[NOISE_MIXIN], k, run.clusters, int(bound["batch_size"]), "ModelSetupNoiseMixin._get_timestep_discrete",
-                      SUPPORTED, f"timestep_distribution={config.timestep_distribution}"):
+                      SUPPORTED, f"timestep_distribution={config.timestep_distribution}", midpoint=probing):
         return wrapped(*args, **kwargs)
 
 
@@ -299,17 +314,24 @@ def record_losses(context, wrapped, instance, args, kwargs):
     run = context.run
     if run is not None:
         run.record_loss(losses)
+        if run.probe is not None and run.probe_cluster is None and torch.is_grad_enabled() and run.probe.wants():
+            batch = bind_arguments(wrapped, args, kwargs)["batch"]  # the batch as OneTrainer prepared it
+            run.probe.keep(batch, int(losses.shape[0]) if isinstance(losses, torch.Tensor) and losses.ndim else 1)
     return losses
 
 
 # --------------------------------------------------------------------------- tensorboard
 def report_to_tensorboard(context, wrapped, instance, args, kwargs):
     """modules/modelSetup/BaseModelSetup.py ``report_to_tensorboard(self, model, config, scheduler,
-    tensorboard)``: called on the master rank once per optimizer update; add the per-cluster scalars."""
+    tensorboard)``: called on the master rank once per optimizer update, after the step; add the
+    per-cluster scalars, and take the progress probe here when it is due (the one place with the model
+    setup, the model and the config after a step: the probe runs on the master rank only)."""
     result = wrapped(*args, **kwargs)
     run = context.run
-    if run is not None and run.monitor is not None:
+    if run is not None:
         bound = bind_arguments(wrapped, args, kwargs)
+        if run.probe is not None and run.probe.due():
+            context.run_probe(bound["self"], bound["model"], bound["config"])
         step = bound["model"].train_progress.global_step
         for tag, value in run.logs().items():
             bound["tensorboard"].add_scalar(tag, value, step)
@@ -320,17 +342,20 @@ _LOSS_PARAMS = ["self", "batch", "data", "config"]
 
 TRAINING = Instrumentor(LIBRARY, SUPPORTED, [
     FunctionPatch(NOISE_MIXIN, "ModelSetupNoiseMixin._get_timestep_discrete", "timesteps from one cluster per optimizer step (every model)",
-                  "sampler", params=["self", "num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"],
+                  ("sampler", "probe"), params=["self", "num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"],
                   reads=["self", "num_train_timesteps", "deterministic", "batch_size", "config"], wrapper=get_timestep_discrete),
     FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__unmasked_losses", "cosine strength (unmasked)",
                   "loss", params=_LOSS_PARAMS, wrapper=unmasked_losses),
     FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__masked_losses", "cosine strength (masked training)",
                   "loss", params=_LOSS_PARAMS, wrapper=masked_losses),
-    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._diffusion_losses", "per-cluster loss (diffusion models)", "logs",
-                  params=["self", "batch", "data", "config", "train_device", "betas", "alphas_cumprod_fun"], reads=[], wrapper=record_losses),
-    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._flow_matching_losses", "per-cluster loss (flow-matching models)", "logs",
-                  params=["self", "batch", "data", "config", "train_device", "sigmas"], reads=[], wrapper=record_losses),
+    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._diffusion_losses", "per-cluster loss; the probe's batches (diffusion models)",
+                  ("logs", "probe"), params=["self", "batch", "data", "config", "train_device", "betas", "alphas_cumprod_fun"],
+                  reads=["batch"], wrapper=record_losses),
+    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._flow_matching_losses", "per-cluster loss; the probe's batches (flow models)",
+                  ("logs", "probe"), params=["self", "batch", "data", "config", "train_device", "sigmas"], reads=["batch"],
+                  wrapper=record_losses),
     FunctionPatch("modules.modelSetup.BaseModelSetup", "BaseModelSetup.report_to_tensorboard",
-                  "loss/cluster_XX and loss/normalized in TensorBoard", "logs",
-                  params=["self", "model", "config", "scheduler", "tensorboard"], reads=["model", "tensorboard"], wrapper=report_to_tensorboard),
+                  "loss/cluster_XX, loss/normalized and the probe in TensorBoard", ("logs", "probe"),
+                  params=["self", "model", "config", "scheduler", "tensorboard"], reads=["self", "model", "config", "tensorboard"],
+                  wrapper=report_to_tensorboard),
 ])

@@ -53,7 +53,7 @@ def assets(tmp_path_factory):
     return model, data
 
 
-def write_config(path: Path, root: Path, model: Path, data: Path, epochs: int, continue_last_backup: bool) -> Path:
+def write_config(path: Path, root: Path, model: Path, data: Path, epochs: int, continue_last_backup: bool, **changes) -> Path:
     config = {
         "__version": 11,  # no migrations for a hand-written config
         "training_method": "LORA", "model_type": "STABLE_DIFFUSION_15", "base_model_name": str(model),
@@ -80,7 +80,10 @@ def write_config(path: Path, root: Path, model: Path, data: Path, epochs: int, c
         "samples": [],
         "optimizer": {"optimizer": "LOLI_CLUSTERED", "loli_inner": "ADAMW", "loli_clusters": K, "loli_schedule": "shuffle",
                       "fused": False, "foreach": False, "stochastic_rounding": False},
+        # the progress probe after every update, on the first training image
+        "loli_probe": "auto", "loli_probe_every": 1, "loli_probe_samples": 1,
     }
+    config.update(changes)
     path.write_text(json.dumps(config, indent=1))
     return path
 
@@ -265,3 +268,42 @@ def test_lr_report_of_an_adaptive_inner_is_its_effective_lr(ot):
     assert reported["unet"] == pytest.approx(opt.param_groups[0]["d"]) and reported["unet"] < 1e-3
     # a non-adaptive inner reports the lr unchanged, as OneTrainer does for it
     assert build("LOLI_CLUSTERED", "ADAMW")[0] == {"unet": 1.0}
+
+
+# ----------------------------------------------------------------------------- the progress probe
+PROBE_TAGS = {f"probe/cluster_{k:02d}" for k in range(K)} | {"probe/mean", "probe/normalized"}
+
+
+def probe_rows(logs: dict) -> list[tuple[int, list[float]]]:
+    return [(step, [dict(logs[f"probe/cluster_{k:02d}"])[step] for k in range(K)]) for step, _ in logs["probe/mean"]]
+
+
+def test_the_probe_reaches_tensorboard_and_moves_with_training(first_run):
+    _, _, logs, _, saved = first_run
+    assert PROBE_TAGS <= set(logs), sorted(logs)
+    rows = probe_rows(logs)
+    # after every update, at OneTrainer's own step; the first probe is the reference (OneTrainer has no
+    # earlier point with the model and a batch: it comes after the first update)
+    assert [s for s, _ in rows] == [s for s, _ in logs["loss/train_step"]]
+    assert logs["probe/normalized"][0][1] == 1.0 and all(len(set(v)) == K for _, v in rows)
+    assert rows[0][1] != rows[1][1]  # one optimizer step on the probe's sample changed it
+    state = saved["loli_probe"]  # rides in the backup's optimizer.pt
+    assert state["clusters"] == K and state["reference"] == pytest.approx(rows[0][1], rel=1e-6) and len(state["batches"]) == 1
+
+
+def test_continuing_from_a_backup_continues_the_probe_curves(first_run, resumed_run):
+    _, _, logs1, _, saved1 = first_run
+    _, logs, _, saved = resumed_run
+    assert PROBE_TAGS <= set(logs)
+    # the reference and the kept sample came back with the backup: no new start at 1.0
+    assert saved["loli_probe"]["reference"] == saved1["loli_probe"]["reference"]
+    assert all(v != 1.0 for _, v in logs["probe/normalized"])
+    assert torch.equal(saved["loli_probe"]["batches"][0]["latent_image"], saved1["loli_probe"]["batches"][0]["latent_image"])
+
+
+def test_two_probes_with_unchanged_weights_are_bit_identical(assets, tmp_path):
+    model, data = assets
+    train(write_config(tmp_path / "config.json", tmp_path, model, data, 2, False, learning_rate=0.0, validation=False), tmp_path / "train.log")
+    (tb,) = (tmp_path / "workspace" / "tensorboard").iterdir()
+    rows = probe_rows(scalars(tb))
+    assert len(rows) == 4 and all(values == rows[0][1] for _, values in rows)
