@@ -48,9 +48,11 @@ DOTTED_NAME = "loli_plugin.LoliClustered"
 #: optimizer_args keys whose values are plain names; the plugin quotes them so kohya's
 #: ast.literal_eval accepts `inner=AdamW8bit` as well as `inner='AdamW8bit'`.
 NAME_KEYS = ("inner", "schedule")
-#: the probe's defaults: K forward passes on PROBE_SAMPLES samples every PROBE_EVERY optimizer steps
-#: cost about K / (3 * PROBE_EVERY) of the training compute (a forward is about a third of a step)
-PROBE_EVERY, PROBE_SAMPLES = 100, 4
+#: the probe's defaults: one kept batch (samples=1 keeps the first training batch, whatever its size), so
+#: a probe is K forward passes every PROBE_EVERY optimizer steps: about K / (3 * PROBE_EVERY) of the
+#: training compute at batch size 1 without accumulation (a forward is about a third of a step), less
+#: with gradient accumulation (docs/bench: measured)
+PROBE_EVERY, PROBE_SAMPLES = 100, 1
 
 
 def requests_optimizer(args) -> bool:
@@ -97,7 +99,8 @@ def add_training_arguments(context, wrapped, instance, args, kwargs):
         parser.add_argument("--loli_probe_every", type=int, default=PROBE_EVERY,
                             help=f"loli-plugin: optimizer steps between two probes (default {PROBE_EVERY})")
         parser.add_argument("--loli_probe_samples", type=int, default=PROBE_SAMPLES,
-                            help=f"loli-plugin: training samples the probe keeps, taken from the first steps (default {PROBE_SAMPLES})")
+                            help=f"loli-plugin: training samples the probe keeps: whole batches from the first steps until there are at "
+                                 f"least this many (default {PROBE_SAMPLES}: the first batch)")
         parser.add_argument("--loli_probe_clusters", type=int, default=DEFAULT_CLUSTERS,
                             help=f"loli-plugin: probe timesteps when the optimizer is not LoliClustered (default {DEFAULT_CLUSTERS}; "
                                  "with LoliClustered its clusters)")

@@ -44,8 +44,9 @@ def rows_of(inner_name: str) -> str:
     plugin-owned inner, the one it is configured like)."""
     return PLUGIN_INNERS.get(inner_name, inner_name)
 #: TrainConfig fields: the cosine term of the loss section, and the progress probe (auto: on with
-#: LOLI_CLUSTERED; every N optimizer steps; training samples kept; probe timesteps without LOLI_CLUSTERED)
-PROBE_EVERY, PROBE_SAMPLES = 100, 4
+#: LOLI_CLUSTERED; every N optimizer steps; training samples kept, in whole batches: 1 = the first batch;
+#: probe timesteps without LOLI_CLUSTERED)
+PROBE_EVERY, PROBE_SAMPLES = 100, 1
 CONFIG_FIELDS = [("cos_strength", 0.0, float, False), ("loli_probe", "auto", str, False), ("loli_probe_every", PROBE_EVERY, int, False),
                  ("loli_probe_samples", PROBE_SAMPLES, int, False), ("loli_probe_clusters", DEFAULT_CLUSTERS, int, False)]
 

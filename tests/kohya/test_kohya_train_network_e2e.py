@@ -39,6 +39,7 @@ def train(assets: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
         "--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", f"clusters={K}",
         "--loss_type", "loli", "--learning_rate", "1e-4",
         "--seed", "0", "--max_data_loader_n_workers", "0", "--cache_latents",
+        "--loli_probe_every", "2", "--loli_probe_samples", "1",  # the progress probe: before step 1, after steps 2 and 4
         *extra,
     ]
     proc = subprocess.run(cmd, cwd=KOHYA_DIR, capture_output=True, text=True)
@@ -90,3 +91,22 @@ def test_resume_continues_the_schedule_and_the_banks(straight_run, sd1_assets, t
     first_two = {int(v) for s, v in straight["loli/cluster"][:4]}
     for k in first_two:
         assert f"loss/cluster_{k:02d}" in resumed and resumed[f"loss/cluster_{k:02d}"][0][0] == 0
+    # the probe's reference and kept sample came back with the state: the resumed run probes after step 4
+    # against the same first values (no new start at 1.0)
+    saved = torch.load(out / "out" / "lora-step00000002-state" / "optimizer.bin", weights_only=True)["loli_probe"]
+    assert saved["reference"] == pytest.approx([straight[f"probe/cluster_{k:02d}"][0][1] for k in range(K)], rel=1e-6)
+    assert resumed["probe/normalized"] and all(v != 1.0 for _, v in resumed["probe/normalized"])
+
+
+PROBE_TAGS = {f"probe/cluster_{k:02d}" for k in range(K)} | {"probe/mean", "probe/normalized"}
+
+
+def test_the_progress_probe_reaches_tensorboard(straight_run):
+    out, proc = straight_run
+    logs = scalars(out / "logs")
+    assert PROBE_TAGS <= set(logs), sorted(logs)
+    # the reference (before any step, logged with sd-scripts' first step log) then after steps 2 and 4
+    normalized = [v for _, v in logs["probe/normalized"]]
+    assert len(normalized) == 3 and normalized[0] == 1.0 and normalized[1] != 1.0
+    state = torch.load(out / "out" / "lora-step00000004-state" / "optimizer.bin", weights_only=True)["loli_probe"]
+    assert state["clusters"] == K and state["steps"] == 4 and state["last"] == 4 and len(state["batches"]) == 1
