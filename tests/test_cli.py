@@ -84,3 +84,10 @@ def parsers(parser):
 def test_every_option_has_help_text():
     missing = [f"{p.prog}: {action.dest}" for p in parsers(build_parser()) for action in p._actions if not action.help]
     assert missing == []
+
+
+def test_doctor_names_the_trainers_it_knows_when_a_folder_holds_none(tmp_path, capsys):
+    assert main(["doctor", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no trainer loli-plugin knows" in err[0]
+    assert "kohya-ss/sd-scripts" in err[0] and "Nerogar/OneTrainer" in err[0]

@@ -251,3 +251,16 @@ def test_uninstrument_puts_every_original_object_back(ot):
     # enum member, lr report, defaults, 2 config factories, from_dict, create_trainer, create_optimizer,
     # 2 UI views, timesteps, 2 cosine terms, 2 loss recorders, TensorBoard
     assert check_uninstrument_restores_originals(adapter) == 16
+
+
+def test_doctor_recognises_onetrainer(ot, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(ot.mgds_dir / "src")}
+    out = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "doctor", str(ot.dir)], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Nerogar/OneTrainer at" in out.stdout and "23df383" in out.stdout
+    assert "modules.util.create.create_optimizer: ok" in out.stdout and "BaseTrainingTabView" in out.stdout
+    assert out.stdout.strip().endswith("result: every patch fits")
