@@ -10,7 +10,7 @@ name ``modules`` is shared with other projects). Then:
   configs, presets, backups and multi-GPU children have them), and notices configs that ask for them;
 * ``ENTRY``: ``create_trainer`` refuses a Loli run this OneTrainer cannot serve, before any work;
   ``create_optimizer`` builds LOLI_CLUSTERED (or activates a cosine-only run) and applies ``TRAINING``;
-* ``patches.onetrainer_ui.UI`` adds the plugin's rows to the optimizer window and the loss section.
+* ``patches.onetrainer.UI`` adds the plugin's rows to the optimizer window and the loss section.
 
 Multi-GPU children are spawned fresh interpreters: the ``.pth`` runs there too, so every rank registers
 the same things before it rebuilds its config.
@@ -31,7 +31,7 @@ from ..hookspecs import hookimpl
 from ..host import TrainerAdapter
 from ..options import DEFAULT_CLUSTERS
 from ..patches import onetrainer as patches
-from ..patches import onetrainer_ui
+
 from ..run import LoliRun
 
 #: inner optimizers that cannot be wrapped: (reason)
@@ -52,7 +52,7 @@ class OneTrainerAdapter(TrainerAdapter):
     manifest = Path(__file__).with_suffix(".watch")
 
     def instrumentors(self):
-        return [(patches.REGISTRATION, "import"), (patches.ENTRY, "import"), (onetrainer_ui.UI, "import"),
+        return [(patches.REGISTRATION, "import"), (patches.ENTRY, "import"), (patches.UI, "import"),
                 (patches.TRAINING, "run")]
 
     def recognises(self, module) -> bool:
