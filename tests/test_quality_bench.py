@@ -29,7 +29,7 @@ def test_tiny_profile_writes_its_tables_and_a_restart_skips_finished_runs(tmp_pa
                  "| eps | base model |", "| eps | real 9s |", "| Loli CSM K=10 normalized | 2 |"):
         assert text in md
     assert "band 9" in (tmp_path / "quality-bands.md").read_text()
-    assert (tmp_path / "quality.png").stat().st_size > 10_000
+    assert (tmp_path / "quality.png").stat().st_size > 10_000 and (tmp_path / "quality-loss.png").stat().st_size > 10_000
 
     # interrupted after one run, mid-write: the broken line is skipped, only the missing runs run again
     (tmp_path / "quality.jsonl").write_text(lines[0] + "\n" + lines[1][:40])

@@ -253,7 +253,7 @@ def run(args) -> int:
     settings = settings_from(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise LoliConfigError(f"--out {out} is a file; give a folder for {RESULTS}, quality.md and quality.png")
+        raise LoliConfigError(f"--out {out} is a file; give a folder for {RESULTS}, quality.md and the plots")
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
     done = {run_key(r) for r in load_rows(path, settings)}
@@ -288,7 +288,7 @@ def add_parser(sub) -> None:
                                        "classifier-scored samples (CPU)",
                        description="Fit a LoRA on a held-out digit with each variant and score it; writes quality.jsonl "
                                    "(one line per run; a restarted command skips finished runs), quality.md (tables and "
-                                   "the default rule's verdict), quality-bands.md and quality.png. Every setting below "
+                                   "the default rule's verdict), quality-bands.md, quality.png (FD) and quality-loss.png. Every setting below "
                                    "overrides the profile's.")
     p.add_argument("--profile", choices=list(PROFILES), default="quick",
                    help="quick: 2 batch sizes x 1 lr x 3 seeds x 4 variants, 200 steps (~10 min with --workers 2 on 2 cores); "

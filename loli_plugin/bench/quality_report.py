@@ -28,6 +28,9 @@ METRICS = {
     "geomean": ("geo-mean MSE", True, True),
 }
 RULE_METRIC = "fd"
+# % within which the plot's y axis is linear (logarithmic beyond): the FD moves by tens of %, the losses by a few
+LINEAR = {"fd": 100, "share9": 100, "mean": 10, "geomean": 10}
+TICKS = (-100, -75, -50, -25, -10, -5, -2, 0, 2, 5, 10, 25, 50, 75, 100, 200, 500, 1000)
 RULE_GAIN = -0.03  # at least 3 % lower FD in the small-batch cells
 RULE_SMALL_BATCH = 2
 RULE = (f"**The rule.** A configuration may be the default only if, on the samples' Fréchet distance (FD), "
@@ -246,47 +249,50 @@ def write(rows: list[dict], settings: dict, references: dict, out: Path, command
              "other rows: the paired change against AdamW per band (mean over seeds).", ""]
     for key in sorted(table):
         bands += band_lines(table, key, variants)
-    paths = [out / "quality.md", out / "quality-bands.md", out / "quality.png"]
+    paths = [out / "quality.md", out / "quality-bands.md", out / "quality.png", out / "quality-loss.png"]
     paths[0].write_text("\n".join(head + body))
     paths[1].write_text("\n".join(bands))
-    plot(table, settings, variants, paths[2])
+    plot(table, settings, variants, paths[2], [RULE_METRIC])
+    plot(table, settings, variants, paths[3], ["mean", "geomean"])
     return paths
 
 
-def plot(table: dict, settings: dict, variants: list[str], path: Path) -> None:
-    """One panel per objective and metric: each variant's paired change against AdamW per cell, with
-    bars from the worst to the best seed."""
+def plot(table: dict, settings: dict, variants: list[str], path: Path, metrics: list[str]) -> None:
+    """One panel per objective and metric, stacked: each variant's paired change against AdamW per cell
+    (mean over seeds), with bars from the worst to the best seed. The y axis is linear within the
+    metric's LINEAR % and logarithmic beyond, so a diverging variant (+200 %) does not flatten the rest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["fd", "mean", "geomean"]
-    objectives = settings["objectives"]
+    panels = [(m, o) for m in metrics for o in settings["objectives"]]
     others = [v for v in variants if v != REFERENCE]
-    fig, axes = plt.subplots(len(metrics), len(objectives), figsize=(9 * len(objectives), 3.6 * len(metrics)), squeeze=False)
-    for row, metric in enumerate(metrics):
-        for col, objective in enumerate(objectives):
-            ax = axes[row][col]
-            keys = sorted(k for k in table if k[0] == objective)
-            width = 0.8 / max(1, len(others))
-            for i, name in enumerate(others):
-                xs, ys, lo, hi = [], [], [], []
-                for j, key in enumerate(keys):
-                    c = compare(table[key].get(name, {}), table[key].get(REFERENCE, {}), metric)
-                    if c is not None:
-                        xs.append(j + i * width)
-                        ys.append(100 * c["change"])
-                        lo.append(100 * (c["change"] - c["change_min"]))
-                        hi.append(100 * (c["change_max"] - c["change"]))
-                ax.bar(xs, ys, width, yerr=[lo, hi], label=name, error_kw={"elinewidth": 0.6, "capsize": 1})
-            ax.axhline(0, color="0.3", lw=0.8)
-            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))],
-                          [f"lr {lr:g}\nb{b} {h}" for _, lr, b, h in keys], fontsize=6)
-            ax.set_ylabel(f"{METRICS[metric][0]} vs AdamW (%)\nlower is better", fontsize=8)
-            ax.set_title(f"{objective}: {METRICS[metric][0]}, paired change vs AdamW (bars: worst to best seed)", fontsize=9)
-    if others:
-        axes[0][0].legend(fontsize=6, ncol=2)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(16, 4.2 * len(panels)), squeeze=False)
+    for ax, (metric, objective) in zip(axes[:, 0], panels):
+        keys = sorted(k for k in table if k[0] == objective)
+        width = 0.8 / max(1, len(others))
+        for i, name in enumerate(others):
+            xs, ys, lo, hi = [], [], [], []
+            for j, key in enumerate(keys):
+                c = compare(table[key].get(name, {}), table[key].get(REFERENCE, {}), metric)
+                if c is not None:
+                    xs.append(j + i * width)
+                    ys.append(100 * c["change"])
+                    lo.append(100 * (c["change"] - c["change_min"]))
+                    hi.append(100 * (c["change_max"] - c["change"]))
+            ax.bar(xs, ys, width, yerr=[lo, hi], label=name, error_kw={"elinewidth": 0.6, "capsize": 1})
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_yscale("symlog", linthresh=LINEAR[metric], linscale=2)
+        low, high = ax.get_ylim()
+        ticks = [t for t in TICKS if low <= t <= high and (t == 0 or abs(t) >= LINEAR[metric] / 8)]
+        ax.set_yticks(ticks, [f"{t:+g}" if t else "0" for t in ticks], fontsize=7)
+        ax.grid(axis="y", color="0.9", lw=0.6)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], [f"lr {lr:g}, b{b}\n{h} steps" for _, lr, b, h in keys], fontsize=7)
+        ax.set_ylabel(f"{METRICS[metric][0]} vs AdamW (%)\nlower is better; log beyond +-{LINEAR[metric]} %", fontsize=8)
+        ax.set_title(f"{objective}: {METRICS[metric][0]}, paired change vs AdamW, mean over seeds (bars: worst to best seed)", fontsize=9)
+        if others:
+            ax.legend(fontsize=6, ncol=4)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
