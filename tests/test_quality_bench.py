@@ -48,9 +48,12 @@ def test_other_evaluation_settings_do_not_reuse_rows(tmp_path, capsys):
     row = {"objective": "eps", "variant": "AdamW", "batch": 2, "lr": 3e-3, "seed": 0, "seconds": 1.0,
            "eval": quality.eval_settings([2, 3], 8, 2), "horizons": {}}
     (tmp_path / "quality.jsonl").write_text(json.dumps(row) + "\n")
-    settings = dict(horizons=[2, 3], samples=4, sample_steps=2)
+    settings = dict(objectives=["eps"], variants=["AdamW"], batch=[2], lr=[3e-3], seeds=[0], horizons=[2, 3], samples=4,
+                    sample_steps=2)
     assert quality.load_rows(tmp_path / "quality.jsonl", settings) == []
     assert quality.load_rows(tmp_path / "quality.jsonl", {**settings, "samples": 8}) == [row]
+    # a narrower command over a shared file reports only the runs it plans
+    assert quality.load_rows(tmp_path / "quality.jsonl", {**settings, "samples": 8, "batch": [1]}) == []
 
 
 def test_a_checkpoint_is_the_shorter_run_and_seeds_pair_the_data():
