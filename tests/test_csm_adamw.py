@@ -1,5 +1,6 @@
 """AdamWClusteredSecondMoment: exact AdamW at K=1, the clustered math against an independent reference,
-banking of only the per-cluster half inside LoliClustered, resume, offload and bad input."""
+banking of only the per-cluster half inside LoliClustered, resume, offload and bad input; and its
+``momentum="normalized"`` variant (bounded steps, not AdamW at K=1)."""
 
 from __future__ import annotations
 
@@ -80,9 +81,12 @@ def test_k1_is_bit_identical_to_torch_adamw(dtype, foreach, maximize, host):
 # ---------------------------------------------------------------------------------------- K clusters
 class Reference:
     """The algorithm written out element by element in Python floats, independently of the optimizer's
-    tensor ops: one first moment over all steps, one second moment per cluster, each with its own count."""
+    tensor ops: one first moment over all steps, one second moment per cluster, each with its own count.
+    ``normalized``: momentum="normalized", where each gradient is divided by its own cluster's
+    bias-corrected second moment (updated with it first) before it enters the shared momentum."""
 
-    def __init__(self, params, clusters, lr, betas, eps, weight_decay):
+    def __init__(self, params, clusters, lr, betas, eps, weight_decay, normalized=False):
+        self.normalized = normalized
         self.p = [p.detach().double().flatten().tolist() for p in params]
         self.lr, (self.b1, self.b2), self.eps, self.wd = lr, betas, eps, weight_decay
         self.m = [[0.0] * len(p) for p in self.p]
@@ -99,21 +103,26 @@ class Reference:
             p, m, v = self.p[i], self.m[i], self.v[k][i]
             for j, gj in enumerate(grad.double().flatten().tolist()):
                 p[j] *= 1.0 - self.lr * self.wd
-                m[j] = self.b1 * m[j] + (1.0 - self.b1) * gj
                 v[j] = self.b2 * v[j] + (1.0 - self.b2) * gj * gj
-                m_hat = m[j] / (1.0 - self.b1 ** self.t[i])
                 v_hat = v[j] / (1.0 - self.b2 ** self.tk[k][i])
-                p[j] -= self.lr * m_hat / (math.sqrt(v_hat) + self.eps)
+                if self.normalized:
+                    m[j] = self.b1 * m[j] + (1.0 - self.b1) * gj / (math.sqrt(v_hat) + self.eps)
+                    p[j] -= self.lr * m[j] / (1.0 - self.b1 ** self.t[i])
+                else:
+                    m[j] = self.b1 * m[j] + (1.0 - self.b1) * gj
+                    m_hat = m[j] / (1.0 - self.b1 ** self.t[i])
+                    p[j] -= self.lr * m_hat / (math.sqrt(v_hat) + self.eps)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("schedule", ["shuffle", "random"])
-def test_k_clusters_follow_the_reference(foreach, schedule):
-    K, lr, betas, eps, wd = 3, 1e-2, (0.9, 0.99), 1e-8, 0.01
+@pytest.mark.parametrize("K, schedule", [(3, "shuffle"), (3, "random"), (1, "shuffle")])
+@pytest.mark.parametrize("momentum", ["raw", "normalized"])
+def test_k_clusters_follow_the_reference(foreach, K, schedule, momentum):
+    lr, betas, eps, wd = 1e-2, (0.9, 0.99), 1e-8, 0.01
     params = make_params(torch.float64, shapes=[(3, 2), (4,), (2,)])
-    ref = Reference(params, K, lr, betas, eps, wd)
+    ref = Reference(params, K, lr, betas, eps, wd, normalized=momentum == "normalized")
     opt = LoliClustered(params, inner=NAME, clusters=K, schedule=schedule, seed=3, lr=lr, betas=betas, eps=eps,
-                        weight_decay=wd, foreach=foreach)
+                        weight_decay=wd, foreach=foreach, momentum=momentum)
     for step in range(15):
         k = opt.current_cluster
         set_grads(step, params, skip_last_every=4)
@@ -151,10 +160,11 @@ def unique_state_bytes(opt) -> int:
 
 
 @pytest.mark.parametrize("K", [1, 4, 10])
-def test_state_memory_is_one_plus_k_over_2k_of_full_banks(K):
+@pytest.mark.parametrize("momentum", ["raw", "normalized"])
+def test_state_memory_is_one_plus_k_over_2k_of_full_banks(K, momentum):
     full_params, our_params = make_params(), make_params()
     full = LoliClustered(full_params, inner="AdamW", clusters=K, schedule="round_robin", lr=1e-2)
-    ours = LoliClustered(our_params, inner=NAME, clusters=K, schedule="round_robin", lr=1e-2)
+    ours = LoliClustered(our_params, inner=NAME, clusters=K, schedule="round_robin", lr=1e-2, momentum=momentum)
     for step in range(K):
         set_grads(step, full_params)
         set_grads(step, our_params)
@@ -227,7 +237,8 @@ def test_global_step_count_stays_float32_for_bf16_parameters():
         assert st["exp_avg"].dtype == torch.bfloat16
 
 
-def test_offload_parks_only_the_per_cluster_part_and_is_bit_identical(monkeypatch):
+@pytest.mark.parametrize("momentum", ["raw", "normalized"])
+def test_offload_parks_only_the_per_cluster_part_and_is_bit_identical(monkeypatch, momentum):
     moved = set()
     original_park = BankOffloader.park
 
@@ -239,7 +250,7 @@ def test_offload_parks_only_the_per_cluster_part_and_is_bit_identical(monkeypatc
     runs = {}
     for offload in (None, "cpu"):
         params = make_params()
-        opt = LoliClustered(params, inner=NAME, clusters=4, offload=offload, lr=1e-2)
+        opt = LoliClustered(params, inner=NAME, clusters=4, offload=offload, lr=1e-2, momentum=momentum)
         resident = []
         for step in range(20):
             set_grads(step, params)
@@ -272,6 +283,8 @@ def test_offload_parks_only_the_per_cluster_part_and_is_bit_identical(monkeypatc
         (dict(lr=torch.tensor(1e-3)), "lr"),
         (dict(eps=-1e-8), "eps"),
         (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(momentum=0.9), "momentum must be 'raw'"),
+        (dict(momentum="nesterov"), "momentum must be 'raw'"),
     ],
 )
 def test_bad_options_name_the_option(kwargs, message):
@@ -298,3 +311,98 @@ def test_shared_state_in_a_file_for_an_inner_without_it_is_refused():
     other = LoliClustered(make_params(), inner="AdamW", clusters=2, lr=1e-2)
     with pytest.raises(LoliStateError, match="shared across clusters"):
         other.load_state_dict(sd)
+
+
+# ---------------------------------------------------------------------------------------- momentum="normalized"
+# (its math against the reference: test_k_clusters_follow_the_reference)
+def test_normalized_at_k1_takes_adamws_first_step_and_then_differs_from_adamw():
+    """Documented: at K=1 the normalized momentum is NOT AdamW. Its first step is AdamW's (g / (|g| + eps)
+    both ways); afterwards each past gradient keeps the second moment of its own step instead of today's."""
+    adamw_params, ours_params = make_params(torch.float64), make_params(torch.float64)
+    adamw = torch.optim.AdamW(adamw_params, lr=1e-2, weight_decay=0.0)
+    ours = AdamWClusteredSecondMoment(ours_params, lr=1e-2, weight_decay=0.0, momentum="normalized")
+    start = [p.detach().clone() for p in adamw_params]
+    for step in range(10):
+        set_grads(step, adamw_params)
+        set_grads(step, ours_params)
+        adamw.step()
+        ours.step()
+        moved = [torch.cat([(p - s).flatten() for p, s in zip(params, start)]) for params in (adamw_params, ours_params)]
+        if step == 0:
+            torch.testing.assert_close(moved[1], moved[0], rtol=1e-12, atol=0)
+    # the gradients' scale swings by up to 1000x between steps (set_grads), so the two drift far apart
+    assert (moved[1] - moved[0]).norm() > 0.1 * moved[0].norm()
+
+
+def step_sizes_on_the_small_gradient_clusters_turns(momentum, ratio, steps=200, lr=1e-3):
+    """Mean |step| / lr over the second half, on the turns of the cluster whose gradients are ``ratio``
+    times smaller (two clusters taking turns, a consistent direction plus noise)."""
+    p = torch.nn.Parameter(torch.zeros(512, dtype=torch.float64))
+    opt = LoliClustered([p], inner=NAME, clusters=2, schedule="round_robin", lr=lr, weight_decay=0.0, momentum=momentum)
+    g = torch.Generator().manual_seed(1)
+    small = []
+    for step in range(steps):
+        scale = 1.0 if step % 2 == 0 else 1.0 / ratio
+        p.grad = scale * (1.0 + torch.randn(512, generator=g, dtype=torch.float64))
+        before = p.detach().clone()
+        opt.step()
+        if step % 2 == 1 and step >= steps // 2:
+            small.append(((p.detach() - before).abs() / lr).mean().item())
+    return sum(small) / len(small)
+
+
+def test_normalized_step_does_not_grow_with_the_clusters_scale_ratio():
+    raw = {ratio: step_sizes_on_the_small_gradient_clusters_turns("raw", ratio) for ratio in (1, 100)}
+    normalized = {ratio: step_sizes_on_the_small_gradient_clusters_turns("normalized", ratio) for ratio in (1, 100)}
+    assert raw[100] > 10 * raw[1]  # the failure the normalized variant exists for
+    assert normalized[100] < 1.5 * normalized[1] and normalized[100] < 1.5
+
+
+def test_normalized_state_dict_resumes_exactly():
+    K, steps = 3, 12
+    kwargs = dict(inner=NAME, clusters=K, lr=1e-2, momentum="normalized")
+    straight_params, resumed_params = make_params(), make_params()
+    straight = LoliClustered(straight_params, **kwargs)
+    for step in range(2 * steps):
+        set_grads(step, straight_params, skip_last_every=5)
+        straight.step()
+    first = LoliClustered(resumed_params, **kwargs)
+    for step in range(steps):
+        set_grads(step, resumed_params, skip_last_every=5)
+        first.step()
+    saved = roundtrip(first.state_dict())
+    assert all(g["momentum"] == "normalized" for g in saved["param_groups"])
+    second = LoliClustered(resumed_params, **kwargs)
+    second.load_state_dict(saved)
+    for step in range(steps, 2 * steps):
+        set_grads(step, resumed_params, skip_last_every=5)
+        second.step()
+    assert all(torch.equal(a, b) for a, b in zip(straight_params, resumed_params))
+
+
+@pytest.mark.parametrize("saved_kind, resumed_kind", [("raw", "normalized"), ("normalized", "raw")])
+def test_resuming_with_the_other_momentum_is_refused_and_leaves_the_optimizer_untouched(saved_kind, resumed_kind):
+    params = make_params()
+    opt = LoliClustered(params, inner=NAME, clusters=2, lr=1e-2, momentum=saved_kind)
+    set_grads(0, params)
+    opt.step()
+    other_params = make_params()
+    other = LoliClustered(other_params, inner=NAME, clusters=2, lr=1e-2, momentum=resumed_kind)
+    with pytest.raises(LoliStateError, match=f"made with momentum='{saved_kind}'.*set momentum='{saved_kind}'"):
+        other.load_state_dict(roundtrip(opt.state_dict()))
+    assert other.param_groups[0]["momentum"] == resumed_kind and not any(other.bank(k) for k in range(2))
+
+
+def test_a_state_saved_before_the_momentum_option_resumes_as_raw():
+    params = make_params()
+    opt = AdamWClusteredSecondMoment(params, lr=1e-2)
+    set_grads(0, params)
+    opt.step()
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["momentum"]  # what releases before the option saved
+    raw = AdamWClusteredSecondMoment(make_params(), lr=1e-2)
+    raw.load_state_dict(roundtrip(old))
+    assert raw.param_groups[0]["momentum"] == "raw"
+    with pytest.raises(LoliStateError, match="momentum='raw'"):
+        AdamWClusteredSecondMoment(make_params(), lr=1e-2, momentum="normalized").load_state_dict(roundtrip(old))
