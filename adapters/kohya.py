@@ -136,11 +136,7 @@ class KohyaAdapter(TrainerAdapter):
         self.run = run
         if run.stratify:
             import accelerate.tracking  # noqa: F401 - the LOGS patches' module (accelerate imports it lazily)
-        try:
-            self.activate_run_patches()
-        except Exception:
-            self.deactivate()
-            raise
+        self.activate_run_patches()
         print(f"loli-plugin active: {describe(run)}", file=sys.stderr)
         return run
 

@@ -150,11 +150,7 @@ class MusubiAdapter(TrainerAdapter):
         fields = dict(args=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
         run = MusubiRun.for_optimizer(optimizer, **fields) if optimizer is not None else MusubiRun(**fields)
         self.run = run
-        try:
-            self.activate_run_patches()
-        except Exception:
-            self.deactivate()
-            raise
+        self.activate_run_patches()
         print(f"loli-plugin active: {describe(run, type(trainer))}", file=sys.stderr)
         return run
 

@@ -107,7 +107,7 @@ class OneTrainerAdapter(TrainerAdapter):
             self.run = OneTrainerRun(without_optimizer=True)
             if patches.requests_probe(config):
                 self._start_probe(config, optimizer, probe_state)
-            self._apply_training()
+            self.activate_run_patches()
 
     def _start_probe(self, config, optimizer, probe_state=None) -> None:
         """The progress probe of this run; its state rides in the optimizer's (OneTrainer backups carry it)."""
@@ -151,13 +151,6 @@ class OneTrainerAdapter(TrainerAdapter):
 
         modules = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
         run.probe.run(evaluate, modules)
-
-    def _apply_training(self) -> None:
-        try:
-            self.activate_run_patches()
-        except Exception:
-            self.deactivate()
-            raise
 
     def build_optimizer(self, create_optimizer, bound: dict):
         """Build LoliClustered for ``create_optimizer``'s arguments (``create_optimizer`` is the original):
@@ -213,7 +206,7 @@ class OneTrainerAdapter(TrainerAdapter):
             self._start_probe(config, optimizer)
         if bound.get("state_dict") is not None:
             load_backup(optimizer, bound["state_dict"], bound["parameter_group_collection"].unique_name_mapping)
-        self._apply_training()
+        self.activate_run_patches()
         print(f"loli-plugin: LOLI_CLUSTERED(inner={inner_name}, clusters={clusters}, schedule={optimizer.schedule.strategy}); "
               "timesteps drawn from one cluster per optimizer step", file=sys.stderr)
         return optimizer
@@ -252,7 +245,8 @@ def _plugin_inner(name: str, parameters, config):
     return AdamWClusteredSecondMoment(
         parameters, lr=config.learning_rate, betas=(value("beta1", 0.9), value("beta2", 0.999)), eps=value("eps", 1e-8),
         weight_decay=value("weight_decay", 1e-2), maximize=value("maximize", False),
-        foreach=bool(value("foreach", False) or value("fused", False)))
+        foreach=bool(value("foreach", False) or value("fused", False)),
+        momentum="normalized" if name.endswith("_NORMALIZED") else "raw")
 
 
 def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:

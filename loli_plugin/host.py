@@ -79,11 +79,17 @@ class TrainerAdapter:
         return False
 
     def activate_run_patches(self) -> None:
-        """Apply every run-scope patch whose module is imported (raises if a needed one does not fit)."""
-        for inst, scope in self.instrumentors():
-            if scope == "run":
-                self.record(inst.instrument(self))
-        self.require(self.run_features(), f"this {self.library} run")
+        """Apply every run-scope patch whose module is imported. If a needed one does not fit, the run
+        is forgotten and the patches applied so far are undone before the error propagates, so the
+        refused run leaves the trainer as it found it."""
+        try:
+            for inst, scope in self.instrumentors():
+                if scope == "run":
+                    self.record(inst.instrument(self))
+            self.require(self.run_features(), f"this {self.library} run")
+        except Exception:
+            self.deactivate()
+            raise
 
     # ------------------------------------------------------------------ watched names
     @property

@@ -108,6 +108,18 @@ def add_training_arguments(context, wrapped, instance, args, kwargs):
 
 
 # --------------------------------------------------------------------------- optimizer
+def call_routed(wrapped, args, kwargs, run_args):
+    """Call an optimizer factory that takes ``args`` (sd-scripts' ``get_optimizer``, musubi's
+    ``NetworkTrainer.get_optimizer``), sending the short name ``LoliClustered`` to its dotted-class
+    branch with bare names in ``--optimizer_args`` quoted; any other optimizer_type goes through as is."""
+    if str(getattr(run_args, "optimizer_type", "") or "").strip().lower() not in SHORT_NAMES:
+        return wrapped(*args, **kwargs)
+    routed = copy.copy(run_args)
+    routed.optimizer_type = DOTTED_NAME
+    routed.optimizer_args = quote_name_args(getattr(run_args, "optimizer_args", None))
+    return call_replacing(wrapped, args, kwargs, args=routed)
+
+
 def quote_name_args(optimizer_args):
     """Quote bare values of the plugin's name keys (``inner=AdamW8bit`` -> ``inner='AdamW8bit'``)."""
     out = []
@@ -130,13 +142,7 @@ def get_optimizer(context, wrapped, instance, args, kwargs):
     the run's ``args`` through ``context.building_optimizer``."""
     run_args = bind_arguments(wrapped, args, kwargs)["args"]
     with context.building_optimizer(run_args):
-        if str(getattr(run_args, "optimizer_type", "") or "").strip().lower() in SHORT_NAMES:
-            routed = copy.copy(run_args)
-            routed.optimizer_type = DOTTED_NAME
-            routed.optimizer_args = quote_name_args(getattr(run_args, "optimizer_args", None))
-            result = call_replacing(wrapped, args, kwargs, args=routed)
-        else:
-            result = wrapped(*args, **kwargs)
+        result = call_routed(wrapped, args, kwargs, run_args)
     # the Loli loss or the probe with the user's own optimizer; the probe's state rides in any optimizer
     context.optimizer_built(run_args, result[2] if isinstance(result, tuple) and len(result) == 3 else None)
     return result

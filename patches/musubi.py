@@ -52,7 +52,7 @@ from .draws import StratifiedTorch, cluster_draw
 
 # musubi-tuner reads --optimizer_type / --optimizer_args exactly like sd-scripts (same author): one
 # `key=value` per argument, each value through ast.literal_eval, and the same dotted-class branch.
-from .kohya import DOTTED_NAME, SHORT_NAMES, quote_name_args, requests_loss, requests_optimizer  # noqa: F401
+from .kohya import call_routed, requests_loss, requests_optimizer  # noqa: F401 - requests_optimizer: for the adapter
 
 SUPPORTED = "kohya-ss/musubi-tuner at commit 30c658c (v0.3.4) and later ones with the same functions"
 LIBRARY = "kohya-ss/musubi-tuner"
@@ -102,13 +102,7 @@ def get_optimizer(context, wrapped, instance, args, kwargs):
     trainer and its ``args`` through ``context.building_optimizer``."""
     run_args = bind_arguments(wrapped, args, kwargs)["args"]
     with context.building_optimizer(instance, run_args):
-        if str(getattr(run_args, "optimizer_type", "") or "").strip().lower() in SHORT_NAMES:
-            routed = copy.copy(run_args)
-            routed.optimizer_type = DOTTED_NAME
-            routed.optimizer_args = quote_name_args(getattr(run_args, "optimizer_args", None))
-            result = call_replacing(wrapped, args, kwargs, args=routed)
-        else:
-            result = wrapped(*args, **kwargs)
+        result = call_routed(wrapped, args, kwargs, run_args)
     if requests_loss(run_args) and context.run is None:
         context.activate(instance, run_args, optimizer=None)  # the Loli loss alone, with the user's optimizer
     return result

@@ -37,7 +37,7 @@ OPTIMIZER_FIELDS = [("loli_inner", "ADAMW", str, False), ("loli_clusters", DEFAU
                     ("loli_schedule", "shuffle", str, False)]
 #: inner optimizers the plugin offers beyond OneTrainer's own list: name -> the OneTrainer optimizer
 #: whose parameter rows (and defaults) configure it
-PLUGIN_INNERS = {"ADAMW_CLUSTERED_SECOND_MOMENT": "ADAMW"}
+PLUGIN_INNERS = {"ADAMW_CLUSTERED_SECOND_MOMENT": "ADAMW", "ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED": "ADAMW"}
 
 
 def rows_of(inner_name: str) -> str:

@@ -53,6 +53,36 @@ def plugin_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "loli-plugin" in line]
 
 
+def check_plain_run_is_stock(driver: Path, tree: Path, argv: list[str], unfit: str | None, pin: str,
+                             extra_env: dict | None = None) -> None:
+    """A run without Loli options on a drifted tree: it succeeds, its result equals the same tree's with
+    the plugin disabled, and the plugin says one line (naming the unfit target, the supported commit
+    and the off switch) when a target does not fit, nothing otherwise."""
+    proc, with_plugin = run_driver(driver, tree, argv, extra_env=extra_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    disabled, stock = run_driver(driver, tree, argv, disable=True, extra_env=extra_env)
+    assert disabled.returncode == 0, disabled.stderr[-3000:]
+    assert with_plugin == stock and with_plugin["optimizer"] == "AdamW"
+    lines = plugin_lines(proc.stderr)
+    if unfit:
+        assert len(lines) == 1, lines
+        assert unfit in lines[0] and pin in lines[0] and "LOLI_PLUGIN_DISABLE" in lines[0]
+    else:
+        assert lines == [], lines
+    assert plugin_lines(disabled.stderr) == []
+
+
+def refusal(driver: Path, tree: Path, argv: list[str], unfit: str, pin: str, extra_env: dict | None = None):
+    """A Loli run on a drifted tree: it fails with LoliUnsupportedTrainerError naming the unfit target,
+    the supported commit and LOLI_PLUGIN_DISABLE=1; returns (process, the message from the error on)."""
+    proc, result = run_driver(driver, tree, argv, extra_env=extra_env)
+    assert proc.returncode != 0 and result is None
+    assert "LoliUnsupportedTrainerError" in proc.stderr, proc.stderr[-3000:]
+    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError"):]
+    assert unfit in message and pin in message and "LOLI_PLUGIN_DISABLE=1" in message
+    return proc, message
+
+
 def snapshot(patch) -> object:
     """What a patch changes, as identities and contents: the attribute object itself (a function, a
     staticmethod...), an enum's member names, a dict's keys."""

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ..drift_support import drifted_copy, plugin_lines, run_driver
+from ..drift_support import check_plain_run_is_stock, drifted_copy, plugin_lines, refusal, run_driver
 from .conftest import KOHYA_DIR
 
 DRIVER = Path(__file__).with_name("drift_driver.py")
+PIN = "48d368f"  # the supported commit (scripts/trainers.toml), named in every message
 TRAIN_UTIL = "library/train_util.py"
 PLAIN = ["--optimizer_type", "AdamW", "--loss_type", "l2"]
 LOLI = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4", "--loss_type", "loli"]
@@ -41,27 +42,12 @@ def trees(kohya, tmp_path_factory):
 
 @pytest.mark.parametrize("how", list(DRIFTS))
 def test_a_plain_run_is_exactly_stock(trees, how):
-    proc, with_plugin = run_driver(DRIVER, trees[how], PLAIN)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    disabled, stock = run_driver(DRIVER, trees[how], PLAIN, disable=True)
-    assert disabled.returncode == 0, disabled.stderr[-3000:]
-    assert with_plugin == stock and with_plugin["optimizer"] == "AdamW"
-    lines = plugin_lines(proc.stderr)
-    if how in UNFIT:  # logged once, one line: the target, the supported version, the off switch
-        assert len(lines) == 1, lines
-        assert UNFIT[how] in lines[0] and "48d368f" in lines[0] and "LOLI_PLUGIN_DISABLE" in lines[0]
-    else:
-        assert lines == [], lines
-    assert plugin_lines(disabled.stderr) == []
+    check_plain_run_is_stock(DRIVER, trees[how], PLAIN, UNFIT.get(how), PIN)
 
 
 @pytest.mark.parametrize("how", list(UNFIT))
 def test_a_loli_run_is_refused_before_any_work(trees, how):
-    proc, result = run_driver(DRIVER, trees[how], LOLI)
-    assert proc.returncode != 0 and result is None
-    assert "LoliUnsupportedTrainerError" in proc.stderr
-    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError"):]
-    assert UNFIT[how] in message and "48d368f" in message and "LOLI_PLUGIN_DISABLE=1" in message
+    proc, message = refusal(DRIVER, trees[how], LOLI, UNFIT[how], PIN)
     assert "--optimizer_type LoliClustered" in message and "--loss_type loli" in message
     assert "stage accelerator" not in proc.stdout  # stopped in prepare_accelerator, before a model or a step
 

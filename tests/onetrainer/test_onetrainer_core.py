@@ -119,6 +119,16 @@ def test_k1_equals_onetrainers_own_inner_bit_for_bit(ot):
     assert all(torch.equal(x, y) for x, y in zip(pa, pb))
 
 
+def test_normalized_momentum_inner_is_offered_and_built(ot):
+    """ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED: the same optimizer with momentum="normalized" (the
+    bounded variant), configured by ADAMW's rows; it is a choice of the Inner Optimizer field."""
+    loli = ot.create.create_optimizer(collection(ot), None,
+                                      make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", clusters=3))
+    assert loli.inner.defaults["momentum"] == "normalized" and loli.clusters == 3
+    raw = ot.create.create_optimizer(collection(ot), None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=3))
+    assert raw.inner.defaults["momentum"] == "raw"
+
+
 @pytest.mark.parametrize("fused, foreach", [(True, False), (False, False), (False, True)])
 def test_clustered_second_moment_inner_from_adamws_rows(ot, fused, foreach):
     """The plugin-owned inner ADAMW_CLUSTERED_SECOND_MOMENT is configured by ADAMW's rows; at K=1 it is
@@ -139,11 +149,22 @@ def test_clustered_second_moment_inner_from_adamws_rows(ot, fused, foreach):
     assert all(torch.equal(x, y) for x, y in zip(pa, pb))
 
 
+def test_normalized_momentum_inner_is_offered_and_built(ot):
+    """ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED: the same optimizer with momentum="normalized" (the
+    bounded variant), configured by ADAMW's rows; it is a choice of the Inner Optimizer field."""
+    loli = ot.create.create_optimizer(collection(ot), None,
+                                      make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", clusters=3))
+    assert loli.inner.defaults["momentum"] == "normalized" and loli.clusters == 3
+    raw = ot.create.create_optimizer(collection(ot), None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=3))
+    assert raw.inner.defaults["momentum"] == "raw"
+
+
 @pytest.mark.parametrize(
     "values, match",
     [
         ({"loli_inner": "NOPE"}, r"Inner Optimizer \(optimizer.loli_inner\) is 'NOPE'"),
         ({"loli_inner": "ADAMW_CLUSTERED_SECOND_MOMENT", "amsgrad": True}, "does not implement 'AMSGrad'"),
+        ({"loli_inner": "ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", "capturable": True}, "does not implement 'Capturable'"),
         ({"loli_inner": "LOLI_CLUSTERED"}, "not a OneTrainer optimizer"),
         ({"loli_inner": "SCHEDULE_FREE_ADAMW"}, "schedule-free"),
         ({"loli_inner": "MUON"}, "Muon"),
