@@ -121,3 +121,19 @@ def test_watch_manifests_are_the_adapters_watches():
     for a in adapters():  # every module an import-time patch lives in is watched (else it is never applied)
         patched = set().union(*(inst.modules() for inst, scope in a.instrumentors() if scope == "import"))
         assert patched <= set(a.watches), (a.name, patched - set(a.watches))
+
+
+def test_the_sdist_carries_the_start_up_hook_and_the_watch_manifests(tmp_path):
+    """A wheel built from the sdist (pip's route for a downloaded archive) gets loli_plugin.pth from
+    setup.py, which copies it from the source root: so the sdist must hold it (MANIFEST.in)."""
+    import subprocess
+    import sys
+    import tarfile
+
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(tmp_path)!r})"],
+                   cwd=REPO, check=True, capture_output=True)
+    (archive,) = tmp_path.glob("loli_plugin-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"loli_plugin.pth", "_loli_plugin_autoload.py", "setup.py"} <= names
+    assert {f"adapters/{p.name}" for p in (REPO / "adapters").glob("*.watch")} <= names
