@@ -131,10 +131,31 @@ def loss_inputs(seed=0):
     return pred, target
 
 
+def cosine_run(ot, cfg):
+    """Start a cosine-only run as OneTrainer's create_optimizer does for it (its own ADAMW, the loss
+    patches applied); without a run the loss mixin is OneTrainer's own."""
+    plain = make_config(ot)
+    plain.optimizer.optimizer = ot.Optimizer.ADAMW
+    plain.cos_strength = cfg.cos_strength
+    ot.create.create_optimizer(collection(ot), None, plain)
+    assert ot.patches.TRAINING.instrumented
+
+
+def test_without_a_run_the_loss_is_onetrainers_own(ot, setups):
+    cfg = ot.TrainConfig.default_values()
+    cfg.mse_strength, cfg.cos_strength = 1.0, 0.5
+    pred, target = loss_inputs()
+    data = {"predicted": pred, "target": target, "loss_type": "target", "timestep": torch.tensor([10, 500])}
+    got = setups()._diffusion_losses({"loss_weight": torch.ones(2)}, data, cfg, torch.device("cpu"))
+    assert not ot.patches.TRAINING.instrumented
+    assert torch.equal(got, ((pred - target) ** 2).mean((1, 2, 3)))
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_cosine_strength_matches_the_direct_formula(ot, setups, masked):
     cfg = ot.TrainConfig.default_values()
     cfg.mse_strength, cfg.mae_strength, cfg.cos_strength = 0.4, 0.4, 0.2
+    cosine_run(ot, cfg)
     pred, target = loss_inputs()
     mask = (torch.arange(8)[None, None, :, None] < 4).float().expand(2, 1, 8, 8)
     batch = {"latent_mask": mask, "loss_weight": torch.ones(2)}
@@ -156,6 +177,7 @@ def test_cosine_strength_with_min_snr_weighting_and_gradients(ot, setups):
 
     cfg = ot.TrainConfig.default_values()
     cfg.mse_strength, cfg.cos_strength, cfg.loss_weight_fn = 1.0, 0.5, LossWeight.MIN_SNR_GAMMA
+    cosine_run(ot, cfg)
     pred, target = loss_inputs(1)
     pred.requires_grad_(True)
     betas = torch.linspace(0.00085, 0.012, 1000) ** 2
@@ -163,6 +185,9 @@ def test_cosine_strength_with_min_snr_weighting_and_gradients(ot, setups):
     loss = setups()._diffusion_losses({"loss_weight": torch.ones(2)}, data, cfg, torch.device("cpu"), betas=betas)
     loss.mean().backward()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    cfg.cos_strength = 0.0  # the cosine term went through OneTrainer's min-SNR weighting, so it is in the loss
+    without = setups()._diffusion_losses({"loss_weight": torch.ones(2)}, data, cfg, torch.device("cpu"), betas=betas)
+    assert (loss.detach() > without.detach()).all()
 
 
 # ----------------------------------------------------------------------------- tensorboard
@@ -172,6 +197,7 @@ def test_per_cluster_scalars_reach_tensorboard(ot, setups):
 
     cfg = timestep_config(ot, "UNIFORM", {})
     cfg.cos_strength = 0.2
+    cfg.loli_probe = "off"  # the probe needs a real model setup's predict (tests/onetrainer/test_onetrainer_probe.py)
     coll = collection(ot)
     opt = ot.create.create_optimizer(coll, None, cfg)
     setup = setups()
