@@ -61,7 +61,7 @@ DECIDING_VARIANTS = ["AdamW", "AdamW + sampler", "Loli K=5", "Loli K=10", "Loli 
                      "Loli K=10 beta_horizon", "Loli K=10 + loli loss", "AdamW + loli loss"]
 PROFILES = {
     # what the committed results in docs/bench/quality.md were made with: the small batches LoRA users
-    # train with, 1000 steps, 3 paired seeds (about 1.5 hours with --workers 2 on 2 cores)
+    # train with, 1000 steps, 3 paired seeds (1.9 CPU-thread hours: about an hour with --workers 2 on 2 cores)
     "decide": dict(objectives=["eps", "flow"], batch=[1, 2], lr=[1e-3], seeds=[0, 1, 2], horizons=[200, 1000],
                    variants=DECIDING_VARIANTS, samples=64, sample_steps=30),
     # the whole grid (about 5 hours with --workers 2 on 2 cores; not run for the committed results)
@@ -298,7 +298,7 @@ def add_parser(sub) -> None:
                                    "overrides the profile's.")
     p.add_argument("--profile", choices=list(PROFILES), default="quick",
                    help="quick: 2 batch sizes x 1 lr x 3 seeds x 4 variants, 200 steps (~10 min with --workers 2 on 2 cores); "
-                        "decide: batch 1 2, lr 1e-3, 3 seeds, horizons 200 and 1000, 9 variants (the committed results, ~1.5 h); "
+                        "decide: batch 1 2, lr 1e-3, 3 seeds, horizons 200 and 1000, 9 variants (the committed results, ~1 h with --workers 2); "
                         "full: batch 1 2 4 8, lr 1e-3 3e-3 (~5 h). Default quick")
     p.add_argument("--out", default="out/bench-quality", help="folder for the results (default out/bench-quality)")
     p.add_argument("--workers", type=positive_int, default=1,
