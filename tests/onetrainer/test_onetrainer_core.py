@@ -121,7 +121,7 @@ def test_k1_equals_onetrainers_own_inner_bit_for_bit(ot):
 
 def test_normalized_momentum_inner_is_offered_and_built(ot):
     """ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED: the same optimizer with momentum="normalized" (the
-    bounded variant), configured by ADAMW's rows; it is a choice of the Inner Optimizer field."""
+    bounded variant), configured by ADAMW's rows."""
     loli = ot.create.create_optimizer(collection(ot), None,
                                       make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", clusters=3))
     assert loli.inner.defaults["momentum"] == "normalized" and loli.clusters == 3
@@ -147,16 +147,6 @@ def test_clustered_second_moment_inner_from_adamws_rows(ot, fused, foreach):
     step(loli, pa, 6)
     step(plain, pb, 6)
     assert all(torch.equal(x, y) for x, y in zip(pa, pb))
-
-
-def test_normalized_momentum_inner_is_offered_and_built(ot):
-    """ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED: the same optimizer with momentum="normalized" (the
-    bounded variant), configured by ADAMW's rows; it is a choice of the Inner Optimizer field."""
-    loli = ot.create.create_optimizer(collection(ot), None,
-                                      make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", clusters=3))
-    assert loli.inner.defaults["momentum"] == "normalized" and loli.clusters == 3
-    raw = ot.create.create_optimizer(collection(ot), None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=3))
-    assert raw.inner.defaults["momentum"] == "raw"
 
 
 @pytest.mark.parametrize(
