@@ -126,6 +126,28 @@ def test_flow_validation_calls_are_handed_to_kohya(kohya, parse):
     assert torch.equal(a, b)
 
 
+def test_the_flux_wrapper_reads_no_more_of_args_than_kohya(kohya, parse):
+    """A duck-typed ``args`` with only the fields flux_train_utils.get_noisy_model_input_and_timesteps
+    itself reads (no min_timestep / max_timestep): the wrapped sampler works with a Loli run active."""
+    from types import SimpleNamespace
+
+    args, fn = flow_setup(kohya, parse, "flux", ["--timestep_sampling", "uniform"])
+    opt = activate(args)
+    utils = importlib.import_module("library.flux_train_utils")
+    from library import sd3_train_utils
+
+    duck = SimpleNamespace(**{k: getattr(args, k) for k in ("timestep_sampling", "sigmoid_scale", "discrete_flow_shift",
+                                                            "weighting_scheme", "logit_mean", "logit_std", "mode_scale",
+                                                            "ip_noise_gamma", "ip_noise_gamma_random_strength")
+                              if hasattr(args, k)})
+    assert not hasattr(duck, "min_timestep")
+    sched = sd3_train_utils.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    latents = torch.zeros(4, 16, 8, 8)
+    _, t, _ = utils.get_noisy_model_input_and_timesteps(duck, sched, latents, torch.randn_like(latents), "cpu", torch.float32)
+    k = opt.current_cluster
+    assert ((t >= k * 1000 / K) & (t < (k + 1) * 1000 / K)).all()
+
+
 def test_gradient_accumulation_keeps_one_cluster(kohya, parse):
     args, fn = flow_setup(kohya, parse, "flux", ["--timestep_sampling", "uniform"])
     opt = activate(args)
