@@ -36,7 +36,7 @@ from ..hookspecs import hookimpl
 from ..host import TrainerAdapter, pushed
 from ..options import DEFAULT_CLUSTERS
 from ..patches import kohya as patches
-from ..patches.base import ENV_DISABLE, LoliUnsupportedTrainerError, bind_arguments, call_replacing
+from ..patches.base import bind_arguments, call_replacing
 from ..run import LoliRun
 
 
@@ -193,15 +193,7 @@ class KohyaAdapter(TrainerAdapter):
             return
         if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
             return  # built by the user's own code, outside sd-scripts' get_optimizer: not a kohya run
-        raise LoliUnsupportedTrainerError(
-            "loli_plugin.LoliClustered is being built inside sd-scripts, but loli-plugin's sd-scripts integration is not "
-            + ("installed: " + "; ".join(r for _, r in self.problems.values()) if self.problems else
-               f"active (the start-up hook did not run: {ENV_DISABLE} is set, loli-plugin is an editable install, or "
-               "Python runs without site)")
-            + ". Without it sd-scripts would draw its stock timesteps and the cluster banks would not match them. "
-            f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
-            "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
-        )
+        raise self.not_integrated_error("sd-scripts")
 
 
 def _probe(args, optimizer):
@@ -245,21 +237,10 @@ def _check_args(args, optimizer) -> None:
             "--optimizer_type LoliClustered cannot run under --deepspeed: DeepSpeed owns and partitions the optimizer "
             "state, so the K cluster banks cannot be kept. Remove --deepspeed or pick another --optimizer_type."
         )
-    lo, hi = getattr(args, "min_timestep", None), getattr(args, "max_timestep", None)
-    if lo is not None or hi is not None:
-        lo, hi = lo or 0, 1000 if hi is None else hi
-        if hi > lo and optimizer.clusters > hi - lo:
-            raise LoliConfigError(
-                f"optimizer_args clusters={optimizer.clusters} is larger than the {hi - lo} timesteps between "
-                f"--min_timestep {lo} and --max_timestep {hi}; lower clusters or widen the range"
-            )
+    if getattr(args, "min_timestep", None) is not None or getattr(args, "max_timestep", None) is not None:
+        patches.check_timestep_range(optimizer.clusters, args)
     if getattr(args, "weighting_scheme", None) == "mode":
-        from ..sampling import ModeScale
-
-        try:
-            ModeScale(getattr(args, "mode_scale", 1.29))
-        except LoliConfigError as exc:
-            raise LoliConfigError(f"--mode_scale: {exc}") from None
+        patches.check_mode_scale(args)
 
 
 def describe(run: KohyaRun) -> str:

@@ -32,7 +32,7 @@ from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
 from ..host import TrainerAdapter, pushed
 from ..patches import musubi as patches
-from ..patches.base import ENV_DISABLE, LoliUnsupportedTrainerError
+from ..patches.base import LoliUnsupportedTrainerError
 from ..run import LoliRun
 
 #: the modules the family overrides live in when reached through musubi-tuner's package
@@ -172,15 +172,7 @@ class MusubiAdapter(TrainerAdapter):
             return
         if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
             return  # built by the user's own code, outside NetworkTrainer.get_optimizer: not a musubi run
-        raise LoliUnsupportedTrainerError(
-            "loli_plugin.LoliClustered is being built inside musubi-tuner, but loli-plugin's musubi-tuner integration is not "
-            + ("installed: " + "; ".join(r for _, r in self.problems.values()) if self.problems else
-               f"active (the start-up hook did not run: {ENV_DISABLE} is set, loli-plugin is an editable install, or "
-               "Python runs without site)")
-            + ". Without it musubi-tuner would draw its stock timesteps and the cluster banks would not match them. "
-            f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
-            "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
-        )
+        raise self.not_integrated_error("musubi-tuner")
 
 
 def _asked(args) -> str:
@@ -213,24 +205,13 @@ def _check_args(args, trainer) -> None:
             "CDF to slice. Drop --preserve_distribution_shape (musubi-tuner then rescales to [min, max]) or choose another "
             "--timestep_sampling")
     if sampling == "sigma" and getattr(args, "weighting_scheme", "none") == "mode":
-        from ..sampling import ModeScale
-
-        try:
-            ModeScale(getattr(args, "mode_scale", 1.29))
-        except LoliConfigError as exc:
-            raise LoliConfigError(f"--mode_scale: {exc}") from None
+        patches.check_mode_scale(args)
 
 
 def _check_clusters(args, optimizer) -> None:
     """"sigma" sampling picks integer indices in [min_timestep, max_timestep): each cluster needs one."""
-    if optimizer is None or getattr(args, "timestep_sampling", "sigma") != "sigma":
-        return
-    lo = getattr(args, "min_timestep", None) or 0
-    hi = 1000 if getattr(args, "max_timestep", None) is None else args.max_timestep
-    if hi > lo and optimizer.clusters > hi - lo:
-        raise LoliConfigError(
-            f"optimizer_args clusters={optimizer.clusters} is larger than the {hi - lo} timesteps between "
-            f"--min_timestep {lo} and --max_timestep {hi}; lower clusters or widen the range")
+    if optimizer is not None and getattr(args, "timestep_sampling", "sigma") == "sigma":
+        patches.check_timestep_range(optimizer.clusters, args)
 
 
 def describe(run: MusubiRun, trainer_cls: type) -> str:

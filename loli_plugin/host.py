@@ -143,6 +143,20 @@ class TrainerAdapter:
             raise LoliUnsupportedTrainerError(unsupported_message(
                 self.library, self.supported, {n: r for n, (p, r) in self.problems.items()}, asked))
 
+    def not_integrated_error(self, trainer: str) -> LoliUnsupportedTrainerError:
+        """For ``on_optimizer_created``: a LoliClustered is being built inside ``trainer`` (a short name,
+        e.g. "sd-scripts") but this adapter's entry patch is not in place, so the trainer would draw its
+        stock timesteps while the cluster banks assume one cluster per step. Says why and how to fix it."""
+        return LoliUnsupportedTrainerError(
+            f"loli_plugin.LoliClustered is being built inside {trainer}, but loli-plugin's {trainer} integration is not "
+            + ("installed: " + "; ".join(r for _, r in self.problems.values()) if self.problems else
+               f"active (the start-up hook did not run: {ENV_DISABLE} is set, loli-plugin is an editable install, or "
+               "Python runs without site)")
+            + f". Without it {trainer} would draw its stock timesteps and the cluster banks would not match them. "
+            f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
+            "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
+        )
+
     def _patch(self, name: str) -> Patch | None:
         for inst, _ in self.instrumentors():
             for p in inst.patches:

@@ -73,6 +73,27 @@ def requests_probe(args) -> bool:
     return mode == "on" or (mode == "auto" and requests_optimizer(args) and logs)
 
 
+def check_timestep_range(clusters: int, args) -> None:
+    """sd-scripts' get_timesteps and musubi-tuner's "sigma" sampling draw integer timesteps in
+    [--min_timestep, --max_timestep) (defaults 0 and 1000): each cluster needs at least one of them."""
+    lo = getattr(args, "min_timestep", None) or 0
+    hi = 1000 if getattr(args, "max_timestep", None) is None else args.max_timestep
+    if hi > lo and clusters > hi - lo:
+        raise LoliConfigError(
+            f"optimizer_args clusters={clusters} is larger than the {hi - lo} timesteps between "
+            f"--min_timestep {lo} and --max_timestep {hi}; lower clusters or widen the range")
+
+
+def check_mode_scale(args) -> None:
+    """``--weighting_scheme mode`` draws through an inverse CDF that exists only for some --mode_scale."""
+    from ..sampling import ModeScale
+
+    try:
+        ModeScale(getattr(args, "mode_scale", 1.29))
+    except LoliConfigError as exc:
+        raise LoliConfigError(f"--mode_scale: {exc}") from None
+
+
 # --------------------------------------------------------------------------- parser
 def add_training_arguments(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``add_training_arguments(parser, support_dreambooth)`` defines the closed

@@ -52,7 +52,8 @@ from .draws import StratifiedTorch, cluster_draw
 
 # musubi-tuner reads --optimizer_type / --optimizer_args exactly like sd-scripts (same author): one
 # `key=value` per argument, each value through ast.literal_eval, and the same dotted-class branch.
-from .kohya import call_routed, requests_loss, requests_optimizer  # noqa: F401 - requests_optimizer: for the adapter
+from .kohya import (  # noqa: F401 - the checks and requests_optimizer: for the adapter
+    call_routed, check_mode_scale, check_timestep_range, requests_loss, requests_optimizer)
 
 SUPPORTED = "kohya-ss/musubi-tuner at commit 30c658c (v0.3.4) and later ones with the same functions"
 LIBRARY = "kohya-ss/musubi-tuner"

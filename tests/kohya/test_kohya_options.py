@@ -168,3 +168,23 @@ def test_other_inners_through_the_real_get_optimizer(kohya, parse, inner):
         opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, flat))
     assert opt.bank_steps == [1, 1, 1]
+
+
+def test_the_dotted_route_without_the_hook_is_refused(kohya, tmp_path):
+    """--optimizer_type loli_plugin.LoliClustered reaches sd-scripts' own dotted-class branch even when
+    the start-up hook did not run; the optimizer then refuses to be built, saying why and how to fix it,
+    instead of training with sd-scripts' stock timesteps."""
+    code = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(kohya.dir)!r})\n"
+        "from library import train_util\n"
+        "import train_network\n"
+        "args = train_network.setup_parser().parse_args(['--optimizer_type', 'loli_plugin.LoliClustered'])\n"
+        "train_util.get_optimizer(args, [torch.nn.Parameter(torch.zeros(2))])\n"
+    )
+    env = {"LOLI_PLUGIN_DISABLE": "1", "PATH": ""}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=kohya.dir)
+    assert proc.returncode != 0 and "LoliUnsupportedTrainerError" in proc.stderr, proc.stderr[-3000:]
+    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError"):]
+    assert "being built inside sd-scripts" in message and "start-up hook did not run" in message
+    assert "python -m loli_plugin.launch" in message and "LOLI_PLUGIN_DISABLE" in message
