@@ -53,3 +53,22 @@ def skip_items_below(folder: Path, reason: str | None, items) -> None:
     for item in items:
         if folder in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def fresh_run_fixture(adapter_module: str):
+    """An autouse fixture for a trainer suite's conftest: each test starts without a run and with the
+    adapter's drift record as it was (a test that monkeypatches a target to look drifted must not leave
+    the record behind). ``adapter_module`` is looked up, not imported: the start-up hook imports it
+    with the trainer."""
+
+    @pytest.fixture(autouse=True)
+    def _fresh_run():
+        adapter = sys.modules[adapter_module].ADAPTER if adapter_module in sys.modules else None
+        recorded = dict(adapter.problems) if adapter is not None else None
+        yield
+        if adapter is not None:
+            adapter.deactivate()
+            adapter.problems.clear()
+            adapter.problems.update(recorded)
+
+    return _fresh_run

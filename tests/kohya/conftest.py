@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..trainer_support import how_to_get, skip_items_below, venv_problem
+from ..trainer_support import fresh_run_fixture, how_to_get, skip_items_below, venv_problem
 
 DEFAULT_DIR = Path(os.environ.get("LOLI_TRAINERS_DIR") or "~/.cache/loli-plugin/trainers").expanduser() / "sd-scripts"
 KOHYA_DIR = Path(os.environ.get("LOLI_KOHYA_DIR") or DEFAULT_DIR)
@@ -61,17 +61,7 @@ def kohya():
     return k
 
 
-@pytest.fixture(autouse=True)
-def _fresh_run():
-    """Each test starts without a run and with the adapter's drift record as it was (a test that
-    monkeypatches a target to look drifted must not leave the record behind)."""
-    adapter = sys.modules["loli_plugin.adapters.kohya"].ADAPTER if "loli_plugin.adapters.kohya" in sys.modules else None
-    recorded = dict(adapter.problems) if adapter is not None else None
-    yield
-    if adapter is not None:
-        adapter.deactivate()
-        adapter.problems.clear()
-        adapter.problems.update(recorded)
+_fresh_run = fresh_run_fixture("loli_plugin.adapters.kohya")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..trainer_support import how_to_get, skip_items_below, venv_problem
+from ..trainer_support import fresh_run_fixture, how_to_get, skip_items_below, venv_problem
 
 TRAINERS = Path(os.environ.get("LOLI_TRAINERS_DIR") or "~/.cache/loli-plugin/trainers").expanduser()
 OT_DIR = Path(os.environ.get("LOLI_ONETRAINER_DIR") or TRAINERS / "OneTrainer")
@@ -65,14 +65,4 @@ def ot():
     return o
 
 
-@pytest.fixture(autouse=True)
-def _fresh_run():
-    """Each test starts without a run and with the adapter's drift record as it was (a test that
-    monkeypatches a target to look drifted must not leave the record behind)."""
-    adapter = sys.modules["loli_plugin.adapters.onetrainer"].ADAPTER if "loli_plugin.adapters.onetrainer" in sys.modules else None
-    recorded = dict(adapter.problems) if adapter is not None else None
-    yield
-    if adapter is not None:
-        adapter.deactivate()
-        adapter.problems.clear()
-        adapter.problems.update(recorded)
+_fresh_run = fresh_run_fixture("loli_plugin.adapters.onetrainer")
