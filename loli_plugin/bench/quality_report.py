@@ -244,7 +244,7 @@ def write(rows: list[dict], settings: dict, references: dict, out: Path, command
         body += [f"## {objective}: every cell", ""]
         for key in sorted(k for k in table if k[0] == objective):
             body += cell_lines(table, key, variants, seeds)
-    bands = [f"# Held-out MSE per noise band", "", f"command: `{command}`", "",
+    bands = ["# Held-out MSE per noise band", "", f"command: `{command}`", "",
              f"Band 0 is the lowest noise, band {BANDS - 1} the highest. AdamW's row: its held-out MSE (mean over seeds); "
              "other rows: the paired change against AdamW per band (mean over seeds).", ""]
     for key in sorted(table):
