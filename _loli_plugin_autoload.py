@@ -67,9 +67,11 @@ def _fire(module):
     try:
         from loli_plugin.host import on_watched_import
     except Exception as exc:  # a broken or partial install must never stop the trainer
-        _report("import", "cannot load its trainer integration (%s: %s); %s runs without loli-plugin. "
-                "Reinstall loli-plugin with its dependencies, or set LOLI_PLUGIN_DISABLE=1."
-                % (type(exc).__name__, exc, module.__name__))
+        _report(
+            "import",
+            f"cannot load its trainer integration ({type(exc).__name__}: {exc}); {module.__name__} runs without "
+            "loli-plugin. Reinstall loli-plugin with its dependencies, or set LOLI_PLUGIN_DISABLE=1.",
+        )
         return
     on_watched_import(module)
 

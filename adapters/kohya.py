@@ -61,8 +61,13 @@ class KohyaAdapter(TrainerAdapter):
         self._measure = None  # (process_batch, its args, its kwargs) of the last training micro-batch
 
     def instrumentors(self):
-        return [(patches.ENTRY, "import"), (patches.TRAINING, "run"),
-                *((inst, "run") for inst in patches.FAMILIES.values()), (patches.LOGS, "run"), (patches.PROBE, "run")]
+        return [
+            (patches.ENTRY, "import"),
+            (patches.TRAINING, "run"),
+            *((inst, "run") for inst in patches.FAMILIES.values()),
+            (patches.LOGS, "run"),
+            (patches.PROBE, "run"),
+        ]
 
     def recognises(self, module) -> bool:
         # sd-scripts' `library` package, not another project's: its modules sit beside train_util.py and
@@ -90,8 +95,11 @@ class KohyaAdapter(TrainerAdapter):
         run = self.run
         if run is None:
             return set()
-        return (({"activation", "sampler", "logs"} if run.stratify else set()) | ({"activation", "loss"} if run.loss_weights else set())
-                | ({"activation", "sampler", "logs", "probe"} if run.probe is not None else set()))
+        return (
+            ({"activation", "sampler", "logs"} if run.stratify else set())
+            | ({"activation", "loss"} if run.loss_weights else set())
+            | ({"activation", "sampler", "logs", "probe"} if run.probe is not None else set())
+        )
 
     # ------------------------------------------------------------------ the patches' context
     def building_optimizer(self, args):
@@ -172,11 +180,21 @@ class KohyaAdapter(TrainerAdapter):
             with run.probing(k):
                 on_step_start = getattr(trainer, "on_step_start", None)  # what sd-scripts' validation calls first
                 if on_step_start is not None:
-                    on_step_start(bound["args"], accelerator, bound["network"], bound["text_encoders"], bound["unet"], batch,
-                                  bound["weight_dtype"], is_train=False)
+                    on_step_start(
+                        bound["args"],
+                        accelerator,
+                        bound["network"],
+                        bound["text_encoders"],
+                        bound["unet"],
+                        batch,
+                        bound["weight_dtype"],
+                        is_train=False,
+                    )
                 return call_replacing(wrapped, args, kwargs, batch=batch, is_train=False)
 
-        text_encoders = bound["text_encoders"] if isinstance(bound["text_encoders"], (list, tuple)) else [bound["text_encoders"]]
+        text_encoders = (
+            bound["text_encoders"] if isinstance(bound["text_encoders"], (list, tuple)) else [bound["text_encoders"]]
+        )
         modules = [m for m in (bound["network"], bound["unet"], *text_encoders) if isinstance(m, torch.nn.Module)]
         reduce = None
         if getattr(accelerator, "num_processes", 1) > 1:  # every rank probes its own samples; the log is their mean
@@ -200,12 +218,18 @@ def _probe(args, optimizer):
     from ..options import check_clusters
     from ..probe import TrainerProbe
 
-    every, samples = getattr(args, "loli_probe_every", patches.PROBE_EVERY), getattr(args, "loli_probe_samples", patches.PROBE_SAMPLES)
+    every, samples = (
+        getattr(args, "loli_probe_every", patches.PROBE_EVERY),
+        getattr(args, "loli_probe_samples", patches.PROBE_SAMPLES),
+    )
     for option, value in (("--loli_probe_every", every), ("--loli_probe_samples", samples)):
         if not isinstance(value, int) or value < 1:
             raise LoliConfigError(f"{option} must be a whole number >= 1, got {value!r}")
-    clusters = optimizer.clusters if optimizer is not None else check_clusters(
-        getattr(args, "loli_probe_clusters", DEFAULT_CLUSTERS), option="--loli_probe_clusters")
+    clusters = (
+        optimizer.clusters
+        if optimizer is not None
+        else check_clusters(getattr(args, "loli_probe_clusters", DEFAULT_CLUSTERS), option="--loli_probe_clusters")
+    )
     return TrainerProbe(clusters, every, samples, seed=getattr(args, "seed", None) or 0)
 
 
@@ -247,12 +271,17 @@ def describe(run: KohyaRun) -> str:
     opt = run.optimizer
     parts = []
     if opt is not None:
-        parts.append(f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
-                     "timesteps drawn from one cluster per optimizer step")
+        parts.append(
+            f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
+            "timesteps drawn from one cluster per optimizer step"
+        )
     if run.loss_weights is not None:
         parts.append("loss_type=loli(" + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items()) + ")")
     if run.probe is not None:
-        parts.append(f"progress probe: {run.probe.clusters} timesteps on {run.probe.samples} samples every {run.probe.every} steps")
+        parts.append(
+            f"progress probe: {run.probe.clusters} timesteps on {run.probe.samples} samples "
+            f"every {run.probe.every} steps"
+        )
     return "; ".join(parts) or "nothing"
 
 

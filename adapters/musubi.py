@@ -63,8 +63,12 @@ class MusubiAdapter(TrainerAdapter):
         self._script_overrides: dict = {}
 
     def instrumentors(self):
-        return [(patches.ENTRY, "import"), (patches.TRAINING, "run"), (patches.OVERRIDES, "run"),
-                *((inst, "run") for inst in self._script_overrides.values() if inst is not None)]
+        return [
+            (patches.ENTRY, "import"),
+            (patches.TRAINING, "run"),
+            (patches.OVERRIDES, "run"),
+            *((inst, "run") for inst in self._script_overrides.values() if inst is not None),
+        ]
 
     def recognises(self, module) -> bool:
         return module.__name__.startswith("musubi_tuner.")
@@ -87,7 +91,9 @@ class MusubiAdapter(TrainerAdapter):
         run = self.run
         if run is None:
             return set()
-        return ({"activation", "sampler", "logs"} if run.stratify else set()) | ({"activation", "loss"} if run.loss_weights else set())
+        return ({"activation", "sampler", "logs"} if run.stratify else set()) | (
+            {"activation", "loss"} if run.loss_weights else set()
+        )
 
     # ------------------------------------------------------------------ the patches' context
     def building_optimizer(self, trainer, args):
@@ -117,8 +123,11 @@ class MusubiAdapter(TrainerAdapter):
         problems = patches.override_problems(type(trainer), features, self._override_instrumentors(type(trainer)))
         if problems:
             raise LoliUnsupportedTrainerError(
-                f"loli-plugin cannot run {_asked(args)} with this {self.library} trainer: " + "; ".join(problems)
-                + f". Supported: {self.supported}. Train without the Loli options, or with a LoRA script this version supports.")
+                f"loli-plugin cannot run {_asked(args)} with this {self.library} trainer: "
+                + "; ".join(problems)
+                + f". Supported: {self.supported}. Train without the Loli options, "
+                "or with a LoRA script this version supports."
+            )
         _check_args(args, trainer)
 
     def _override_instrumentors(self, trainer_cls: type) -> list:
@@ -192,24 +201,26 @@ def _check_args(args, trainer) -> None:
         weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         if weights.get("cos", 0) > 0 and patches.channel_dim(type(trainer), args) is None:
             raise LoliConfigError(
-                f"--loss_type loli: loli-plugin does not know which axis of {type(trainer).__name__}'s predictions holds the "
-                "latent channels, which its cosine term compares; give the cosine no weight "
-                '(--loli_loss_weights "mse=0.5,l1=0.5") or use a family this version supports')
+                f"--loss_type loli: loli-plugin does not know which axis of {type(trainer).__name__}'s "
+                "predictions holds the latent channels, which its cosine term compares; give the cosine no weight "
+                '(--loli_loss_weights "mse=0.5,l1=0.5") or use a family this version supports'
+            )
     if not patches.requests_optimizer(args):
         return
     sampling = getattr(args, "timestep_sampling", "sigma")
     if sampling in patches.MIXTURES and getattr(args, "preserve_distribution_shape", False):
         raise LoliConfigError(
-            f"--timestep_sampling {sampling} with --preserve_distribution_shape cannot be split into clusters: {sampling} "
-            "picks one of several samplers per sample, so the [min_timestep, max_timestep] truncation has no single inverse "
-            "CDF to slice. Drop --preserve_distribution_shape (musubi-tuner then rescales to [min, max]) or choose another "
-            "--timestep_sampling")
+            f"--timestep_sampling {sampling} with --preserve_distribution_shape cannot be split into clusters: "
+            f"{sampling} picks one of several samplers per sample, so the [min_timestep, max_timestep] truncation has "
+            "no single inverse CDF to slice. Drop --preserve_distribution_shape (musubi-tuner then rescales to "
+            "[min, max]) or choose another --timestep_sampling"
+        )
     if sampling == "sigma" and getattr(args, "weighting_scheme", "none") == "mode":
         patches.check_mode_scale(args)
 
 
 def _check_clusters(args, optimizer) -> None:
-    """"sigma" sampling picks integer indices in [min_timestep, max_timestep): each cluster needs one."""
+    """ "sigma" sampling picks integer indices in [min_timestep, max_timestep): each cluster needs one."""
     if optimizer is not None and getattr(args, "timestep_sampling", "sigma") == "sigma":
         patches.check_timestep_range(optimizer.clusters, args)
 
@@ -218,14 +229,19 @@ def describe(run: MusubiRun, trainer_cls: type) -> str:
     opt, args = run.optimizer, run.args
     parts = []
     if opt is not None:
-        parts.append(f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
-                     "timesteps drawn from one cluster per optimizer step")
+        parts.append(
+            f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
+            "timesteps drawn from one cluster per optimizer step"
+        )
         buckets = getattr(args, "num_timestep_buckets", None)
         if buckets is not None and buckets > 1 and getattr(args, "timestep_sampling", "sigma") != "sigma":
             parts.append(f"--num_timestep_buckets {buckets} places each draw inside its cluster")
     if run.loss_weights is not None:
-        parts.append("loss_type=loli(" + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items())
-                     + f"), cosine along dim {run.loss_dim} of {trainer_cls.__name__}'s predictions")
+        parts.append(
+            "loss_type=loli("
+            + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items())
+            + f"), cosine along dim {run.loss_dim} of {trainer_cls.__name__}'s predictions"
+        )
     return "; ".join(parts) or "nothing"
 
 

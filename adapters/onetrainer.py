@@ -31,7 +31,6 @@ from ..hookspecs import hookimpl
 from ..host import TrainerAdapter
 from ..options import DEFAULT_CLUSTERS
 from ..patches import onetrainer as patches
-
 from ..run import LoliRun
 
 #: inner optimizers that cannot be wrapped: (reason)
@@ -52,8 +51,12 @@ class OneTrainerAdapter(TrainerAdapter):
     manifest = Path(__file__).with_suffix(".watch")
 
     def instrumentors(self):
-        return [(patches.REGISTRATION, "import"), (patches.ENTRY, "import"), (patches.UI, "import"),
-                (patches.TRAINING, "run")]
+        return [
+            (patches.REGISTRATION, "import"),
+            (patches.ENTRY, "import"),
+            (patches.UI, "import"),
+            (patches.TRAINING, "run"),
+        ]
 
     def recognises(self, module) -> bool:
         path = (getattr(module, "__file__", None) or "").replace(os.sep, "/")
@@ -61,7 +64,9 @@ class OneTrainerAdapter(TrainerAdapter):
         if not path.endswith(rel):
             return False
         root = Path(path[: -len(rel)])
-        return (root / "modules" / "util" / "create.py").is_file() and (root / "modules" / "util" / "enum" / "Optimizer.py").is_file()
+        return (root / "modules" / "util" / "create.py").is_file() and (
+            root / "modules" / "util" / "enum" / "Optimizer.py"
+        ).is_file()
 
     def find_checkout(self, path: Path) -> bool:
         return (path / "modules" / "util" / "create.py").is_file() and (path / "scripts" / "train.py").is_file()
@@ -89,15 +94,24 @@ class OneTrainerAdapter(TrainerAdapter):
         run = self.run
         if run is None:
             return set()
-        features = {"options", "activation", "loss"} if run.without_optimizer else {"options", "activation", "sampler", "logs"}
+        features = (
+            {"options", "activation", "loss"} if run.without_optimizer else {"options", "activation", "sampler", "logs"}
+        )
         return features | ({"options", "activation", "sampler", "logs", "probe"} if run.probe is not None else set())
 
     # ------------------------------------------------------------------ the patches' context
     def check_request(self, config) -> None:
         features = self.features_for(config)
         if features:
-            asked = " and ".join(n for n, f in (("LOLI_CLUSTERED", "sampler"), ("a Cosine Strength", "loss"),
-                                                ("the progress probe", "probe")) if f in features)
+            asked = " and ".join(
+                n
+                for n, f in (
+                    ("LOLI_CLUSTERED", "sampler"),
+                    ("a Cosine Strength", "loss"),
+                    ("the progress probe", "probe"),
+                )
+                if f in features
+            )
             self.require(features, asked or "a Loli run")
 
     def activate_extras(self, config, optimizer, probe_state=None) -> None:
@@ -116,14 +130,19 @@ class OneTrainerAdapter(TrainerAdapter):
         from ..run import attach_monitor_state, count_steps
 
         run = self.run
-        every, samples = getattr(config, "loli_probe_every", patches.PROBE_EVERY), getattr(config, "loli_probe_samples", patches.PROBE_SAMPLES)
+        every, samples = (
+            getattr(config, "loli_probe_every", patches.PROBE_EVERY),
+            getattr(config, "loli_probe_samples", patches.PROBE_SAMPLES),
+        )
         for label, value in (("loli_probe_every", every), ("loli_probe_samples", samples)):
             if not isinstance(value, int) or value < 1:
                 raise LoliConfigError(f"{label} must be a whole number >= 1, got {value!r}")
         if run.stratify:
             clusters = run.clusters
         else:
-            clusters = check_clusters(getattr(config, "loli_probe_clusters", DEFAULT_CLUSTERS), option="loli_probe_clusters")
+            clusters = check_clusters(
+                getattr(config, "loli_probe_clusters", DEFAULT_CLUSTERS), option="loli_probe_clusters"
+            )
             run.clusters = clusters
         run.probe = TrainerProbe(clusters, every, samples, seed=0)
         if probe_state is not None and probe_state.get("clusters") == clusters:
@@ -168,29 +187,37 @@ class OneTrainerAdapter(TrainerAdapter):
         if inner_name not in choices:
             raise LoliConfigError(
                 f"Inner Optimizer (optimizer.loli_inner) is {inner_name!r}, not a OneTrainer optimizer; "
-                f"pick one in the optimizer window, e.g. ADAMW, ADAMW_8BIT, PRODIGY, LION, CAME (all: {', '.join(choices)})"
+                "pick one in the optimizer window, e.g. ADAMW, ADAMW_8BIT, PRODIGY, LION, CAME "
+                f"(all: {', '.join(choices)})"
             )
         if inner_name not in patches.PLUGIN_INNERS:
             inner_member = Optimizer[inner_name]
             if inner_member.is_schedule_free:
                 raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used: {SCHEDULE_FREE_REASON}")
         if inner_name in _REFUSED:
-            raise LoliConfigError(f"Inner Optimizer {inner_name} cannot be used with LOLI_CLUSTERED: {_REFUSED[inner_name]}")
+            raise LoliConfigError(
+                f"Inner Optimizer {inner_name} cannot be used with LOLI_CLUSTERED: {_REFUSED[inner_name]}"
+            )
         if getattr(oc, "fused_back_pass", False):
             raise LoliConfigError(
-                "Fused Back Pass is not supported by LOLI_CLUSTERED (its per-parameter steps bypass the cluster banks); "
-                "turn off 'Fused Back Pass' in the optimizer window"
+                "Fused Back Pass is not supported by LOLI_CLUSTERED (its per-parameter steps bypass the cluster "
+                "banks); turn off 'Fused Back Pass' in the optimizer window"
             )
-        clusters = check_clusters(getattr(oc, "loli_clusters", DEFAULT_CLUSTERS), option="Timestep Clusters (optimizer.loli_clusters)")
+        clusters = check_clusters(
+            getattr(oc, "loli_clusters", DEFAULT_CLUSTERS), option="Timestep Clusters (optimizer.loli_clusters)"
+        )
         import _loli_plugin_autoload
 
         if getattr(config, "multi_gpu", False) and _loli_plugin_autoload.INSTALLED_BY == "launcher":
             raise LoliConfigError(
-                "Multi-GPU training with LOLI_CLUSTERED needs loli-plugin's start-up hook in every spawned rank: install "
-                "loli-plugin with pip (not editable) so loli_plugin.pth runs, instead of the python -m loli_plugin.launch launcher"
+                "Multi-GPU training with LOLI_CLUSTERED needs loli-plugin's start-up hook in every spawned rank: "
+                "install loli-plugin with pip (not editable) so loli_plugin.pth runs, instead of the "
+                "python -m loli_plugin.launch launcher"
             )
         if inner_name in patches.PLUGIN_INNERS:
-            inner = _plugin_inner(inner_name, bound["parameter_group_collection"].parameters_for_optimizer(config), config)
+            inner = _plugin_inner(
+                inner_name, bound["parameter_group_collection"].parameters_for_optimizer(config), config
+            )
         else:
             inner_optimizer_config = copy.copy(oc)
             inner_optimizer_config.optimizer = inner_member
@@ -199,7 +226,9 @@ class OneTrainerAdapter(TrainerAdapter):
             inner = create_optimizer(bound["parameter_group_collection"], None, inner_config, bound.get("layer_key_fn"))
         if inner is None:
             raise LoliConfigError(f"OneTrainer built no optimizer for Inner Optimizer {inner_name}")
-        optimizer = LoliClustered.wrap(inner, clusters=clusters, schedule=str(getattr(oc, "loli_schedule", "shuffle")), seed=0, name=inner_name)
+        optimizer = LoliClustered.wrap(
+            inner, clusters=clusters, schedule=str(getattr(oc, "loli_schedule", "shuffle")), seed=0, name=inner_name
+        )
         run = OneTrainerRun.for_optimizer(optimizer, inner=inner_name)
         self.run = run
         if patches.requests_probe(config):
@@ -207,8 +236,11 @@ class OneTrainerAdapter(TrainerAdapter):
         if bound.get("state_dict") is not None:
             load_backup(optimizer, bound["state_dict"], bound["parameter_group_collection"].unique_name_mapping)
         self.activate_run_patches()
-        print(f"loli-plugin: LOLI_CLUSTERED(inner={inner_name}, clusters={clusters}, schedule={optimizer.schedule.strategy}); "
-              "timesteps drawn from one cluster per optimizer step", file=sys.stderr)
+        print(
+            f"loli-plugin: LOLI_CLUSTERED(inner={inner_name}, clusters={clusters}, "
+            f"schedule={optimizer.schedule.strategy}); timesteps drawn from one cluster per optimizer step",
+            file=sys.stderr,
+        )
         return optimizer
 
 
@@ -237,16 +269,27 @@ def _plugin_inner(name: str, parameters, config):
         v = getattr(oc, key, None)
         return default if v is None else v
 
-    for key, label in (("stochastic_rounding", "Stochastic Rounding"), ("amsgrad", "AMSGrad"), ("capturable", "Capturable"),
-                       ("differentiable", "Differentiable")):
+    for key, label in (
+        ("stochastic_rounding", "Stochastic Rounding"),
+        ("amsgrad", "AMSGrad"),
+        ("capturable", "Capturable"),
+        ("differentiable", "Differentiable"),
+    ):
         if value(key, False):
-            raise LoliConfigError(f"Inner Optimizer {name} does not implement '{label}'; turn it off in the optimizer window")
+            raise LoliConfigError(
+                f"Inner Optimizer {name} does not implement '{label}'; turn it off in the optimizer window"
+            )
     # ADAMW's default in OneTrainer is fused=True; this optimizer has no fused kernel, its foreach path is the fast one
     return AdamWClusteredSecondMoment(
-        parameters, lr=config.learning_rate, betas=(value("beta1", 0.9), value("beta2", 0.999)), eps=value("eps", 1e-8),
-        weight_decay=value("weight_decay", 1e-2), maximize=value("maximize", False),
+        parameters,
+        lr=config.learning_rate,
+        betas=(value("beta1", 0.9), value("beta2", 0.999)),
+        eps=value("eps", 1e-8),
+        weight_decay=value("weight_decay", 1e-2),
+        maximize=value("maximize", False),
         foreach=bool(value("foreach", False) or value("fused", False)),
-        momentum="normalized" if name.endswith("_NORMALIZED") else "raw")
+        momentum="normalized" if name.endswith("_NORMALIZED") else "raw",
+    )
 
 
 def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:
@@ -260,8 +303,10 @@ def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:
     optimizer is refused by ``LoliClustered.load_state_dict`` with the option to change.
     """
     if "loli" not in saved:
-        print("loli-plugin: the backup's optimizer state was saved by another optimizer; LOLI_CLUSTERED starts fresh",
-              file=sys.stderr)
+        print(
+            "loli-plugin: the backup's optimizer state was saved by another optimizer; LOLI_CLUSTERED starts fresh",
+            file=sys.stderr,
+        )
         return
     saved = dict(saved)
     fresh = optimizer.state_dict()["param_groups"]
@@ -270,7 +315,9 @@ def load_backup(optimizer, saved: dict, group_names: list[str]) -> None:
     state, groups, next_index = {}, [], 0
     for i, name in enumerate(group_names):
         new = fresh[i]
-        old_i = old_names.index(name) if old_names is not None and name in old_names else (i if old_names is None else None)
+        old_i = (
+            old_names.index(name) if old_names is not None and name in old_names else (i if old_names is None else None)
+        )
         reuse = old_i is not None and (old_optimizers is None or old_optimizers[old_i] == patches.MEMBER)
         source = saved["param_groups"][old_i] if reuse else new
         indices = list(range(next_index, next_index + len(source["params"])))

@@ -24,7 +24,11 @@ class Denoiser(torch.nn.Module):
     def __init__(self, dim: int = 16, hidden: int = 128):
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim)
+            torch.nn.Linear(dim + 1, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, dim),
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -75,8 +79,9 @@ def main(argv=None) -> list[dict]:
             history.append({"step": step + 1, **logs})
             norm = logs.get("loss/normalized")
             print(
-                f"step {step + 1:4d}  cluster {k}  raw loss {loss.item():.4f}  "
-                f"normalized {norm:.3f}" if norm is not None else f"step {step + 1:4d}  cluster {k}  raw loss {loss.item():.4f}"
+                f"step {step + 1:4d}  cluster {k}  raw loss {loss.item():.4f}  normalized {norm:.3f}"
+                if norm is not None
+                else f"step {step + 1:4d}  cluster {k}  raw loss {loss.item():.4f}"
             )
     print(f"optimizer steps per cluster: {opt.bank_steps}")
     return history

@@ -15,9 +15,12 @@ _TORCH_NAMES = ["ASGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam
 
 def _adafactor_check(kwargs: dict) -> str | None:
     if kwargs.get("relative_step") or kwargs.get("warmup_init"):
-        return ("relative_step=True / warmup_init=True make Adafactor compute its own learning rate from its step count, "
-                "which ignores the trainer's --learning_rate and scheduler (and would restart in every cluster); "
-                "leave them unset (relative_step=False is the default inside LoliClustered) and set the learning rate as usual")
+        return (
+            "relative_step=True / warmup_init=True make Adafactor compute its own learning rate from its step count, "
+            "which ignores the trainer's --learning_rate and scheduler (and would restart in every cluster); "
+            "leave them unset (relative_step=False is the default inside LoliClustered) and set the learning rate "
+            "as usual"
+        )
     return None
 
 
@@ -37,7 +40,9 @@ def _inner_specs() -> dict[str, InnerSpec]:
             "SGDNesterov": InnerSpec("torch.optim:SGD", defaults={"nesterov": True, "momentum": 0.9}),
             # One first moment for all clusters, one second moment per cluster: (1 + K) / 2K of full banks' memory.
             "AdamWClusteredSecondMoment": InnerSpec("loli_plugin.clustered_second_moment:AdamWClusteredSecondMoment"),
-            "SGDNesterov8bit": InnerSpec("bitsandbytes.optim:SGD8bit", pip=bnb, defaults={"nesterov": True, "momentum": 0.9}),
+            "SGDNesterov8bit": InnerSpec(
+                "bitsandbytes.optim:SGD8bit", pip=bnb, defaults={"nesterov": True, "momentum": 0.9}
+            ),
             "Lion": InnerSpec("lion_pytorch:Lion", pip="lion-pytorch"),
             "Prodigy": InnerSpec("prodigyopt:Prodigy", pip="prodigyopt"),
             "CAME": InnerSpec("came_pytorch:CAME", pip="came-pytorch"),
@@ -45,9 +50,12 @@ def _inner_specs() -> dict[str, InnerSpec]:
             # stays reachable as inner='torch.optim.Adafactor'. Inside LoliClustered the host's learning
             # rate and scheduler drive it, so it runs in transformers' "manual lr" mode by default (sd-scripts'
             # own --optimizer_type AdaFactor instead drops the lr and swaps in AdafactorSchedule).
-            "AdaFactor": InnerSpec("transformers.optimization:Adafactor", pip="transformers",
-                                   defaults={"relative_step": False, "scale_parameter": False, "warmup_init": False},
-                                   check=_adafactor_check),
+            "AdaFactor": InnerSpec(
+                "transformers.optimization:Adafactor",
+                pip="transformers",
+                defaults={"relative_step": False, "scale_parameter": False, "warmup_init": False},
+                check=_adafactor_check,
+            ),
             "DAdaptation": InnerSpec("dadaptation:DAdaptAdamPreprint", pip="dadaptation"),
             "DAdaptAdamPreprint": InnerSpec("dadaptation:DAdaptAdamPreprint", pip="dadaptation"),
             "DAdaptAdaGrad": InnerSpec("dadaptation:DAdaptAdaGrad", pip="dadaptation"),

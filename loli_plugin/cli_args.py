@@ -58,7 +58,9 @@ def torch_device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use cpu or cuda") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+            raise argparse.ArgumentTypeError(
+                f"{text}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return text

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +42,9 @@ from .inner import find_refusal, resolve_inner
 from .options import DEFAULT_CLUSTERS, check_clusters
 from .plugins import inner_specs
 from .schedule import ClusterSchedule
+
+if TYPE_CHECKING:
+    from .offload import BankOffloader
 
 FORMAT_BANKS = 1  # state[index] = {cluster: inner_state}
 FORMAT_SHARED = 2  # the same, plus state[index]["shared"] = {key: tensor} for the inner's shared entries
@@ -69,7 +73,12 @@ def _same(a: Any, b: Any) -> bool:
     if a is b:
         return True
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and bool(torch.equal(a, b))
+        )
     try:
         return bool(a == b)
     except Exception:  # objects whose == is not a bool (arrays): identity was the only safe answer
@@ -120,7 +129,7 @@ class LoliClustered(torch.optim.Optimizer):
         offload: str | None = None,
         warm_start: bool = False,
         beta_horizon: bool = False,
-    ) -> "LoliClustered":
+    ) -> LoliClustered:
         """Bank an optimizer a host already built (OneTrainer builds its inner optimizers itself)."""
         clusters = check_clusters(clusters)
         offload = _check_offload(offload)
@@ -137,8 +146,17 @@ class LoliClustered(torch.optim.Optimizer):
         self._setup(optimizer, name, clusters, schedule, seed, offload, warm_start, beta_horizon)
         return self
 
-    def _setup(self, optimizer: torch.optim.Optimizer, name: str, clusters: int, schedule: str, seed: int,
-               offload: bool = False, warm_start: bool = False, beta_horizon: bool = False) -> None:
+    def _setup(
+        self,
+        optimizer: torch.optim.Optimizer,
+        name: str,
+        clusters: int,
+        schedule: str,
+        seed: int,
+        offload: bool = False,
+        warm_start: bool = False,
+        beta_horizon: bool = False,
+    ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise LoliConfigError(
                 f"inner={name!r} built a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
@@ -228,8 +246,11 @@ class LoliClustered(torch.optim.Optimizer):
             self._offloader.fetch(k, self._banks[k], wait=True)
         bank = self._banks[k]
         for param, state in self._banks[source].items():
-            bank[param] = {key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                           for key, v in state.items() if key not in self._shared_keys}  # shared: linked, never copied
+            bank[param] = {
+                key: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                for key, v in state.items()
+                if key not in self._shared_keys
+            }  # shared: linked, never copied
         self._bank_values[k] = copy.deepcopy(self._bank_values[source])
 
     def _link_shared(self, bank) -> None:
@@ -245,7 +266,7 @@ class LoliClustered(torch.optim.Optimizer):
                 if param not in self._shared:
                     self._shared[param] = {key: v for key, v in state.items() if key in self._shared_keys}
 
-    def _new_offloader(self) -> "BankOffloader":
+    def _new_offloader(self) -> BankOffloader:
         from .offload import BankOffloader
 
         return BankOffloader(self.clusters, "cpu", keep=self._shared_keys)
@@ -261,7 +282,8 @@ class LoliClustered(torch.optim.Optimizer):
             betas = group.get("betas")
             if isinstance(betas, (tuple, list)):
                 group["betas"] = tuple(
-                    float(b) if i in shared else max(0.0, 1.0 - self.clusters * (1.0 - float(b))) for i, b in enumerate(betas)
+                    float(b) if i in shared else max(0.0, 1.0 - self.clusters * (1.0 - float(b)))
+                    for i, b in enumerate(betas)
                 )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -371,14 +393,32 @@ class LoliClustered(torch.optim.Optimizer):
             self._offloader.synchronize()
             for k in sorted(self._offloader.resident):
                 self._offloader.park(k, self._banks[k])
-        saved = (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
-                 self._shared, self._offloader, self.schedule.step)
+        saved = (
+            self.inner.state,
+            self.inner.param_groups,
+            self._banks,
+            self._bank_values,
+            self._banked_keys,
+            self._initial,
+            self._shared,
+            self._offloader,
+            self.schedule.step,
+        )
         try:
             self._load_banks(state_dict, meta)
         except BaseException as exc:
             # leave the optimizer exactly as it was: a failed resume must not half-load banks
-            (self.inner.state, self.inner.param_groups, self._banks, self._bank_values, self._banked_keys, self._initial,
-             self._shared, self._offloader, self.schedule.step) = saved
+            (
+                self.inner.state,
+                self.inner.param_groups,
+                self._banks,
+                self._bank_values,
+                self._banked_keys,
+                self._initial,
+                self._shared,
+                self._offloader,
+                self.schedule.step,
+            ) = saved
             self.param_groups = self.inner.param_groups
             self._position(self.schedule.current)
             if isinstance(exc, LoliError) or not isinstance(exc, MISMATCH_ERRORS):
@@ -396,7 +436,8 @@ class LoliClustered(torch.optim.Optimizer):
         if not isinstance(meta, dict):
             raise LoliStateError(
                 "this optimizer state was not saved by LoliClustered (it has no 'loli' entry), so it holds no "
-                "cluster states; resume it with the optimizer that saved it, or start without resuming the optimizer state"
+                "cluster states; resume it with the optimizer that saved it, or start without resuming the "
+                "optimizer state"
             )
         if meta.get("format") not in (FORMAT_BANKS, FORMAT_SHARED):
             raise LoliStateError(
@@ -405,17 +446,21 @@ class LoliClustered(torch.optim.Optimizer):
             )
         if meta.get("clusters") != self.clusters:
             raise LoliStateError(
-                f"the saved optimizer state has clusters={meta.get('clusters')} but this run uses clusters={self.clusters}; "
+                f"the saved optimizer state has clusters={meta.get('clusters')} "
+                f"but this run uses clusters={self.clusters}; "
                 f"set clusters={meta.get('clusters')} to resume it, or start without resuming the optimizer state"
             )
         saved_inner = str(meta.get("inner", ""))
         if saved_inner.lower() != self.inner_name.lower():
             raise LoliStateError(
-                f"the saved optimizer state was made with inner={saved_inner!r} but this run uses inner={self.inner_name!r}; "
+                f"the saved optimizer state was made with inner={saved_inner!r} "
+                f"but this run uses inner={self.inner_name!r}; "
                 f"set inner={saved_inner!r} to resume it, or start without resuming the optimizer state"
             )
         if not isinstance(state_dict.get("state"), dict) or not isinstance(state_dict.get("param_groups"), list):
-            raise LoliStateError("the saved optimizer state is incomplete (no 'state' or 'param_groups'); the file may be truncated")
+            raise LoliStateError(
+                "the saved optimizer state is incomplete (no 'state' or 'param_groups'); the file may be truncated"
+            )
         return meta
 
     def _load_banks(self, state_dict: dict, meta: dict) -> None:
@@ -431,8 +476,10 @@ class LoliClustered(torch.optim.Optimizer):
         # Banked group values need no care here: _position() sets them before every step.
         shared_saved = {idx: entry[SHARED_KEY] for idx, entry in saved_state.items() if SHARED_KEY in entry}
         if shared_saved and not self._shared_keys:
-            raise LoliStateError(f"the saved optimizer state has state shared across clusters, which inner={self.inner_name!r} "
-                                 "does not keep; resume with the inner optimizer that saved it")
+            raise LoliStateError(
+                f"the saved optimizer state has state shared across clusters, which inner={self.inner_name!r} "
+                "does not keep; resume with the inner optimizer that saved it"
+            )
         if self._shared_keys:
             self.inner.load_state_dict({"state": shared_saved, "param_groups": plain_groups})
             self._shared = {param: dict(entries) for param, entries in self.inner.state.items()}
@@ -471,5 +518,7 @@ def _check_offload(offload) -> bool:
     if offload is None or offload is False:
         return False
     if str(offload).lower() != "cpu":
-        raise LoliConfigError(f"offload={offload!r} is not supported; use offload='cpu' to park inactive banks in CPU memory, or None")
+        raise LoliConfigError(
+            f"offload={offload!r} is not supported; use offload='cpu' to park inactive banks in CPU memory, or None"
+        )
     return True

@@ -65,29 +65,56 @@ class AdamWClusteredSecondMoment(torch.optim.Optimizer):
     # must not rescale them (only beta2, whose average a cluster updates once every ~K steps).
     loli_shared_betas = (0,)
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None, fused: bool | None = None, capturable: bool = False,
-                 momentum: str = "raw"):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        momentum: str = "raw",
+    ):
         name = type(self).__name__
-        for option, value, fix in (("amsgrad", amsgrad, "amsgrad=False"), ("fused", fused, "fused=None (or foreach=True)"),
-                                   ("capturable", capturable, "capturable=False")):
+        for option, value, fix in (
+            ("amsgrad", amsgrad, "amsgrad=False"),
+            ("fused", fused, "fused=None (or foreach=True)"),
+            ("capturable", capturable, "capturable=False"),
+        ):
             if value:
-                raise LoliConfigError(f"{name} does not implement {option}={value!r}; set {fix}, or use inner='AdamW' for it")
+                raise LoliConfigError(
+                    f"{name} does not implement {option}={value!r}; set {fix}, or use inner='AdamW' for it"
+                )
         if isinstance(lr, torch.Tensor) or not lr >= 0.0:
             raise LoliConfigError(f"{name}: lr must be a number >= 0, got {lr!r}")
         if not eps >= 0.0:
             raise LoliConfigError(f"{name}: eps must be >= 0, got {eps!r}")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0.0 <= float(b) < 1.0 for b in betas)):
-            raise LoliConfigError(f"{name}: betas must be two numbers in [0, 1), e.g. betas=(0.9, 0.999); got {betas!r}")
+            raise LoliConfigError(
+                f"{name}: betas must be two numbers in [0, 1), e.g. betas=(0.9, 0.999); got {betas!r}"
+            )
         if not weight_decay >= 0.0:
             raise LoliConfigError(f"{name}: weight_decay must be >= 0, got {weight_decay!r}")
         if not (isinstance(momentum, str) and momentum in MOMENTUM_KINDS):
-            raise LoliConfigError(f"{name}: momentum must be 'raw' (AdamW's momentum of raw gradients) or 'normalized' "
-                                  f"(a momentum of per-cluster-normalised gradients), got {momentum!r}; its averaging "
-                                  "rate is betas[0]")
-        defaults = dict(lr=lr, betas=tuple(float(b) for b in betas), eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach, momentum=momentum)
+            raise LoliConfigError(
+                f"{name}: momentum must be 'raw' (AdamW's momentum of raw gradients) or 'normalized' "
+                f"(a momentum of per-cluster-normalised gradients), got {momentum!r}; its averaging "
+                "rate is betas[0]"
+            )
+        defaults = dict(
+            lr=lr,
+            betas=tuple(float(b) for b in betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            momentum=momentum,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -125,15 +152,32 @@ class AdamWClusteredSecondMoment(torch.optim.Optimizer):
                 foreach = all(p.device.type in ("cuda", "xpu") for p in params)
             update = _multi_tensor if foreach else _single_tensor
             beta1, beta2 = group["betas"]
-            update(params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps, lr=group["lr"], beta1=beta1, beta2=beta2,
-                   eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"],
-                   normalized=group["momentum"] == "normalized")
+            update(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                shared_steps,
+                steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                maximize=group["maximize"],
+                normalized=group["momentum"] == "normalized",
+            )
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = {**state_dict, "param_groups": [self._check_momentum(saved, group)
-                                                     for saved, group in zip(state_dict["param_groups"], self.param_groups)]
-                      + state_dict["param_groups"][len(self.param_groups):]}  # torch reports a group-count mismatch
+        state_dict = {
+            **state_dict,
+            "param_groups": [
+                self._check_momentum(saved, group)
+                for saved, group in zip(state_dict["param_groups"], self.param_groups)
+            ]
+            + state_dict["param_groups"][len(self.param_groups) :],
+        }  # torch reports a group-count mismatch
         # torch keeps only the entry called "step" as saved and casts every other tensor to the
         # parameter's dtype; the global step count must stay float32 (in bf16, 257 reads as 256).
         counts, state = {}, {}
@@ -147,7 +191,9 @@ class AdamWClusteredSecondMoment(torch.optim.Optimizer):
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for idx, p in zip(saved_ids, params):
             if idx in counts:
-                self.state[p][SHARED_STEP] = torch.as_tensor(counts[idx]).to(device="cpu", dtype=torch.float32, copy=True)
+                self.state[p][SHARED_STEP] = torch.as_tensor(counts[idx]).to(
+                    device="cpu", dtype=torch.float32, copy=True
+                )
 
     @staticmethod
     def _check_momentum(saved: dict, group: dict) -> dict:
@@ -157,19 +203,38 @@ class AdamWClusteredSecondMoment(torch.optim.Optimizer):
         kind = saved.get("momentum", "raw")
         if kind != group["momentum"]:
             raise LoliStateError(
-                f"the saved optimizer state was made with momentum={kind!r} but this optimizer uses momentum={group['momentum']!r}; "
-                f"its shared first moment holds {'raw' if kind == 'raw' else 'per-cluster-normalised'} gradients, so it cannot "
-                f"continue as the other kind: set momentum={kind!r} to resume it, or start without resuming the optimizer state")
+                f"the saved optimizer state was made with momentum={kind!r} "
+                f"but this optimizer uses momentum={group['momentum']!r}; "
+                f"its shared first moment holds {'raw' if kind == 'raw' else 'per-cluster-normalised'} gradients, "
+                f"so it cannot continue as the other kind: set momentum={kind!r} to resume it, "
+                "or start without resuming the optimizer state"
+            )
         return {**saved, "momentum": kind}
 
 
-def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps, *, lr, beta1, beta2, eps, weight_decay, maximize,
-                   normalized):
+def _single_tensor(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    shared_steps,
+    steps,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    maximize,
+    normalized,
+):
     """torch's ``_single_tensor_adam`` (decoupled weight decay, non-capturable), op for op, with the
     first moment's bias correction taken from the shared step count. ``normalized``: each gradient is
     divided by its own cluster's bias-corrected second moment (updated with it first) before it enters
     the shared momentum, and the step is the bias-corrected momentum itself."""
-    for param, grad, exp_avg, exp_avg_sq, shared_step, step in zip(params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps):
+    for param, grad, exp_avg, exp_avg_sq, shared_step, step in zip(
+        params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps
+    ):
         grad = grad if not maximize else -grad
         shared_step += 1
         step += 1
@@ -202,13 +267,28 @@ def _by_device_and_dtype(params, *others) -> list[list[list]]:
     return list(groups.values())
 
 
-def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps, *, lr, beta1, beta2, eps, weight_decay, maximize,
-                  normalized):
+def _multi_tensor(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    shared_steps,
+    steps,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    maximize,
+    normalized,
+):
     """torch's ``_multi_tensor_adam`` (decoupled weight decay, non-capturable), op for op, per
     (device, dtype) group like torch's, with the first moment's bias correction from the shared count;
     ``normalized`` as in ``_single_tensor``."""
     for d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_shared_steps, d_steps in _by_device_and_dtype(
-            params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps):
+        params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps
+    ):
         if maximize:
             d_grads = torch._foreach_neg(d_grads)
         for counts in (d_shared_steps, d_steps):
@@ -226,7 +306,9 @@ def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps, *, 
             torch._foreach_add_(denom, eps)
             torch._foreach_lerp_(d_exp_avgs, torch._foreach_div(d_grads, denom), 1 - beta1)
             del d_grads, denom
-            torch._foreach_add_(d_params, torch._foreach_mul(d_exp_avgs, [-lr / (1 - beta1 ** t.item()) for t in d_shared_steps]))
+            torch._foreach_add_(
+                d_params, torch._foreach_mul(d_exp_avgs, [-lr / (1 - beta1 ** t.item()) for t in d_shared_steps])
+            )
             continue
         torch._foreach_lerp_(d_exp_avgs, d_grads, 1 - beta1)
         torch._foreach_mul_(d_exp_avg_sqs, beta2)
@@ -238,4 +320,3 @@ def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, shared_steps, steps, *, 
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(d_params, d_exp_avgs, denom, step_size)
-

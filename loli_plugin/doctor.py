@@ -21,13 +21,17 @@ def trainer_commit(path: Path) -> str:
     if exported.is_file():
         return exported.read_text().strip()
     try:
-        return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout and no .exported-commit)"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("doctor", help="check a trainer checkout (sd-scripts, OneTrainer, ...) against loli-plugin's patches")
+    p = sub.add_parser(
+        "doctor", help="check a trainer checkout (sd-scripts, OneTrainer, ...) against loli-plugin's patches"
+    )
     p.add_argument("path", help="folder of a trainer checkout (run this in the trainer's own venv)")
     p.set_defaults(func=run)
 
@@ -39,8 +43,11 @@ def _hook_state() -> str:
         return "not installed (loli_plugin.pth is missing: install loli-plugin with pip, not -e)"
     if autoload.INSTALLED:
         return f"active ({autoload.INSTALLED_BY})"
-    return ("OFF: LOLI_PLUGIN_DISABLE is set" if autoload.disabled() else
-            "OFF: loli_plugin.pth did not run; use `python -m loli_plugin.launch SCRIPT ...`")
+    return (
+        "OFF: LOLI_PLUGIN_DISABLE is set"
+        if autoload.disabled()
+        else "OFF: loli_plugin.pth did not run; use `python -m loli_plugin.launch SCRIPT ...`"
+    )
 
 
 def check(adapter, path: Path) -> int:
@@ -80,6 +87,13 @@ def run(args) -> int:
     sys.path.insert(0, str(path))
     os.chdir(path)  # trainers load resources relative to their root
     problems = sum(check(a, path) for a in found)
-    print("result: " + ("every patch fits" if not problems else
-                        f"{problems} patch(es) do not fit; plain runs are unaffected, runs with Loli options will stop with this list"))
+    print(
+        "result: "
+        + (
+            "every patch fits"
+            if not problems
+            else f"{problems} patch(es) do not fit; plain runs are unaffected, "
+            "runs with Loli options will stop with this list"
+        )
+    )
     return 1 if problems else 0

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .patches.base import ENV_DISABLE, Instrumentor, LoliUnsupportedTrainerError, Patch, unsupported_message
-
 
 
 def warn(message: str) -> None:
@@ -38,6 +37,7 @@ def warn(message: str) -> None:
     prefix lines, and a drift report must stay one greppable line."""
     sys.stderr.write("loli-plugin: " + " ".join(message.split()) + "\n")
     sys.stderr.flush()
+
 
 #: the pseudo-feature of an adapter's own failure: it blocks every Loli feature
 ANY = "*"
@@ -122,15 +122,21 @@ class TrainerAdapter:
             if patch_name in self.problems:
                 continue
             self.problems[patch_name] = (self._patch(patch_name), reason)
-            warn(f"{reason}; {self.library} runs without this patch (supported: {self.supported}). Runs that use Loli "
-                 f"options stop with this reason; {ENV_DISABLE}=1 turns loli-plugin off.")
+            warn(
+                f"{reason}; {self.library} runs without this patch (supported: {self.supported}). Runs that use Loli "
+                f"options stop with this reason; {ENV_DISABLE}=1 turns loli-plugin off."
+            )
 
     def fail(self, where: str, exc: BaseException) -> None:
         """An unexpected error in this adapter: block Loli runs, never a plain one."""
-        self.problems.setdefault(f"{self.name}:{where}", (None, f"loli-plugin's {self.library} adapter failed on {where} "
-                                                              f"({type(exc).__name__}: {exc})"))
-        warn(f"its {self.library} adapter failed on {where} ({type(exc).__name__}: {exc}); the trainer runs without "
-             f"loli-plugin. Please report it; {ENV_DISABLE}=1 turns loli-plugin off.")
+        self.problems.setdefault(
+            f"{self.name}:{where}",
+            (None, f"loli-plugin's {self.library} adapter failed on {where} ({type(exc).__name__}: {exc})"),
+        )
+        warn(
+            f"its {self.library} adapter failed on {where} ({type(exc).__name__}: {exc}); the trainer runs without "
+            f"loli-plugin. Please report it; {ENV_DISABLE}=1 turns loli-plugin off."
+        )
 
     def blocking(self, features: Iterable[str]) -> dict[str, str]:
         """The recorded problems that block a run needing ``features``."""
@@ -140,18 +146,23 @@ class TrainerAdapter:
     def require(self, features: Iterable[str], asked: str) -> None:
         """Raise ``LoliUnsupportedTrainerError`` (naming every unfit patch) if one blocks ``features``."""
         if self.blocking(features):
-            raise LoliUnsupportedTrainerError(unsupported_message(
-                self.library, self.supported, {n: r for n, (p, r) in self.problems.items()}, asked))
+            raise LoliUnsupportedTrainerError(
+                unsupported_message(self.library, self.supported, {n: r for n, (p, r) in self.problems.items()}, asked)
+            )
 
     def not_integrated_error(self, trainer: str) -> LoliUnsupportedTrainerError:
         """For ``on_optimizer_created``: a LoliClustered is being built inside ``trainer`` (a short name,
         e.g. "sd-scripts") but this adapter's entry patch is not in place, so the trainer would draw its
         stock timesteps while the cluster banks assume one cluster per step. Says why and how to fix it."""
         return LoliUnsupportedTrainerError(
-            f"loli_plugin.LoliClustered is being built inside {trainer}, but loli-plugin's {trainer} integration is not "
-            + ("installed: " + "; ".join(r for _, r in self.problems.values()) if self.problems else
-               f"active (the start-up hook did not run: {ENV_DISABLE} is set, loli-plugin is an editable install, or "
-               "Python runs without site)")
+            f"loli_plugin.LoliClustered is being built inside {trainer}, "
+            f"but loli-plugin's {trainer} integration is not "
+            + (
+                "installed: " + "; ".join(r for _, r in self.problems.values())
+                if self.problems
+                else f"active (the start-up hook did not run: {ENV_DISABLE} is set, "
+                "loli-plugin is an editable install, or Python runs without site)"
+            )
             + f". Without it {trainer} would draw its stock timesteps and the cluster banks would not match them. "
             f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
             "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
@@ -208,8 +219,10 @@ def on_watched_import(module) -> None:
     try:
         watching = [a for a in adapters() if module.__name__ in a.watches]
     except Exception as exc:  # a broken plugin install: report once, let the trainer run
-        warn(f"cannot load its trainer adapters ({type(exc).__name__}: {exc}); {module.__name__} runs without loli-plugin. "
-             f"{ENV_DISABLE}=1 turns it off.")
+        warn(
+            f"cannot load its trainer adapters ({type(exc).__name__}: {exc}); "
+            f"{module.__name__} runs without loli-plugin. {ENV_DISABLE}=1 turns it off."
+        )
         return
     for a in watching:
         try:

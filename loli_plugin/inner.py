@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import LoliConfigError, LoliDependencyError
 
@@ -73,7 +74,11 @@ def find_refusal(cls_or_fn: Any) -> str | None:
     module = getattr(cls_or_fn, "__module__", "") or ""
     if "schedulefree" in name.lower() or module.split(".")[0] in {"schedulefree"}:
         return SCHEDULE_FREE_REASON
-    if inspect.isclass(cls_or_fn) and callable(getattr(cls_or_fn, "train", None)) and callable(getattr(cls_or_fn, "eval", None)):
+    if (
+        inspect.isclass(cls_or_fn)
+        and callable(getattr(cls_or_fn, "train", None))
+        and callable(getattr(cls_or_fn, "eval", None))
+    ):
         # torch.optim.Optimizer has neither; an optimizer that needs mode switching keeps state outside `state`.
         return SCHEDULE_FREE_REASON
     return None

@@ -7,7 +7,7 @@ weights and per-sample weights exactly as it does for its built-in MSE.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -21,7 +21,9 @@ DEFAULT_WEIGHTS = {"mse": 0.4, "l1": 0.4, "cos": 0.2}
 _ALIASES = {"mae": "l1", "cosine": "cos", "l2": "mse"}
 
 
-def parse_loss_weights(weights: Mapping[str, float] | str | None, option: str = "loli_loss_weights") -> dict[str, float]:
+def parse_loss_weights(
+    weights: Mapping[str, float] | str | None, option: str = "loli_loss_weights"
+) -> dict[str, float]:
     """Validate loss weights given as a mapping or as ``"mse=0.4,l1=0.4,cos=0.2"``.
 
     Weights must be finite and non-negative, not all zero, and name known terms (built-ins or a
@@ -34,14 +36,18 @@ def parse_loss_weights(weights: Mapping[str, float] | str | None, option: str = 
         for item in filter(None, (p.strip() for p in weights.replace(";", ",").split(","))):
             name, sep, value = item.partition("=")
             if not sep:
-                raise LoliConfigError(f"{option}: {item!r} is not of the form name=value; example: {option}=\"mse=0.4,l1=0.4,cos=0.2\"")
+                raise LoliConfigError(
+                    f'{option}: {item!r} is not of the form name=value; example: {option}="mse=0.4,l1=0.4,cos=0.2"'
+                )
             try:
                 parsed[name.strip()] = float(value)
             except ValueError:
-                raise LoliConfigError(f"{option}: the weight of {name.strip()!r} is {value.strip()!r}, not a number") from None
+                raise LoliConfigError(
+                    f"{option}: the weight of {name.strip()!r} is {value.strip()!r}, not a number"
+                ) from None
         weights = parsed
     if not isinstance(weights, Mapping) or not weights:
-        raise LoliConfigError(f"{option} must name at least one term, e.g. {option}=\"mse=0.4,l1=0.4,cos=0.2\"")
+        raise LoliConfigError(f'{option} must name at least one term, e.g. {option}="mse=0.4,l1=0.4,cos=0.2"')
     terms = loss_terms()
     out: dict[str, float] = {}
     for name, value in weights.items():
@@ -56,7 +62,9 @@ def parse_loss_weights(weights: Mapping[str, float] | str | None, option: str = 
             raise LoliConfigError(f"{option}: the weight of {name!r} is {value}; weights must be finite and >= 0")
         out[key] = out.get(key, 0.0) + value
     if not any(out.values()):
-        raise LoliConfigError(f"{option}: all weights are zero, so there is no loss to train on; give at least one term a positive weight")
+        raise LoliConfigError(
+            f"{option}: all weights are zero, so there is no loss to train on; give at least one term a positive weight"
+        )
     return out
 
 
@@ -73,7 +81,9 @@ def loli_loss(
     reduce it. Terms with weight 0 are not computed.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"loli_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+        raise ValueError(
+            f"loli_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
+        )
     if reduction not in ("none", "mean", "sum"):
         raise LoliConfigError(f"loli_loss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     weights = parse_loss_weights(weights)

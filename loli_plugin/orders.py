@@ -5,7 +5,8 @@ Plugins add orders through the ``loli_schedules`` hook."""
 from __future__ import annotations
 
 import random
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 
 class ClusterOrder(Protocol):

@@ -78,7 +78,9 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
     clusters, probes = cluster_tags(scalars, CLUSTER_TAG), cluster_tags(scalars, PROBE_TAG)
     colour = plt.get_cmap("viridis", max(len(clusters), len(probes), 1))
     rows = [3, 3, 2] if probes else [3, 2]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 3 * len(rows) + 1.5), sharex=True, gridspec_kw={"height_ratios": rows})
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(12, 3 * len(rows) + 1.5), sharex=True, gridspec_kw={"height_ratios": rows}
+    )
     top, bottom = axes[0], axes[-1]
     fig.suptitle(title, fontsize=12)
 
@@ -87,25 +89,56 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
     for k, tag in clusters:
         top.plot(*zip(*scalars[tag]), color=colour(k), lw=1.4, label=f"cluster {k:02d}, EMA")
     top.set_ylabel("training loss")
-    top.set_title("training loss: the raw loss jumps with the drawn timesteps; a cluster's EMA still moves with "
-                  "the drawn samples and noise", fontsize=9)
-    top.legend(fontsize=7, title="cluster 00 = lowest timesteps\n(least noise)", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    top.set_title(
+        "training loss: the raw loss jumps with the drawn timesteps; a cluster's EMA still moves with "
+        "the drawn samples and noise",
+        fontsize=9,
+    )
+    top.legend(
+        fontsize=7,
+        title="cluster 00 = lowest timesteps\n(least noise)",
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
 
     if probes:
         middle = axes[1]
         for k, tag in probes:
             middle.plot(*zip(*scalars[tag]), color=colour(k), lw=1.6, marker=".", ms=3, label=f"cluster {k:02d}")
         middle.set_ylabel("probe loss")
-        middle.set_title("progress probe (probe/cluster_KK): the same loss on fixed samples with fixed noise at each "
-                         "cluster's midpoint timestep: only the weights change", fontsize=9)
-        middle.legend(fontsize=7, title="probe at the midpoint\nof cluster", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        middle.set_title(
+            "progress probe (probe/cluster_KK): the same loss on fixed samples with fixed noise at each "
+            "cluster's midpoint timestep: only the weights change",
+            fontsize=9,
+        )
+        middle.legend(
+            fontsize=7,
+            title="probe at the midpoint\nof cluster",
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+        )
 
     if "loss/normalized" in scalars:
-        bottom.plot(*zip(*scalars["loss/normalized"]), color="C3", lw=1.2,
-                    label="loss/normalized: mean over\nclusters of EMA / mean of\nits first training losses\n(starts near 1: an EMA\nstarts at the first loss)")
+        bottom.plot(
+            *zip(*scalars["loss/normalized"]),
+            color="C3",
+            lw=1.2,
+            label=(
+                "loss/normalized: mean over\nclusters of EMA / mean of\nits first training losses\n"
+                "(starts near 1: an EMA\nstarts at the first loss)"
+            ),
+        )
     if f"{PROBE_PREFIX}/normalized" in scalars:
-        bottom.plot(*zip(*scalars[f"{PROBE_PREFIX}/normalized"]), color="C0", lw=1.8, marker=".", ms=3,
-                    label="probe/normalized: mean over\nclusters of probe / first probe\n(1 at the first probe)")
+        bottom.plot(
+            *zip(*scalars[f"{PROBE_PREFIX}/normalized"]),
+            color="C0",
+            lw=1.8,
+            marker=".",
+            ms=3,
+            label="probe/normalized: mean over\nclusters of probe / first probe\n(1 at the first probe)",
+        )
     bottom.axhline(1.0, color="0.7", lw=0.8, ls="--")
     bottom.set_ylabel("relative to start")
     bottom.set_title("each cluster relative to its own start, averaged over clusters (below 1 = progress)", fontsize=9)
@@ -119,12 +152,25 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plot", help="per-cluster loss plots (PNG) from runs' TensorBoard logs",
-                       description="Draw one PNG per run found in LOGDIR or up to two folder levels below it.")
-    p.add_argument("logdir", help="a kohya --logging_dir, a OneTrainer workspace or workspace/tensorboard folder, or one run's folder")
+    p = sub.add_parser(
+        "plot",
+        help="per-cluster loss plots (PNG) from runs' TensorBoard logs",
+        description="Draw one PNG per run found in LOGDIR or up to two folder levels below it.",
+    )
+    p.add_argument(
+        "logdir",
+        help="a kohya --logging_dir, a OneTrainer workspace or workspace/tensorboard folder, or one run's folder",
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-o", "--out", default="loli-plots", help="folder for the PNGs, one per run (default: loli-plots in the current folder)")
-    where.add_argument("--next-to-runs", action="store_true", help="write loli_clusters.png into each run's own folder instead")
+    where.add_argument(
+        "-o",
+        "--out",
+        default="loli-plots",
+        help="folder for the PNGs, one per run (default: loli-plots in the current folder)",
+    )
+    where.add_argument(
+        "--next-to-runs", action="store_true", help="write loli_clusters.png into each run's own folder instead"
+    )
     p.set_defaults(func=run)
 
 
@@ -138,12 +184,16 @@ def run(args) -> int:
         raise LoliConfigError(f"--out {out_dir} is a file; give a folder for the PNGs")
     runs = find_runs(logdir)
     if not runs:
-        raise LoliConfigError(f"{logdir}: no TensorBoard event files in it or up to {DEPTH} folder levels below; "
-                              "give a kohya --logging_dir, a OneTrainer workspace/tensorboard folder or one run's folder")
+        raise LoliConfigError(
+            f"{logdir}: no TensorBoard event files in it or up to {DEPTH} folder levels below; "
+            "give a kohya --logging_dir, a OneTrainer workspace/tensorboard folder or one run's folder"
+        )
     scalars = {run_dir: read_scalars(run_dir) for run_dir in runs}
     drawable = [r for r in runs if has_loss(scalars[r])]
     if not drawable:
-        raise LoliConfigError(f"{logdir}: {len(runs)} run(s) found, none with loss scalars ({', '.join(RAW_TAGS)} or loss/cluster_XX)")
+        raise LoliConfigError(
+            f"{logdir}: {len(runs)} run(s) found, none with loss scalars ({', '.join(RAW_TAGS)} or loss/cluster_XX)"
+        )
     for run_dir in runs:
         if run_dir not in drawable:
             print(f"{run_dir}: skipped, no loss scalars")

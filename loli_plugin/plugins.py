@@ -23,7 +23,7 @@ def build_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     return pm
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_plugin_manager() -> pluggy.PluginManager:
     """The manager every lookup goes through; built once per process, on first use."""
     return build_plugin_manager()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -137,8 +137,10 @@ class ProbeCurves:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != FORMAT or state.get("clusters") != self.clusters:
-            raise LoliStateError(f"saved progress probe has format {state.get('format')!r} and clusters={state.get('clusters')!r}; "
-                                 f"this one format {FORMAT}, clusters={self.clusters}: resume with the same clusters")
+            raise LoliStateError(
+                f"saved progress probe has format {state.get('format')!r} and clusters={state.get('clusters')!r}; "
+                f"this one format {FORMAT}, clusters={self.clusters}: resume with the same clusters"
+            )
         self.seed = int(state.get("seed", self.seed))
         self.reference = None if state["reference"] is None else [float(v) for v in state["reference"]]
 
@@ -148,7 +150,14 @@ class ProgressProbe(ProbeCurves):
     ``probe(loss_fn, model)`` every N steps. The fixed noise is drawn here, once; ``loss_fn(samples,
     noise, timesteps) -> per-sample loss`` runs the loop's own forward, target and loss."""
 
-    def __init__(self, samples: torch.Tensor, distribution, clusters: int = DEFAULT_CLUSTERS, seed: int = 0, prefix: str = "probe"):
+    def __init__(
+        self,
+        samples: torch.Tensor,
+        distribution,
+        clusters: int = DEFAULT_CLUSTERS,
+        seed: int = 0,
+        prefix: str = "probe",
+    ):
         timesteps = midpoint_timesteps(distribution, clusters)
         super().__init__(len(timesteps), seed, prefix)
         self.timesteps = timesteps
@@ -157,14 +166,23 @@ class ProgressProbe(ProbeCurves):
         noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
         self.noise = noise.to(device=samples.device, dtype=samples.dtype)
 
-    def __call__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], model=None) -> dict[str, float]:
+    def __call__(
+        self, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], model=None
+    ) -> dict[str, float]:
         """Run the probe; returns ``{"probe/cluster_00": ..., "probe/mean": ..., "probe/normalized": ...}``."""
         n = len(self.samples)
-        return self.measure(lambda k: loss_fn(self.samples, self.noise, self.timesteps[k].to(self.samples.device).expand(n)),
-                            modules=(model,) if model is not None else ())
+        return self.measure(
+            lambda k: loss_fn(self.samples, self.noise, self.timesteps[k].to(self.samples.device).expand(n)),
+            modules=(model,) if model is not None else (),
+        )
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "timesteps": self.timesteps.cpu(), "samples": self.samples.cpu(), "noise": self.noise.cpu()}
+        return {
+            **super().state_dict(),
+            "timesteps": self.timesteps.cpu(),
+            "samples": self.samples.cpu(),
+            "noise": self.noise.cpu(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Take over a saved probe: its samples, noise, timesteps and first-probe values."""
@@ -205,13 +223,20 @@ class TrainerProbe(ProbeCurves):
     def due(self) -> bool:
         """Samples are kept, ``every`` steps have passed since the last probe, and its values were logged
         (a host logs once per step: a second probe before that would replace the first unseen)."""
-        return (bool(self.batches) and not self.wants() and not self.pending
-                and (self.last is None or self.steps - self.last >= self.every))
+        return (
+            bool(self.batches)
+            and not self.wants()
+            and not self.pending
+            and (self.last is None or self.steps - self.last >= self.every)
+        )
 
     def run(self, evaluate: Callable[[object, int], torch.Tensor], modules=(), reduce=None) -> dict[str, float]:
         """``evaluate(batch, k)``: the host's loss on one kept batch at cluster k's timestep."""
-        logs = self.measure(lambda k: torch.stack([evaluate(b, k).detach().float().mean() for b in self.batches]).mean(),
-                            modules, reduce)
+        logs = self.measure(
+            lambda k: torch.stack([evaluate(b, k).detach().float().mean() for b in self.batches]).mean(),
+            modules,
+            reduce,
+        )
         self.last = self.steps
         self.pending = logs
         return logs
@@ -222,8 +247,15 @@ class TrainerProbe(ProbeCurves):
         return logs
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "every": self.every, "samples": self.samples, "steps": self.steps,
-                "last": -1 if self.last is None else self.last, "kept": self.kept, "batches": _copy(self.batches, "cpu")}
+        return {
+            **super().state_dict(),
+            "every": self.every,
+            "samples": self.samples,
+            "steps": self.steps,
+            "last": -1 if self.last is None else self.last,
+            "kept": self.kept,
+            "batches": _copy(self.batches, "cpu"),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

@@ -27,7 +27,7 @@ class LoliRun:
     probe_cluster: int | None = None
 
     @classmethod
-    def for_optimizer(cls, optimizer, **kwargs) -> "LoliRun":
+    def for_optimizer(cls, optimizer, **kwargs) -> LoliRun:
         """A run whose timesteps follow ``optimizer``'s clusters, with a loss monitor carried in its state."""
         from .monitor import ClusterLossMonitor
 
@@ -47,7 +47,9 @@ class LoliRun:
         """
         opt = self.optimizer
         if opt is None:
-            raise LoliConfigError("the LoliClustered optimizer of this run is gone; timesteps cannot follow its clusters")
+            raise LoliConfigError(
+                "the LoliClustered optimizer of this run is gone; timesteps cannot follow its clusters"
+            )
         self.drawn_cluster = opt.current_cluster
         return self.drawn_cluster
 

@@ -25,9 +25,7 @@ class ClusterSchedule:
         self.clusters = check_clusters(clusters)
         factories = schedules()
         if strategy not in factories:
-            raise LoliConfigError(
-                f"unknown schedule={strategy!r}; choose one of {', '.join(sorted(factories))}"
-            )
+            raise LoliConfigError(f"unknown schedule={strategy!r}; choose one of {', '.join(sorted(factories))}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise LoliConfigError(f"seed must be an integer, got {seed!r}")
         self.strategy, self.seed, self.step = strategy, seed, int(step)
@@ -57,10 +55,13 @@ class ClusterSchedule:
         for key in ("strategy", "seed", "clusters"):
             if state.get(key) != getattr(self, key):
                 raise LoliStateError(
-                    f"the saved cluster schedule has {key}={state.get(key)!r} but this run uses {key}={getattr(self, key)!r}; "
+                    f"the saved cluster schedule has {key}={state.get(key)!r} "
+                    f"but this run uses {key}={getattr(self, key)!r}; "
                     f"resume with the same {key} as the saved run, or start without resuming the optimizer state"
                 )
         self.step = int(state["step"])
 
     def __repr__(self) -> str:
-        return f"ClusterSchedule(clusters={self.clusters}, strategy={self.strategy!r}, seed={self.seed}, step={self.step})"
+        return (
+            f"ClusterSchedule(clusters={self.clusters}, strategy={self.strategy!r}, seed={self.seed}, step={self.step})"
+        )

@@ -3,7 +3,7 @@ broadcasts to ``pred``'s shape. Plugins add terms through the ``loli_loss_terms`
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -27,7 +27,10 @@ def cosine_term(pred: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Ten
     finite gradients, instead of the NaN gradient of sqrt at 0.
     """
     dot = (pred * target).sum(dim=dim, keepdim=True)
-    norms = (pred.pow(2).sum(dim=dim, keepdim=True).clamp_min(_EPS**2) * target.pow(2).sum(dim=dim, keepdim=True).clamp_min(_EPS**2)).sqrt()
+    norms = (
+        pred.pow(2).sum(dim=dim, keepdim=True).clamp_min(_EPS**2)
+        * target.pow(2).sum(dim=dim, keepdim=True).clamp_min(_EPS**2)
+    ).sqrt()
     return 1.0 - dot / norms
 
 

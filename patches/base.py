@@ -33,8 +33,9 @@ import enum
 import functools
 import inspect
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import LoliError
 
@@ -195,7 +196,11 @@ def signature_problem(name: str, expected: list[str], reads, found) -> str | Non
         p = found.get(param)
         if p is None:
             problems.append(f"no parameter {param!r}")
-        elif where is not None and p.kind != kinds.KEYWORD_ONLY and (param not in positional or positional.index(param) != where):
+        elif (
+            where is not None
+            and p.kind != kinds.KEYWORD_ONLY
+            and (param not in positional or positional.index(param) != where)
+        ):
             problems.append(f"parameter {param!r} moved from position {where + 1}")
         elif p.kind == kinds.POSITIONAL_ONLY:
             problems.append(f"parameter {param!r} became positional-only")
@@ -326,7 +331,8 @@ def unsupported_message(library: str, supported: str, problems: dict[str, str], 
     """The one message a refused Loli run gets: what it asked for, every patch that does not fit, the
     supported version and how to run without the plugin."""
     return (
-        f"loli-plugin cannot run {asked} with this {library}: " + "; ".join(problems.values())
+        f"loli-plugin cannot run {asked} with this {library}: "
+        + "; ".join(problems.values())
         + f". Supported: {supported}. Update {library} or loli-plugin, or train without the Loli options; "
         f"{ENV_DISABLE}=1 turns loli-plugin off entirely."
     )

@@ -35,7 +35,9 @@ def _size_of(args, kwargs) -> tuple[int, ...]:
 class StratifiedTorch:
     """Stands in for a sampler module's ``torch`` global during one sampler call."""
 
-    def __init__(self, real, k: int, clusters: int, batch: int, where: str, supported: str = "", midpoint: bool = False):
+    def __init__(
+        self, real, k: int, clusters: int, batch: int, where: str, supported: str = "", midpoint: bool = False
+    ):
         self._real, self._k, self._clusters, self._batch = real, k, clusters, batch
         self._where, self._supported, self._midpoint = where, supported, midpoint
         self.drawn = False
@@ -54,7 +56,9 @@ class StratifiedTorch:
             return None
         n = math.prod(size) if size else 1
         if n != self._batch:
-            self._fail(f"expected the timestep draw to have one value per sample ({self._batch}), got size {tuple(size)}")
+            self._fail(
+                f"expected the timestep draw to have one value per sample ({self._batch}), got size {tuple(size)}"
+            )
         self.drawn = True
         if self._midpoint:  # the progress probe: the cluster's quantile midpoint, (k + 1/2) / K, for every sample
             return torch.full(tuple(size), (self._k + 0.5) / self._clusters, dtype=dtype)
@@ -81,7 +85,9 @@ class StratifiedTorch:
         if "size" not in bound or any(isinstance(bound.get(k), torch.Tensor) for k in ("mean", "std")):
             self._fail("unexpected torch.normal form (expected float mean and std with a size)")
         u = self._uniform(_size_of((), bound), bound.get("generator"), torch.float64)
-        return self._finish(float(bound["mean"]) + float(bound["std"]) * torch.special.ndtri(u), bound, bound.get("generator"))
+        return self._finish(
+            float(bound["mean"]) + float(bound["std"]) * torch.special.ndtri(u), bound, bound.get("generator")
+        )
 
     def multinomial(self, *args, **kwargs):
         bound = dict(zip(("input", "num_samples", "replacement"), args), **kwargs)
@@ -99,7 +105,9 @@ class StratifiedTorch:
     def beta_sample(self, alpha: float, beta: float, shape, device):
         u = self._uniform(tuple(shape), None, torch.float64)
         if u is None:
-            return torch.distributions.Beta(torch.tensor(alpha, device=device), torch.tensor(beta, device=device)).sample(shape)
+            return torch.distributions.Beta(
+                torch.tensor(alpha, device=device), torch.tensor(beta, device=device)
+            ).sample(shape)
         from scipy.special import betaincinv  # scipy: a dependency of OneTrainer, the only user of this path
 
         values = torch.from_numpy(betaincinv(alpha, beta, u.cpu().numpy()))
@@ -128,7 +136,9 @@ class _StratifiedDistributions:
 
 
 @contextlib.contextmanager
-def cluster_draw(module, k: int, clusters: int, batch: int, where: str, supported: str, options: str, midpoint: bool = False):
+def cluster_draw(
+    module, k: int, clusters: int, batch: int, where: str, supported: str, options: str, midpoint: bool = False
+):
     """Run the body with ``module.torch`` replaced by a ``StratifiedTorch`` for cluster ``k``; afterwards
     refuse loudly if the sampler made no draw the stand-in recognised (a trainer branch this plugin does
     not know would otherwise silently train with unrestricted timesteps). ``options`` describes the
@@ -142,4 +152,6 @@ def cluster_draw(module, k: int, clusters: int, batch: int, where: str, supporte
     finally:
         module.torch = real
     if not proxy.drawn:
-        raise LoliUnsupportedTrainerError(f"{where} made no timestep draw loli-plugin recognises ({options}). Supported: {supported}")
+        raise LoliUnsupportedTrainerError(
+            f"{where} made no timestep draw loli-plugin recognises ({options}). Supported: {supported}"
+        )

@@ -81,7 +81,8 @@ def check_timestep_range(clusters: int, args) -> None:
     if hi > lo and clusters > hi - lo:
         raise LoliConfigError(
             f"optimizer_args clusters={clusters} is larger than the {hi - lo} timesteps between "
-            f"--min_timestep {lo} and --max_timestep {hi}; lower clusters or widen the range")
+            f"--min_timestep {lo} and --max_timestep {hi}; lower clusters or widen the range"
+        )
 
 
 def check_mode_scale(args) -> None:
@@ -113,18 +114,34 @@ def add_training_arguments(context, wrapped, instance, args, kwargs):
             help='loli-plugin: weights of --loss_type loli, e.g. "mse=0.4,l1=0.4,cos=0.2" (the default)',
         )
     if "--loli_probe" not in known:
-        parser.add_argument("--loli_probe", choices=["auto", "on", "off"], default="auto",
-                            help="loli-plugin progress probe: the loss on a few fixed training samples with fixed noise at one fixed "
-                                 "timestep per cluster, logged as probe/cluster_KK, probe/mean, probe/normalized (smooth curves). "
-                                 "auto (default): on with --optimizer_type LoliClustered when --logging_dir or --log_with is set")
-        parser.add_argument("--loli_probe_every", type=int, default=PROBE_EVERY,
-                            help=f"loli-plugin: optimizer steps between two probes (default {PROBE_EVERY})")
-        parser.add_argument("--loli_probe_samples", type=int, default=PROBE_SAMPLES,
-                            help=f"loli-plugin: training samples the probe keeps: whole batches from the first steps until there are at "
-                                 f"least this many (default {PROBE_SAMPLES}: the first batch)")
-        parser.add_argument("--loli_probe_clusters", type=int, default=DEFAULT_CLUSTERS,
-                            help=f"loli-plugin: probe timesteps when the optimizer is not LoliClustered (default {DEFAULT_CLUSTERS}; "
-                                 "with LoliClustered its clusters)")
+        parser.add_argument(
+            "--loli_probe",
+            choices=["auto", "on", "off"],
+            default="auto",
+            help="loli-plugin progress probe: the loss on a few fixed training samples with fixed noise at one fixed "
+            "timestep per cluster, logged as probe/cluster_KK, probe/mean, probe/normalized (smooth curves). "
+            "auto (default): on with --optimizer_type LoliClustered when --logging_dir or --log_with is set",
+        )
+        parser.add_argument(
+            "--loli_probe_every",
+            type=int,
+            default=PROBE_EVERY,
+            help=f"loli-plugin: optimizer steps between two probes (default {PROBE_EVERY})",
+        )
+        parser.add_argument(
+            "--loli_probe_samples",
+            type=int,
+            default=PROBE_SAMPLES,
+            help="loli-plugin: training samples the probe keeps: whole batches from the first steps until there "
+            f"are at least this many (default {PROBE_SAMPLES}: the first batch)",
+        )
+        parser.add_argument(
+            "--loli_probe_clusters",
+            type=int,
+            default=DEFAULT_CLUSTERS,
+            help=f"loli-plugin: probe timesteps when the optimizer is not LoliClustered (default {DEFAULT_CLUSTERS}; "
+            "with LoliClustered its clusters)",
+        )
     return result
 
 
@@ -181,13 +198,33 @@ def prepare_accelerator(context, wrapped, instance, args, kwargs):
     return accelerator
 
 
-PARSER = FunctionPatch(TRAIN_UTIL, "add_training_arguments", "adds --loss_type loli and --loli_loss_weights", "options",
-                       params=["parser", "support_dreambooth"], reads=["parser"], wrapper=add_training_arguments)
+PARSER = FunctionPatch(
+    TRAIN_UTIL,
+    "add_training_arguments",
+    "adds --loss_type loli and --loli_loss_weights",
+    "options",
+    params=["parser", "support_dreambooth"],
+    reads=["parser"],
+    wrapper=add_training_arguments,
+)
 #: where every Loli run activates (feature "activation": needed by all of them)
-GET_OPTIMIZER = FunctionPatch(TRAIN_UTIL, "get_optimizer", "accepts --optimizer_type LoliClustered; activates Loli runs",
-                              "activation", params=["args", "trainable_params"], reads=["args"], wrapper=get_optimizer)
-PREPARE_ACCELERATOR = FunctionPatch(TRAIN_UTIL, "prepare_accelerator", "checks a Loli run before it starts; keeps the accelerator",
-                                    "logs", params=["args"], wrapper=prepare_accelerator)
+GET_OPTIMIZER = FunctionPatch(
+    TRAIN_UTIL,
+    "get_optimizer",
+    "accepts --optimizer_type LoliClustered; activates Loli runs",
+    "activation",
+    params=["args", "trainable_params"],
+    reads=["args"],
+    wrapper=get_optimizer,
+)
+PREPARE_ACCELERATOR = FunctionPatch(
+    TRAIN_UTIL,
+    "prepare_accelerator",
+    "checks a Loli run before it starts; keeps the accelerator",
+    "logs",
+    params=["args"],
+    wrapper=prepare_accelerator,
+)
 ENTRY = Instrumentor(LIBRARY, SUPPORTED, [PARSER, GET_OPTIMIZER, PREPARE_ACCELERATOR])
 
 
@@ -203,8 +240,10 @@ def conditional_loss(context, wrapped, instance, args, kwargs):
             run.record_loss(loss)
         return loss
     if run is None:
-        raise LoliConfigError("--loss_type loli is set but loli-plugin was not activated for this run; "
-                              "start the script with `python -m loli_plugin.launch kohya SCRIPT ...` or reinstall loli-plugin")
+        raise LoliConfigError(
+            "--loss_type loli is set but loli-plugin was not activated for this run; "
+            "start the script with `python -m loli_plugin.launch kohya SCRIPT ...` or reinstall loli-plugin"
+        )
     from ..loss import loli_loss
 
     loss = loli_loss(bound["model_pred"], bound["target"], weights=run.loss_weights, reduction=bound["reduction"])
@@ -239,11 +278,23 @@ TRAINING = Instrumentor(
     SUPPORTED,
     [
         # also where every training loss is recorded under its cluster, hence "logs"
-        FunctionPatch(TRAIN_UTIL, "conditional_loss", "--loss_type loli; per-cluster loss", ("loss", "logs"),
-                      params=["model_pred", "target", "loss_type", "reduction", "huber_c"],
-                      reads=["model_pred", "target", "loss_type", "reduction"], wrapper=conditional_loss),
-        FunctionPatch(TRAIN_UTIL, "get_timesteps", "SD1.x/2.x/SDXL timesteps from one cluster per step", "sampler",
-                      params=["min_timestep", "max_timestep", "b_size", "device"], wrapper=get_timesteps),
+        FunctionPatch(
+            TRAIN_UTIL,
+            "conditional_loss",
+            "--loss_type loli; per-cluster loss",
+            ("loss", "logs"),
+            params=["model_pred", "target", "loss_type", "reduction", "huber_c"],
+            reads=["model_pred", "target", "loss_type", "reduction"],
+            wrapper=conditional_loss,
+        ),
+        FunctionPatch(
+            TRAIN_UTIL,
+            "get_timesteps",
+            "SD1.x/2.x/SDXL timesteps from one cluster per step",
+            "sampler",
+            params=["min_timestep", "max_timestep", "b_size", "device"],
+            wrapper=get_timesteps,
+        ),
     ],
 )
 
@@ -287,13 +338,25 @@ def _flow_sampler(family: str, module_name: str):
         k = run.probe_cluster if probing else run.take_cluster()
         if _flow_reflect(family, run_args):
             k = run.clusters - 1 - k
-        options = (f"timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}, "
-                   f"weighting_scheme={getattr(run_args, 'weighting_scheme', None)!r}")
-        with cluster_draw(sys.modules[module_name], k, run.clusters, bound["latents"].shape[0],
-                          f"{module_name}.get_noisy_model_input_and_timesteps", SUPPORTED, options, midpoint=probing):
+        options = (
+            f"timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}, "
+            f"weighting_scheme={getattr(run_args, 'weighting_scheme', None)!r}"
+        )
+        with cluster_draw(
+            sys.modules[module_name],
+            k,
+            run.clusters,
+            bound["latents"].shape[0],
+            f"{module_name}.get_noisy_model_input_and_timesteps",
+            SUPPORTED,
+            options,
+            midpoint=probing,
+        ):
             return wrapped(*args, **kwargs)
 
-    wrapper.__doc__ = f"library/{module_name.split('.')[-1]}.py get_noisy_model_input_and_timesteps: draw from one cluster"
+    wrapper.__doc__ = (
+        f"library/{module_name.split('.')[-1]}.py get_noisy_model_input_and_timesteps: draw from one cluster"
+    )
     return wrapper
 
 
@@ -318,23 +381,51 @@ _FLOW_PARAMS = ["args", "noise_scheduler", "latents", "noise", "device", "dtype"
 
 
 def _family(module: str, params, with_density: bool, family: str, why: str) -> Instrumentor:
-    patches = [FunctionPatch(module, "get_noisy_model_input_and_timesteps", why, "sampler",
-                             params=params, reads=["args", "latents"], wrapper=_flow_sampler(family, module))]
+    patches = [
+        FunctionPatch(
+            module,
+            "get_noisy_model_input_and_timesteps",
+            why,
+            "sampler",
+            params=params,
+            reads=["args", "latents"],
+            wrapper=_flow_sampler(family, module),
+        )
+    ]
     if with_density:
-        patches.append(FunctionPatch(module, "compute_density_for_timestep_sampling",
-                                     "keeps u < 1 so the scheduler-table index stays in range", "sampler",
-                                     params=_DENSITY_PARAMS, reads=[], wrapper=_density_clamp(module)))
+        patches.append(
+            FunctionPatch(
+                module,
+                "compute_density_for_timestep_sampling",
+                "keeps u < 1 so the scheduler-table index stays in range",
+                "sampler",
+                params=_DENSITY_PARAMS,
+                reads=[],
+                wrapper=_density_clamp(module),
+            )
+        )
     return Instrumentor(LIBRARY, SUPPORTED, patches)
 
 
 #: module -> instrumentor, applied when the module is (or gets) imported during a Loli run.
 FAMILIES = {
-    "library.sd3_train_utils": _family("library.sd3_train_utils", ["args", "latents", "noise", "device", "dtype"], False, "sd3",
-                                       "SD3 timesteps from one cluster per step"),
-    "library.flux_train_utils": _family("library.flux_train_utils", _FLOW_PARAMS, True, "flux",
-                                        "Flux/Chroma/Anima/HunyuanImage timesteps from one cluster per step"),
-    "library.lumina_train_util": _family("library.lumina_train_util", _FLOW_PARAMS, True, "lumina",
-                                         "Lumina timesteps from one cluster per step"),
+    "library.sd3_train_utils": _family(
+        "library.sd3_train_utils",
+        ["args", "latents", "noise", "device", "dtype"],
+        False,
+        "sd3",
+        "SD3 timesteps from one cluster per step",
+    ),
+    "library.flux_train_utils": _family(
+        "library.flux_train_utils",
+        _FLOW_PARAMS,
+        True,
+        "flux",
+        "Flux/Chroma/Anima/HunyuanImage timesteps from one cluster per step",
+    ),
+    "library.lumina_train_util": _family(
+        "library.lumina_train_util", _FLOW_PARAMS, True, "lumina", "Lumina timesteps from one cluster per step"
+    ),
 }
 
 
@@ -360,8 +451,16 @@ def tracker_log(context, wrapped, instance, args, kwargs):
 
 
 def _tracker(cls: str, optional: bool) -> FunctionPatch:
-    return FunctionPatch(TRACKING, f"{cls}.log", "per-cluster scalars next to sd-scripts' loss", "logs",
-                         params=["self", "values", "step"], reads=["values"], wrapper=tracker_log, optional=optional)
+    return FunctionPatch(
+        TRACKING,
+        f"{cls}.log",
+        "per-cluster scalars next to sd-scripts' loss",
+        "logs",
+        params=["self", "values", "step"],
+        reads=["values"],
+        wrapper=tracker_log,
+        optional=optional,
+    )
 
 
 #: TensorBoard and W&B are the trackers sd-scripts special-cases; the others are patched when this
@@ -370,7 +469,10 @@ LOGS = Instrumentor(
     "huggingface/accelerate (as pinned by sd-scripts)",
     "accelerate >= 0.30 (tested with 1.6.0)",
     [_tracker("TensorBoardTracker", False), _tracker("WandBTracker", False)]
-    + [_tracker(cls, True) for cls in ("CometMLTracker", "AimTracker", "MLflowTracker", "ClearMLTracker", "DVCLiveTracker")],
+    + [
+        _tracker(cls, True)
+        for cls in ("CometMLTracker", "AimTracker", "MLflowTracker", "ClearMLTracker", "DVCLiveTracker")
+    ],
 )
 
 
@@ -390,14 +492,48 @@ def process_batch(context, wrapped, instance, args, kwargs):
     return wrapped(*args, **kwargs)
 
 
-_PROCESS_BATCH = ["self", "batch", "text_encoders", "unet", "network", "vae", "noise_scheduler", "vae_dtype", "weight_dtype",
-                  "accelerator", "args", "text_encoding_strategy", "tokenize_strategy", "is_train"]
+_PROCESS_BATCH = [
+    "self",
+    "batch",
+    "text_encoders",
+    "unet",
+    "network",
+    "vae",
+    "noise_scheduler",
+    "vae_dtype",
+    "weight_dtype",
+    "accelerator",
+    "args",
+    "text_encoding_strategy",
+    "tokenize_strategy",
+    "is_train",
+]
 #: train_network.py's NetworkTrainer: the module `train_network` when another script (sdxl_train_network.py,
 #: flux_train_network.py, ...) imports it, or `__main__` when train_network.py itself runs
-PROBE = Instrumentor(LIBRARY, SUPPORTED, [
-    FunctionPatch(module, "NetworkTrainer.process_batch", "progress probe: keeps training batches, measures through them",
-                  "probe", params=_PROCESS_BATCH, reads=["self", "batch", "text_encoders", "unet", "network", "weight_dtype",
-                                                         "accelerator", "args", "is_train"],
-                  wrapper=process_batch, optional=True)
-    for module in ("train_network", "__main__")
-])
+PROBE = Instrumentor(
+    LIBRARY,
+    SUPPORTED,
+    [
+        FunctionPatch(
+            module,
+            "NetworkTrainer.process_batch",
+            "progress probe: keeps training batches, measures through them",
+            "probe",
+            params=_PROCESS_BATCH,
+            reads=[
+                "self",
+                "batch",
+                "text_encoders",
+                "unet",
+                "network",
+                "weight_dtype",
+                "accelerator",
+                "args",
+                "is_train",
+            ],
+            wrapper=process_batch,
+            optional=True,
+        )
+        for module in ("train_network", "__main__")
+    ],
+)

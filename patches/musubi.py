@@ -53,7 +53,12 @@ from .draws import StratifiedTorch, cluster_draw
 # musubi-tuner reads --optimizer_type / --optimizer_args exactly like sd-scripts (same author): one
 # `key=value` per argument, each value through ast.literal_eval, and the same dotted-class branch.
 from .kohya import (  # noqa: F401 - the checks and requests_optimizer: for the adapter
-    call_routed, check_mode_scale, check_timestep_range, requests_loss, requests_optimizer)
+    call_routed,
+    check_mode_scale,
+    check_timestep_range,
+    requests_loss,
+    requests_optimizer,
+)
 
 SUPPORTED = "kohya-ss/musubi-tuner at commit 30c658c (v0.3.4) and later ones with the same functions"
 LIBRARY = "kohya-ss/musubi-tuner"
@@ -77,13 +82,21 @@ def setup_parser_common(context, wrapped, instance, args, kwargs):
     parser = wrapped(*args, **kwargs)
     loss_type = next((a for a in parser._actions if "--loss_type" in a.option_strings), None)
     if loss_type is None:
-        parser.add_argument("--loss_type", choices=["mse", "loli"], default="mse",
-                            help="loli-plugin: mse = musubi-tuner's own loss (default); loli = MSE+L1+cosine (see --loli_loss_weights)")
+        parser.add_argument(
+            "--loss_type",
+            choices=["mse", "loli"],
+            default="mse",
+            help="loli-plugin: mse = musubi-tuner's own loss (default); loli = MSE+L1+cosine (see --loli_loss_weights)",
+        )
     elif loss_type.choices is not None and "loli" not in loss_type.choices:
         loss_type.choices = [*loss_type.choices, "loli"]
     if not any("--loli_loss_weights" in a.option_strings for a in parser._actions):
-        parser.add_argument("--loli_loss_weights", type=str, default=None,
-                            help='loli-plugin: weights of --loss_type loli, e.g. "mse=0.4,l1=0.4,cos=0.2" (the default)')
+        parser.add_argument(
+            "--loli_loss_weights",
+            type=str,
+            default=None,
+            help='loli-plugin: weights of --loss_type loli, e.g. "mse=0.4,l1=0.4,cos=0.2" (the default)',
+        )
     return parser
 
 
@@ -139,8 +152,15 @@ def _draw_sigma(run, wrapped, args, kwargs, bound):
     if falling:
         k = run.clusters - 1 - k
     options = f"timestep_sampling='sigma', weighting_scheme={getattr(run_args, 'weighting_scheme', None)!r}"
-    with cluster_draw(sys.modules[TIMESTEPS], k, run.clusters, bound["noise"].shape[0],
-                      f"{TIMESTEPS}.compute_density_for_timestep_sampling", SUPPORTED, options):
+    with cluster_draw(
+        sys.modules[TIMESTEPS],
+        k,
+        run.clusters,
+        bound["noise"].shape[0],
+        f"{TIMESTEPS}.compute_density_for_timestep_sampling",
+        SUPPORTED,
+        options,
+    ):
         return wrapped(*args, **kwargs)
 
 
@@ -211,8 +231,15 @@ class _Probe:
     def __call__(self, run_args, u) -> torch.Tensor:
         """The timesteps musubi returns for the uniforms ``u`` (float64, CPU)."""
         zeros = self._zero.expand(len(u), *self._layout)
-        _, t = call_replacing(self._wrapped, self._args, self._kwargs, args=run_args, noise=zeros, latents=zeros,
-                              timesteps=[float(x) for x in u])
+        _, t = call_replacing(
+            self._wrapped,
+            self._args,
+            self._kwargs,
+            args=run_args,
+            noise=zeros,
+            latents=zeros,
+            timesteps=[float(x) for x in u],
+        )
         return t.detach().double().cpu().flatten()
 
     def rising(self, run_args, lo: float, hi: float) -> bool:
@@ -249,9 +276,11 @@ def _truncation_bounds(probe: _Probe, untruncated, run_args, steps: int = 30) ->
     lo, hi = a_hi, b_lo
     if hi <= lo:
         raise LoliConfigError(
-            f"--preserve_distribution_shape with --min_timestep {getattr(run_args, 'min_timestep', None)} and --max_timestep "
-            f"{getattr(run_args, 'max_timestep', None)}: --timestep_sampling {run_args.timestep_sampling} puts no timesteps in that "
-            "range, so there is nothing to split into clusters; widen the range or change the sampling")
+            f"--preserve_distribution_shape with --min_timestep {getattr(run_args, 'min_timestep', None)} "
+            f"and --max_timestep {getattr(run_args, 'max_timestep', None)}: "
+            f"--timestep_sampling {run_args.timestep_sampling} puts no timesteps in that range, "
+            "so there is nothing to split into clusters; widen the range or change the sampling"
+        )
     return lo, hi
 
 
@@ -260,10 +289,12 @@ def _check_in_slice(timesteps: torch.Tensor, ends: torch.Tensor, run_args) -> No
     got = timesteps.detach().double().cpu()
     if bool((got < low - _TOLERANCE).any() or (got > high + _TOLERANCE).any()):
         raise LoliUnsupportedTrainerError(
-            f"{TRAINER_BASE}.NetworkTrainer.get_noisy_model_input_and_timesteps did not use the uniforms loli-plugin handed it "
-            f"in `timesteps` (timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}: expected timesteps in "
+            f"{TRAINER_BASE}.NetworkTrainer.get_noisy_model_input_and_timesteps did not use the uniforms "
+            "loli-plugin handed it in `timesteps` "
+            f"(timestep_sampling={getattr(run_args, 'timestep_sampling', None)!r}: expected timesteps in "
             f"[{low:.3f}, {high:.3f}], got {got.tolist()}), so the step's timesteps would not come from its cluster. "
-            f"Supported: {SUPPORTED}")
+            f"Supported: {SUPPORTED}"
+        )
 
 
 _LAST_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
@@ -333,7 +364,9 @@ def compute_loss(context, wrapped, instance, args, kwargs):
     if real is None:
         raise LoliUnsupportedTrainerError(f"{where} does not compute its loss through torch. Supported: {SUPPORTED}")
     training_loss = _TrainingLoss(real.nn.functional.mse_loss, run)
-    namespace["torch"] = _Overlay(real, nn=_Overlay(real.nn, functional=_Overlay(real.nn.functional, mse_loss=training_loss)))
+    namespace["torch"] = _Overlay(
+        real, nn=_Overlay(real.nn, functional=_Overlay(real.nn.functional, mse_loss=training_loss))
+    )
     try:
         result = wrapped(*args, **kwargs)
     finally:
@@ -341,7 +374,8 @@ def compute_loss(context, wrapped, instance, args, kwargs):
     if not training_loss.done:
         raise LoliUnsupportedTrainerError(
             f"{where} computed its loss without torch.nn.functional.mse_loss, so loli-plugin can neither apply "
-            f"--loss_type loli nor record the per-cluster loss. Supported: {SUPPORTED}")
+            f"--loss_type loli nor record the per-cluster loss. Supported: {SUPPORTED}"
+        )
     return result
 
 
@@ -359,13 +393,33 @@ def extra_step_logs(context, wrapped, instance, args, kwargs):
 
 
 # --------------------------------------------------------------------------- instrumentors
-PARSER = FunctionPatch(PARSER_COMMON, "setup_parser_common", "adds --loss_type loli and --loli_loss_weights", "options",
-                       params=[], wrapper=setup_parser_common)
-TRAIN = FunctionPatch(TRAINER_BASE, "NetworkTrainer.train", "checks a Loli run before it loads anything", "activation",
-                      params=["self", "args"], reads=["args"], wrapper=train)
+PARSER = FunctionPatch(
+    PARSER_COMMON,
+    "setup_parser_common",
+    "adds --loss_type loli and --loli_loss_weights",
+    "options",
+    params=[],
+    wrapper=setup_parser_common,
+)
+TRAIN = FunctionPatch(
+    TRAINER_BASE,
+    "NetworkTrainer.train",
+    "checks a Loli run before it loads anything",
+    "activation",
+    params=["self", "args"],
+    reads=["args"],
+    wrapper=train,
+)
 #: where every Loli run activates (feature "activation": needed by all of them)
-GET_OPTIMIZER = FunctionPatch(TRAINER_BASE, "NetworkTrainer.get_optimizer", "accepts --optimizer_type LoliClustered; activates Loli runs",
-                              "activation", params=["self", "args", "trainable_params"], reads=["args"], wrapper=get_optimizer)
+GET_OPTIMIZER = FunctionPatch(
+    TRAINER_BASE,
+    "NetworkTrainer.get_optimizer",
+    "accepts --optimizer_type LoliClustered; activates Loli runs",
+    "activation",
+    params=["self", "args", "trainable_params"],
+    reads=["args"],
+    wrapper=get_optimizer,
+)
 ENTRY = Instrumentor(LIBRARY, SUPPORTED, [PARSER, TRAIN, GET_OPTIMIZER])
 
 _SAMPLER_PARAMS = ["self", "args", "noise", "latents", "timesteps", "noise_scheduler", "device", "dtype"]
@@ -373,29 +427,84 @@ _SAMPLER_READS = ["args", "noise", "latents", "timesteps", "noise_scheduler"]
 _LOSS_PARAMS = ["self", "args", "output", "timesteps", "noise_scheduler", "dit_dtype", "network_dtype", "global_step"]
 _LOGS_PARAMS = ["self", "args", "logs"]
 
-TRAINING = Instrumentor(LIBRARY, SUPPORTED, [
-    FunctionPatch(TRAINER_BASE, "NetworkTrainer.get_noisy_model_input_and_timesteps", "timesteps from one cluster per step",
-                  "sampler", params=_SAMPLER_PARAMS, reads=_SAMPLER_READS, wrapper=sample_from_cluster),
-    FunctionPatch(TRAINER_BASE, "compute_density_for_timestep_sampling", "keeps u < 1 so the scheduler-table index stays in range",
-                  "sampler", params=["weighting_scheme", "batch_size", "logit_mean", "logit_std", "mode_scale"], reads=[],
-                  wrapper=keep_density_below_one),
-    # also where every training loss is recorded under its cluster, hence "logs"
-    FunctionPatch(TRAINER_BASE, "NetworkTrainer.compute_loss", "--loss_type loli; per-cluster loss", ("loss", "logs"),
-                  params=_LOSS_PARAMS, reads=[], wrapper=compute_loss),
-    FunctionPatch(TRAINER_BASE, "NetworkTrainer.extra_step_logs", "per-cluster scalars next to loss/current", "logs",
-                  params=_LOGS_PARAMS, reads=[], wrapper=extra_step_logs),
-])
+TRAINING = Instrumentor(
+    LIBRARY,
+    SUPPORTED,
+    [
+        FunctionPatch(
+            TRAINER_BASE,
+            "NetworkTrainer.get_noisy_model_input_and_timesteps",
+            "timesteps from one cluster per step",
+            "sampler",
+            params=_SAMPLER_PARAMS,
+            reads=_SAMPLER_READS,
+            wrapper=sample_from_cluster,
+        ),
+        FunctionPatch(
+            TRAINER_BASE,
+            "compute_density_for_timestep_sampling",
+            "keeps u < 1 so the scheduler-table index stays in range",
+            "sampler",
+            params=["weighting_scheme", "batch_size", "logit_mean", "logit_std", "mode_scale"],
+            reads=[],
+            wrapper=keep_density_below_one,
+        ),
+        # also where every training loss is recorded under its cluster, hence "logs"
+        FunctionPatch(
+            TRAINER_BASE,
+            "NetworkTrainer.compute_loss",
+            "--loss_type loli; per-cluster loss",
+            ("loss", "logs"),
+            params=_LOSS_PARAMS,
+            reads=[],
+            wrapper=compute_loss,
+        ),
+        FunctionPatch(
+            TRAINER_BASE,
+            "NetworkTrainer.extra_step_logs",
+            "per-cluster scalars next to loss/current",
+            "logs",
+            params=_LOGS_PARAMS,
+            reads=[],
+            wrapper=extra_step_logs,
+        ),
+    ],
+)
 
 
 def _overrides(hidream: str, ideogram4: str, self_flow: str) -> list[FunctionPatch]:
     # optional: a module holds only its own family's class (``__main__`` holds one of them at most)
     return [
-        FunctionPatch(hidream, "HiDreamO1NetworkTrainer.get_noisy_model_input_and_timesteps", "HiDream-O1 timesteps from one cluster",
-                      "sampler", params=_SAMPLER_PARAMS, reads=_SAMPLER_READS, wrapper=sample_from_cluster, optional=True),
-        FunctionPatch(ideogram4, "Ideogram4NetworkTrainer.compute_loss", "Ideogram 4: --loss_type loli; per-cluster loss",
-                      ("loss", "logs"), params=_LOSS_PARAMS, reads=[], wrapper=compute_loss, optional=True),
-        FunctionPatch(self_flow, "Flux2SelfFlowNetworkTrainer.extra_step_logs", "Self-Flow: per-cluster scalars", "logs",
-                      params=_LOGS_PARAMS, reads=[], wrapper=extra_step_logs, optional=True),
+        FunctionPatch(
+            hidream,
+            "HiDreamO1NetworkTrainer.get_noisy_model_input_and_timesteps",
+            "HiDream-O1 timesteps from one cluster",
+            "sampler",
+            params=_SAMPLER_PARAMS,
+            reads=_SAMPLER_READS,
+            wrapper=sample_from_cluster,
+            optional=True,
+        ),
+        FunctionPatch(
+            ideogram4,
+            "Ideogram4NetworkTrainer.compute_loss",
+            "Ideogram 4: --loss_type loli; per-cluster loss",
+            ("loss", "logs"),
+            params=_LOSS_PARAMS,
+            reads=[],
+            wrapper=compute_loss,
+            optional=True,
+        ),
+        FunctionPatch(
+            self_flow,
+            "Flux2SelfFlowNetworkTrainer.extra_step_logs",
+            "Self-Flow: per-cluster scalars",
+            "logs",
+            params=_LOGS_PARAMS,
+            reads=[],
+            wrapper=extra_step_logs,
+            optional=True,
+        ),
     ]
 
 
@@ -426,11 +535,21 @@ SEAMS = {
 }
 #: overrides that keep the base method's work: they call super() (read at the pinned commit)
 DELEGATING = {
-    ("WanNetworkTrainer", "get_noisy_model_input_and_timesteps"):
-        "wan_train_network.py: every branch calls super(), high/low-noise training once per candidate draw",
-    ("HiDreamO1NetworkTrainer", "compute_loss"): "hidream_o1_train_network.py: super().compute_loss, then its DINO term",
-    ("Flux2SelfFlowNetworkTrainer", "process_batch"):
-        "flux_2_train_network_self_flow.py: super() unless --self_flow, whose step raises NotImplementedError at 30c658c",
+    (
+        "WanNetworkTrainer",
+        "get_noisy_model_input_and_timesteps",
+    ): "wan_train_network.py: every branch calls super(), high/low-noise training once per candidate draw",
+    (
+        "HiDreamO1NetworkTrainer",
+        "compute_loss",
+    ): "hidream_o1_train_network.py: super().compute_loss, then its DINO term",
+    (
+        "Flux2SelfFlowNetworkTrainer",
+        "process_batch",
+    ): (
+        "flux_2_train_network_self_flow.py: super() unless --self_flow, whose step raises NotImplementedError "
+        "at 30c658c"
+    ),
 }
 
 
@@ -444,14 +563,23 @@ def override_problems(trainer_cls: type, features: set, instrumentors) -> list[s
         if not needed_by & set(features):
             continue
         owner = next(c for c in trainer_cls.__mro__ if method in c.__dict__)
-        if owner is base or (owner.__qualname__, method) in DELEGATING or (owner.__module__, f"{owner.__qualname__}.{method}") in patched:
+        if (
+            owner is base
+            or (owner.__qualname__, method) in DELEGATING
+            or (owner.__module__, f"{owner.__qualname__}.{method}") in patched
+        ):
             continue
         if method == "train":
-            problems.append(f"{owner.__module__}.{owner.__qualname__} runs its own training loop (it overrides NetworkTrainer.train); "
-                            "loli-plugin supports musubi-tuner's LoRA scripts, *_train_network.py")
+            problems.append(
+                f"{owner.__module__}.{owner.__qualname__} runs its own training loop "
+                "(it overrides NetworkTrainer.train); "
+                "loli-plugin supports musubi-tuner's LoRA scripts, *_train_network.py"
+            )
         else:
-            problems.append(f"{owner.__module__}.{owner.__qualname__}.{method} overrides NetworkTrainer.{method} in a way "
-                            "loli-plugin has not read")
+            problems.append(
+                f"{owner.__module__}.{owner.__qualname__}.{method} overrides NetworkTrainer.{method} in a way "
+                "loli-plugin has not read"
+            )
     return problems
 
 

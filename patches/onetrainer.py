@@ -33,8 +33,11 @@ SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one wi
 LIBRARY = "Nerogar/OneTrainer"
 MEMBER = "LOLI_CLUSTERED"
 #: TrainOptimizerConfig fields the plugin adds: (name, default, type, nullable)
-OPTIMIZER_FIELDS = [("loli_inner", "ADAMW", str, False), ("loli_clusters", DEFAULT_CLUSTERS, int, False),
-                    ("loli_schedule", "shuffle", str, False)]
+OPTIMIZER_FIELDS = [
+    ("loli_inner", "ADAMW", str, False),
+    ("loli_clusters", DEFAULT_CLUSTERS, int, False),
+    ("loli_schedule", "shuffle", str, False),
+]
 #: inner optimizers the plugin offers beyond OneTrainer's own list: name -> the OneTrainer optimizer
 #: whose parameter rows (and defaults) configure it
 PLUGIN_INNERS = {"ADAMW_CLUSTERED_SECOND_MOMENT": "ADAMW", "ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED": "ADAMW"}
@@ -44,22 +47,43 @@ def rows_of(inner_name: str) -> str:
     """The OneTrainer optimizer whose rows and defaults an inner optimizer uses (its own, or, for a
     plugin-owned inner, the one it is configured like)."""
     return PLUGIN_INNERS.get(inner_name, inner_name)
+
+
 #: TrainConfig fields: the cosine term of the loss section, and the progress probe (auto: on with
 #: LOLI_CLUSTERED; every N optimizer steps; training samples kept, in whole batches: 1 = the first batch;
 #: probe timesteps without LOLI_CLUSTERED)
 PROBE_EVERY, PROBE_SAMPLES = 100, 1
-CONFIG_FIELDS = [("cos_strength", 0.0, float, False), ("loli_probe", "auto", str, False), ("loli_probe_every", PROBE_EVERY, int, False),
-                 ("loli_probe_samples", PROBE_SAMPLES, int, False), ("loli_probe_clusters", DEFAULT_CLUSTERS, int, False)]
+CONFIG_FIELDS = [
+    ("cos_strength", 0.0, float, False),
+    ("loli_probe", "auto", str, False),
+    ("loli_probe_every", PROBE_EVERY, int, False),
+    ("loli_probe_samples", PROBE_SAMPLES, int, False),
+    ("loli_probe_clusters", DEFAULT_CLUSTERS, int, False),
+]
 
 
 def requests_probe(config) -> bool:
     mode = str(getattr(config, "loli_probe", "auto") or "auto")
     return mode == "on" or (mode == "auto" and str(config.optimizer.optimizer) == MEMBER)
+
+
 #: what the optimizer window shows for the plugin's rows (title, tooltip, kind)
 FIELD_DETAILS = {
-    "loli_inner": ("Inner Optimizer", "The optimizer LoliClustered runs once per timestep cluster (its parameters are the rows below)", "options"),
-    "loli_clusters": ("Timestep Clusters", "Number of timestep clusters K; each keeps its own optimizer state (K x optimizer memory)", "int"),
-    "loli_schedule": ("Cluster Schedule", "shuffle: every cluster once per K steps; random: i.i.d.; round_robin: 0,1,2,...", "schedule"),
+    "loli_inner": (
+        "Inner Optimizer",
+        "The optimizer LoliClustered runs once per timestep cluster (its parameters are the rows below)",
+        "options",
+    ),
+    "loli_clusters": (
+        "Timestep Clusters",
+        "Number of timestep clusters K; each keeps its own optimizer state (K x optimizer memory)",
+        "int",
+    ),
+    "loli_schedule": (
+        "Cluster Schedule",
+        "shuffle: every cluster once per K steps; random: i.i.d.; round_robin: 0,1,2,...",
+        "schedule",
+    ),
 }
 NOISE_MIXIN = "modules.modelSetup.mixin.ModelSetupNoiseMixin"
 LOSS_MIXIN = "modules.modelSetup.mixin.ModelSetupDiffusionLossMixin"
@@ -156,21 +180,63 @@ def from_dict(context, wrapped, instance, args, kwargs):
     return result
 
 
-MEMBER_PATCH = EnumMemberPatch(OPTIMIZER_ENUM, "Optimizer", "adds LOLI_CLUSTERED to the optimizer list", "options",
-                               member=MEMBER, check=_is_onetrainer_optimizer_enum)
-REGISTRATION = Instrumentor(LIBRARY, SUPPORTED, [
-    MEMBER_PATCH,
-    FunctionPatch(OPTIMIZER_ENUM, "Optimizer.maybe_adjust_lrs", "lr/<group> shows d*lr for adaptive inner optimizers", "logs",
-                  params=["self", "lrs", "optimizer"], wrapper=maybe_adjust_lrs, optional=True),
-    MappingEntryPatch(OPTIMIZER_UTIL, "OPTIMIZER_DEFAULT_PARAMETERS", "LOLI_CLUSTERED's default parameters", "options",
-                      key=lambda module: _member(), value=_default_parameters),
-    FunctionPatch(TRAIN_CONFIG, "TrainOptimizerConfig.default_values", "optimizer fields loli_inner, loli_clusters, loli_schedule",
-                  "options", params=[], wrapper=_fields_factory(OPTIMIZER_FIELDS)),
-    FunctionPatch(TRAIN_CONFIG, "TrainConfig.default_values", "config field cos_strength", "options",
-                  params=[], wrapper=_fields_factory(CONFIG_FIELDS)),
-    FunctionPatch(BASE_CONFIG, "BaseConfig.from_dict", "notices configs that ask for LOLI_CLUSTERED or a cosine strength", "options",
-                  params=["self", "data", "migrate"], reads=["self", "data"], wrapper=from_dict),
-])
+MEMBER_PATCH = EnumMemberPatch(
+    OPTIMIZER_ENUM,
+    "Optimizer",
+    "adds LOLI_CLUSTERED to the optimizer list",
+    "options",
+    member=MEMBER,
+    check=_is_onetrainer_optimizer_enum,
+)
+REGISTRATION = Instrumentor(
+    LIBRARY,
+    SUPPORTED,
+    [
+        MEMBER_PATCH,
+        FunctionPatch(
+            OPTIMIZER_ENUM,
+            "Optimizer.maybe_adjust_lrs",
+            "lr/<group> shows d*lr for adaptive inner optimizers",
+            "logs",
+            params=["self", "lrs", "optimizer"],
+            wrapper=maybe_adjust_lrs,
+            optional=True,
+        ),
+        MappingEntryPatch(
+            OPTIMIZER_UTIL,
+            "OPTIMIZER_DEFAULT_PARAMETERS",
+            "LOLI_CLUSTERED's default parameters",
+            "options",
+            key=lambda module: _member(),
+            value=_default_parameters,
+        ),
+        FunctionPatch(
+            TRAIN_CONFIG,
+            "TrainOptimizerConfig.default_values",
+            "optimizer fields loli_inner, loli_clusters, loli_schedule",
+            "options",
+            params=[],
+            wrapper=_fields_factory(OPTIMIZER_FIELDS),
+        ),
+        FunctionPatch(
+            TRAIN_CONFIG,
+            "TrainConfig.default_values",
+            "config field cos_strength",
+            "options",
+            params=[],
+            wrapper=_fields_factory(CONFIG_FIELDS),
+        ),
+        FunctionPatch(
+            BASE_CONFIG,
+            "BaseConfig.from_dict",
+            "notices configs that ask for LOLI_CLUSTERED or a cosine strength",
+            "options",
+            params=["self", "data", "migrate"],
+            reads=["self", "data"],
+            wrapper=from_dict,
+        ),
+    ],
+)
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -199,12 +265,29 @@ def create_optimizer(context, wrapped, instance, args, kwargs):
     return optimizer
 
 
-ENTRY = Instrumentor(LIBRARY, SUPPORTED, [
-    FunctionPatch(CREATE, "create_trainer", "refuses a Loli run this OneTrainer cannot serve, before any work", "activation",
-                  params=["config", "callbacks", "commands"], reads=["config"], wrapper=create_trainer),
-    FunctionPatch(CREATE, "create_optimizer", "builds LOLI_CLUSTERED around the inner optimizer; activates Loli runs", "activation",
-                  params=["parameter_group_collection", "state_dict", "config", "layer_key_fn"], wrapper=create_optimizer),
-])
+ENTRY = Instrumentor(
+    LIBRARY,
+    SUPPORTED,
+    [
+        FunctionPatch(
+            CREATE,
+            "create_trainer",
+            "refuses a Loli run this OneTrainer cannot serve, before any work",
+            "activation",
+            params=["config", "callbacks", "commands"],
+            reads=["config"],
+            wrapper=create_trainer,
+        ),
+        FunctionPatch(
+            CREATE,
+            "create_optimizer",
+            "builds LOLI_CLUSTERED around the inner optimizer; activates Loli runs",
+            "activation",
+            params=["parameter_group_collection", "state_dict", "config", "layer_key_fn"],
+            wrapper=create_optimizer,
+        ),
+    ],
+)
 
 
 # --------------------------------------------------------------------------- timesteps
@@ -232,8 +315,12 @@ def get_timestep_discrete(context, wrapped, instance, args, kwargs):
     instance = bound.get("self", instance)
     run = context.run
     probing = run is not None and run.probe_cluster is not None
-    if (run is None or not (run.stratify or probing) or bound["deterministic"]
-            or type(instance).__name__ == "TimestepGenerator"):
+    if (
+        run is None
+        or not (run.stratify or probing)
+        or bound["deterministic"]
+        or type(instance).__name__ == "TimestepGenerator"
+    ):
         if run is not None and bound.get("deterministic"):
             run.untracked_draw()
         return wrapped(*args, **kwargs)
@@ -255,8 +342,16 @@ def get_timestep_discrete(context, wrapped, instance, args, kwargs):
     k = run.probe_cluster if probing else run.take_cluster()
     if _reflect(config):
         k = run.clusters - 1 - k
-    with cluster_draw(sys.modules[NOISE_MIXIN], k, run.clusters, int(bound["batch_size"]), "ModelSetupNoiseMixin._get_timestep_discrete",
-                      SUPPORTED, f"timestep_distribution={config.timestep_distribution}", midpoint=probing):
+    with cluster_draw(
+        sys.modules[NOISE_MIXIN],
+        k,
+        run.clusters,
+        int(bound["batch_size"]),
+        "ModelSetupNoiseMixin._get_timestep_discrete",
+        SUPPORTED,
+        f"timestep_distribution={config.timestep_distribution}",
+        midpoint=probing,
+    ):
         return wrapped(*args, **kwargs)
 
 
@@ -298,14 +393,17 @@ def masked_losses(context, wrapped, instance, args, kwargs):
     from modules.util.loss.masked_loss import masked_losses_with_prior
 
     mean_dim = list(range(1, data["predicted"].ndim))
-    term = masked_losses_with_prior(
-        losses=_cos_map(data["predicted"], data["target"]).clone(),
-        prior_losses=_cos_map(data["predicted"], data["prior_target"]).clone() if "prior_target" in data else None,
-        mask=batch["latent_mask"].float(),
-        unmasked_weight=config.unmasked_weight,
-        normalize_masked_area_loss=config.normalize_masked_area_loss,
-        masked_prior_preservation_weight=config.masked_prior_preservation_weight,
-    ).mean(mean_dim) * strength
+    term = (
+        masked_losses_with_prior(
+            losses=_cos_map(data["predicted"], data["target"]).clone(),
+            prior_losses=_cos_map(data["predicted"], data["prior_target"]).clone() if "prior_target" in data else None,
+            mask=batch["latent_mask"].float(),
+            unmasked_weight=config.unmasked_weight,
+            normalize_masked_area_loss=config.normalize_masked_area_loss,
+            masked_prior_preservation_weight=config.masked_prior_preservation_weight,
+        ).mean(mean_dim)
+        * strength
+    )
     return losses + term
 
 
@@ -342,25 +440,64 @@ def report_to_tensorboard(context, wrapped, instance, args, kwargs):
 
 _LOSS_PARAMS = ["self", "batch", "data", "config"]
 
-TRAINING = Instrumentor(LIBRARY, SUPPORTED, [
-    FunctionPatch(NOISE_MIXIN, "ModelSetupNoiseMixin._get_timestep_discrete", "timesteps from one cluster per optimizer step (every model)",
-                  ("sampler", "probe"), params=["self", "num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"],
-                  reads=["self", "num_train_timesteps", "deterministic", "batch_size", "config"], wrapper=get_timestep_discrete),
-    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__unmasked_losses", "cosine strength (unmasked)",
-                  "loss", params=_LOSS_PARAMS, wrapper=unmasked_losses),
-    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__masked_losses", "cosine strength (masked training)",
-                  "loss", params=_LOSS_PARAMS, wrapper=masked_losses),
-    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._diffusion_losses", "per-cluster loss; the probe's batches (diffusion models)",
-                  ("logs", "probe"), params=["self", "batch", "data", "config", "train_device", "betas", "alphas_cumprod_fun"],
-                  reads=["batch"], wrapper=record_losses),
-    FunctionPatch(LOSS_MIXIN, "ModelSetupDiffusionLossMixin._flow_matching_losses", "per-cluster loss; the probe's batches (flow models)",
-                  ("logs", "probe"), params=["self", "batch", "data", "config", "train_device", "sigmas"], reads=["batch"],
-                  wrapper=record_losses),
-    FunctionPatch("modules.modelSetup.BaseModelSetup", "BaseModelSetup.report_to_tensorboard",
-                  "loss/cluster_XX, loss/normalized and the probe in TensorBoard", ("logs", "probe"),
-                  params=["self", "model", "config", "scheduler", "tensorboard"], reads=["self", "model", "config", "tensorboard"],
-                  wrapper=report_to_tensorboard),
-])
+TRAINING = Instrumentor(
+    LIBRARY,
+    SUPPORTED,
+    [
+        FunctionPatch(
+            NOISE_MIXIN,
+            "ModelSetupNoiseMixin._get_timestep_discrete",
+            "timesteps from one cluster per optimizer step (every model)",
+            ("sampler", "probe"),
+            params=["self", "num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"],
+            reads=["self", "num_train_timesteps", "deterministic", "batch_size", "config"],
+            wrapper=get_timestep_discrete,
+        ),
+        FunctionPatch(
+            LOSS_MIXIN,
+            "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__unmasked_losses",
+            "cosine strength (unmasked)",
+            "loss",
+            params=_LOSS_PARAMS,
+            wrapper=unmasked_losses,
+        ),
+        FunctionPatch(
+            LOSS_MIXIN,
+            "ModelSetupDiffusionLossMixin._ModelSetupDiffusionLossMixin__masked_losses",
+            "cosine strength (masked training)",
+            "loss",
+            params=_LOSS_PARAMS,
+            wrapper=masked_losses,
+        ),
+        FunctionPatch(
+            LOSS_MIXIN,
+            "ModelSetupDiffusionLossMixin._diffusion_losses",
+            "per-cluster loss; the probe's batches (diffusion models)",
+            ("logs", "probe"),
+            params=["self", "batch", "data", "config", "train_device", "betas", "alphas_cumprod_fun"],
+            reads=["batch"],
+            wrapper=record_losses,
+        ),
+        FunctionPatch(
+            LOSS_MIXIN,
+            "ModelSetupDiffusionLossMixin._flow_matching_losses",
+            "per-cluster loss; the probe's batches (flow models)",
+            ("logs", "probe"),
+            params=["self", "batch", "data", "config", "train_device", "sigmas"],
+            reads=["batch"],
+            wrapper=record_losses,
+        ),
+        FunctionPatch(
+            "modules.modelSetup.BaseModelSetup",
+            "BaseModelSetup.report_to_tensorboard",
+            "loss/cluster_XX, loss/normalized and the probe in TensorBoard",
+            ("logs", "probe"),
+            params=["self", "model", "config", "scheduler", "tensorboard"],
+            reads=["self", "model", "config", "tensorboard"],
+            wrapper=report_to_tensorboard,
+        ),
+    ],
+)
 
 
 # --------------------------------------------------------------------------- UI
@@ -458,19 +595,38 @@ def create_loss_frame(context, wrapped, instance, args, kwargs):
         components.section_frame = original_section_frame
     if frames:
         frame = frames[0]
-        components.label(frame, COSINE_ROW, 0, "Cosine Strength",
-                         tooltip="Strength of the cosine loss (1 - cosine similarity of prediction and target along the "
-                                 "channels; loli-plugin). Loli loss: MSE 0.4, MAE 0.4, Cosine 0.2")
+        components.label(
+            frame,
+            COSINE_ROW,
+            0,
+            "Cosine Strength",
+            tooltip="Strength of the cosine loss (1 - cosine similarity of prediction and target along the "
+            "channels; loli-plugin). Loli loss: MSE 0.4, MAE 0.4, Cosine 0.2",
+        )
         components.entry(frame, COSINE_ROW, 1, bound["ui_state"], "cos_strength")
     return result
 
 
-UI = Instrumentor(LIBRARY, SUPPORTED, [
-    FunctionPatch("modules.ui.BaseOptimizerParamsWindowView", "BaseOptimizerParamsWindowView.build_dynamic_content",
-                  "LOLI_CLUSTERED rows in the optimizer window", "ui",
-                  params=["self", "master", "controller", "optimizer_ui_state", "update_user_pref_cb"],
-                  wrapper=build_dynamic_content),
-    FunctionPatch("modules.ui.BaseTrainingTabView", "BaseTrainingTabView._BaseTrainingTabView__create_loss_frame",
-                  "Cosine Strength in the loss section", "ui",
-                  params=["self", "master", "row", "controller", "ui_state"], reads=["self", "ui_state"], wrapper=create_loss_frame),
-])
+UI = Instrumentor(
+    LIBRARY,
+    SUPPORTED,
+    [
+        FunctionPatch(
+            "modules.ui.BaseOptimizerParamsWindowView",
+            "BaseOptimizerParamsWindowView.build_dynamic_content",
+            "LOLI_CLUSTERED rows in the optimizer window",
+            "ui",
+            params=["self", "master", "controller", "optimizer_ui_state", "update_user_pref_cb"],
+            wrapper=build_dynamic_content,
+        ),
+        FunctionPatch(
+            "modules.ui.BaseTrainingTabView",
+            "BaseTrainingTabView._BaseTrainingTabView__create_loss_frame",
+            "Cosine Strength in the loss section",
+            "ui",
+            params=["self", "master", "row", "controller", "ui_state"],
+            reads=["self", "ui_state"],
+            wrapper=create_loss_frame,
+        ),
+    ],
+)

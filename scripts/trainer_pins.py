@@ -48,7 +48,7 @@ def parse_toml(text: str) -> dict:
 
 
 _COMMENT = r"\s*(?:#.*)?"
-_TABLE = re.compile(r'\[\s*([A-Za-z0-9_-]+)\s*\]' + _COMMENT)
+_TABLE = re.compile(r"\[\s*([A-Za-z0-9_-]+)\s*\]" + _COMMENT)
 _PAIR = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*"([^"\\]*)"' + _COMMENT)
 
 
@@ -66,5 +66,7 @@ def parse_pins_subset(text: str) -> dict:
         elif pair and current is not None:
             current[pair.group(1)] = pair.group(2)
         else:
-            raise ValueError(f"line {number}: not a [table] or key = \"text\" line (Python 3.10 reads only those): {line}")
+            raise ValueError(
+                f'line {number}: not a [table] or key = "text" line (Python 3.10 reads only those): {line}'
+            )
     return tables

@@ -43,8 +43,14 @@ def run_driver(driver: Path, tree: Path, argv: list[str], disable: bool = False,
     env.pop("LOLI_PLUGIN_DISABLE", None)
     if disable:
         env["LOLI_PLUGIN_DISABLE"] = "1"
-    proc = subprocess.run([sys.executable, str(driver), str(tree), json.dumps(argv)], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(driver), str(tree), json.dumps(argv)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, (json.loads(lines[-1]) if lines and proc.returncode == 0 else None)
 
@@ -53,8 +59,9 @@ def plugin_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "loli-plugin" in line]
 
 
-def check_plain_run_is_stock(driver: Path, tree: Path, argv: list[str], unfit: str | None, pin: str,
-                             extra_env: dict | None = None) -> None:
+def check_plain_run_is_stock(
+    driver: Path, tree: Path, argv: list[str], unfit: str | None, pin: str, extra_env: dict | None = None
+) -> None:
     """A run without Loli options on a drifted tree: it succeeds, its result equals the same tree's with
     the plugin disabled, and the plugin says one line (naming the unfit target, the supported commit
     and the off switch) when a target does not fit, nothing otherwise."""
@@ -78,7 +85,7 @@ def refusal(driver: Path, tree: Path, argv: list[str], unfit: str, pin: str, ext
     proc, result = run_driver(driver, tree, argv, extra_env=extra_env)
     assert proc.returncode != 0 and result is None
     assert "LoliUnsupportedTrainerError" in proc.stderr, proc.stderr[-3000:]
-    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError"):]
+    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError") :]
     assert unfit in message and pin in message and "LOLI_PLUGIN_DISABLE=1" in message
     return proc, message
 

@@ -10,7 +10,12 @@ import torch
 from loli_plugin.bench import gpu
 from loli_plugin.cli import main
 
-SECTIONS = ["## 1. Optimizer step time", "## 2. Device memory", "## 3. Offload during a real forward/backward", "## 4. Precision"]
+SECTIONS = [
+    "## 1. Optimizer step time",
+    "## 2. Device memory",
+    "## 3. Offload during a real forward/backward",
+    "## 4. Precision",
+]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA, so the command would measure")

@@ -10,18 +10,51 @@ import torch
 from loli_plugin.cli import build_parser, main
 
 BAD = {
-    "optimizer --clusters 0": (["bench", "optimizer", "--clusters", "0"], "argument --clusters: --clusters must be >= 1, got 0"),
-    "optimizer --inner NoSuchOpt": (["bench", "optimizer", "--inner", "NoSuchOpt"], "--inner NoSuchOpt: not a torch.optim optimizer; use one of"),
-    "optimizer --inner LBFGS (LoliClustered refuses)": (["bench", "optimizer", "--inner", "LBFGS"], "unknown inner optimizer inner='LBFGS'"),
-    "optimizer --inner Rprop (no weight_decay)": (["bench", "optimizer", "--inner", "Rprop"], "--inner Rprop with --impl foreach on cpu does not work"),
-    "optimizer --impl fused with RMSprop": (["bench", "optimizer", "--inner", "RMSprop", "--impl", "fused"], "--inner RMSprop with --impl fused on cpu does not work"),
-    "optimizer --steps 0": (["bench", "optimizer", "--steps", "0"], "argument --steps: must be a whole number >= 1, got 0"),
-    "optimizer --params abc": (["bench", "optimizer", "--params", "abc"], "argument --params: expected a finite number > 0, got 'abc'"),
-    "optimizer --device nonsense": (["bench", "optimizer", "--device", "nonsense"], "argument --device: 'nonsense' is not a torch device"),
-    "sampler --clusters 0": (["bench", "sampler", "--clusters", "0"], "argument --clusters: --clusters must be >= 1, got 0"),
-    "sampler --batch 0": (["bench", "sampler", "--batch", "4", "0"], "argument --batch: must be a whole number >= 1, got 0"),
+    "optimizer --clusters 0": (
+        ["bench", "optimizer", "--clusters", "0"],
+        "argument --clusters: --clusters must be >= 1, got 0",
+    ),
+    "optimizer --inner NoSuchOpt": (
+        ["bench", "optimizer", "--inner", "NoSuchOpt"],
+        "--inner NoSuchOpt: not a torch.optim optimizer; use one of",
+    ),
+    "optimizer --inner LBFGS (LoliClustered refuses)": (
+        ["bench", "optimizer", "--inner", "LBFGS"],
+        "unknown inner optimizer inner='LBFGS'",
+    ),
+    "optimizer --inner Rprop (no weight_decay)": (
+        ["bench", "optimizer", "--inner", "Rprop"],
+        "--inner Rprop with --impl foreach on cpu does not work",
+    ),
+    "optimizer --impl fused with RMSprop": (
+        ["bench", "optimizer", "--inner", "RMSprop", "--impl", "fused"],
+        "--inner RMSprop with --impl fused on cpu does not work",
+    ),
+    "optimizer --steps 0": (
+        ["bench", "optimizer", "--steps", "0"],
+        "argument --steps: must be a whole number >= 1, got 0",
+    ),
+    "optimizer --params abc": (
+        ["bench", "optimizer", "--params", "abc"],
+        "argument --params: expected a finite number > 0, got 'abc'",
+    ),
+    "optimizer --device nonsense": (
+        ["bench", "optimizer", "--device", "nonsense"],
+        "argument --device: 'nonsense' is not a torch device",
+    ),
+    "sampler --clusters 0": (
+        ["bench", "sampler", "--clusters", "0"],
+        "argument --clusters: --clusters must be >= 1, got 0",
+    ),
+    "sampler --batch 0": (
+        ["bench", "sampler", "--batch", "4", "0"],
+        "argument --batch: must be a whole number >= 1, got 0",
+    ),
     "quality --lr 0": (["bench", "quality", "--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
-    "make-base --steps -1": (["bench", "make-base", "--objective", "flow", "--steps", "-1", "--out", "x.safetensors"], "argument --steps: must be a whole number >= 1, got -1"),
+    "make-base --steps -1": (
+        ["bench", "make-base", "--objective", "flow", "--steps", "-1", "--out", "x.safetensors"],
+        "argument --steps: must be a whole number >= 1, got -1",
+    ),
     "demo --clusters 0": (["demo", "--clusters", "0"], "argument --clusters: --clusters must be >= 1, got 0"),
     "demo --batch 0": (["demo", "--batch", "0"], "argument --batch: must be a whole number >= 1, got 0"),
     "no command": ([], "the following arguments are required: COMMAND"),
@@ -44,16 +77,21 @@ def test_bad_argument_is_one_line_on_stderr_and_exit_2(argv, message, capsys):
 def test_cuda_device_without_cuda(capsys):
     assert main(["bench", "optimizer", "--device", "cuda"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err == (f"loli-plugin bench optimizer: error: argument --device: cuda: CUDA is not available here "
-                                 f"(torch {torch.__version__}); use --device cpu\n")
+    assert out == "" and err == (
+        f"loli-plugin bench optimizer: error: argument --device: cuda: CUDA is not available here "
+        f"(torch {torch.__version__}); use --device cpu\n"
+    )
 
 
-@pytest.mark.parametrize("argv, what", [
-    (["demo", "--out", "FILE"], "--out {tmp}/FILE is a file; give a folder for the PNG"),
-    (["bench", "make-base", "--objective", "flow", "--out", "EMPTY"], "--out {tmp}/EMPTY is a folder"),
-    (["plot", "MISSING"], "{tmp}/MISSING: no such folder"),
-    (["plot", "EMPTY"], "{tmp}/EMPTY: no TensorBoard event files in it or up to 2 folder levels below"),
-])
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["demo", "--out", "FILE"], "--out {tmp}/FILE is a file; give a folder for the PNG"),
+        (["bench", "make-base", "--objective", "flow", "--out", "EMPTY"], "--out {tmp}/EMPTY is a folder"),
+        (["plot", "MISSING"], "{tmp}/MISSING: no such folder"),
+        (["plot", "EMPTY"], "{tmp}/EMPTY: no TensorBoard event files in it or up to 2 folder levels below"),
+    ],
+)
 def test_bad_path_is_one_line_on_stderr_and_exit_2(argv, what, tmp_path, capsys):
     (tmp_path / "FILE").write_text("not a folder")
     (tmp_path / "EMPTY").mkdir()
@@ -65,12 +103,17 @@ def test_bad_path_is_one_line_on_stderr_and_exit_2(argv, what, tmp_path, capsys)
 
 
 def test_the_installed_entry_point_prints_no_traceback():
-    result = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "bench", "optimizer", "--clusters", "0"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "loli_plugin.cli", "bench", "optimizer", "--clusters", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         "loli-plugin bench optimizer: error: argument --clusters: --clusters must be >= 1, got 0; "
-        "set --clusters=10 (the default), or --clusters=1 to train with a single optimizer state"]
+        "set --clusters=10 (the default), or --clusters=1 to train with a single optimizer state"
+    ]
 
 
 def parsers(parser):

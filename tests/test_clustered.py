@@ -118,7 +118,9 @@ def test_k_clusters_equal_k_independent_inner_optimizers(key, schedule):
         for g_ref, g_ours in zip(refs[k].param_groups, ours.param_groups):
             for key_, value in g_ref.items():
                 if key_ != "params":
-                    assert g_ours[key_] == value or (isinstance(value, torch.Tensor) and torch.equal(value, g_ours[key_])), key_
+                    assert g_ours[key_] == value or (
+                        isinstance(value, torch.Tensor) and torch.equal(value, g_ours[key_])
+                    ), key_
 
 
 def test_prodigy_d_is_banked_per_cluster():
@@ -254,7 +256,12 @@ def test_load_rejects_other_configuration_and_leaves_optimizer_untouched(change,
         other.load_state_dict(sd)
     after = other.state_dict()
     assert after["loli"] == before["loli"]
-    assert all(torch.equal(before["state"][i][k][n], after["state"][i][k][n]) for i in before["state"] for k in before["state"][i] for n in before["state"][i][k])
+    assert all(
+        torch.equal(before["state"][i][k][n], after["state"][i][k][n])
+        for i in before["state"]
+        for k in before["state"][i]
+        for n in before["state"][i][k]
+    )
 
 
 def test_load_rejects_plain_optimizer_state_and_truncated_state():
@@ -462,7 +469,9 @@ def test_format_1_checkpoint_of_an_earlier_release_resumes_exactly():
     assert opt.state_dict()["loli"]["format"] == 1  # full banks still write format 1: older releases read it
 
 
-@pytest.mark.parametrize("error", [OSError("disk read failed"), KeyboardInterrupt(), MemoryError(), ValueError("shape")])
+@pytest.mark.parametrize(
+    "error", [OSError("disk read failed"), KeyboardInterrupt(), MemoryError(), ValueError("shape")]
+)
 @pytest.mark.parametrize("offload", [None, "cpu"])
 def test_failed_load_restores_and_only_mismatches_are_relabelled(error, offload, monkeypatch):
     params = make_params()

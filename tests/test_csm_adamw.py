@@ -121,15 +121,28 @@ def test_k_clusters_follow_the_reference(foreach, K, schedule, momentum):
     lr, betas, eps, wd = 1e-2, (0.9, 0.99), 1e-8, 0.01
     params = make_params(torch.float64, shapes=[(3, 2), (4,), (2,)])
     ref = Reference(params, K, lr, betas, eps, wd, normalized=momentum == "normalized")
-    opt = LoliClustered(params, inner=NAME, clusters=K, schedule=schedule, seed=3, lr=lr, betas=betas, eps=eps,
-                        weight_decay=wd, foreach=foreach, momentum=momentum)
+    opt = LoliClustered(
+        params,
+        inner=NAME,
+        clusters=K,
+        schedule=schedule,
+        seed=3,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=wd,
+        foreach=foreach,
+        momentum=momentum,
+    )
     for step in range(15):
         k = opt.current_cluster
         set_grads(step, params, skip_last_every=4)
         ref.step(k, [p.grad for p in params])
         opt.step()
         for p, expected in zip(params, ref.p):
-            torch.testing.assert_close(p.detach().flatten(), torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(
+                p.detach().flatten(), torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-14
+            )
     assert sorted(set(opt.bank_steps)) != [0] and len([n for n in opt.bank_steps if n]) == K
     # the counts behind the bias corrections: global per parameter, and per cluster
     for i, p in enumerate(params):
@@ -154,8 +167,13 @@ def test_only_the_second_moment_is_banked_and_state_dtypes_follow_torch():
 
 
 def unique_state_bytes(opt) -> int:
-    tensors = {id(v): v for k in range(opt.clusters) for st in opt.bank(k).values() for v in st.values()
-               if isinstance(v, torch.Tensor) and v.dim() > 0}  # moments only, not the step counts
+    tensors = {
+        id(v): v
+        for k in range(opt.clusters)
+        for st in opt.bank(k).values()
+        for v in st.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    }  # moments only, not the step counts
     return sum(v.numel() * v.element_size() for v in tensors.values())
 
 
@@ -327,7 +345,9 @@ def test_normalized_at_k1_takes_adamws_first_step_and_then_differs_from_adamw():
         set_grads(step, ours_params)
         adamw.step()
         ours.step()
-        moved = [torch.cat([(p - s).flatten() for p, s in zip(params, start)]) for params in (adamw_params, ours_params)]
+        moved = [
+            torch.cat([(p - s).flatten() for p, s in zip(params, start)]) for params in (adamw_params, ours_params)
+        ]
         if step == 0:
             torch.testing.assert_close(moved[1], moved[0], rtol=1e-12, atol=0)
     # the gradients' scale swings by up to 1000x between steps (set_grads), so the two drift far apart

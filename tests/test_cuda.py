@@ -14,7 +14,9 @@ from loli_plugin import LoliClustered
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False here)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False here)"
+    ),
 ]
 
 CUDA = torch.device("cuda")
@@ -79,8 +81,12 @@ def test_resume_with_offload_peaks_at_two_banks(inner):
     params = make_params(shapes=((2048, 1024),))  # 8 MiB per moment: the banks dominate the peak
     opt = LoliClustered(params, inner=inner, clusters=K, offload="cpu", lr=1e-3, foreach=True)
     train(opt, params, 2 * K)
-    bank = sum(v.numel() * v.element_size() for st in opt.bank(0).values() for key, v in st.items()
-               if torch.is_tensor(v) and key not in opt._shared_keys)
+    bank = sum(
+        v.numel() * v.element_size()
+        for st in opt.bank(0).values()
+        for key, v in st.items()
+        if torch.is_tensor(v) and key not in opt._shared_keys
+    )
     saved = roundtrip_to_cpu(opt.state_dict())
     del opt
     peaks = {}
@@ -117,7 +123,7 @@ def test_fused_and_capturable_adamw_state_placement_after_resume(kwargs, offload
     on_device = bool(kwargs.get("fused") or kwargs.get("capturable"))
     for k in range(K):
         second._position(k)
-        for p, st in second.bank(k).items():
+        for st in second.bank(k).values():
             assert st["step"].dtype == torch.float32 and st["step"].is_cuda == on_device
             assert st["exp_avg"].is_cuda and st["exp_avg_sq"].is_cuda
     second._position(second.schedule.current)

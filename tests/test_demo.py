@@ -29,7 +29,10 @@ from loli_plugin.cli import main  # noqa: E402
 def test_demo_runs_and_writes_the_plot(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--clusters", "5"]) == 0
     out = capsys.readouterr().out
-    assert "| cluster | t range | steps | start | now | now / start | noise of now / start (2 s.e.) |" in out and "| 04 |" in out
+    assert (
+        "| cluster | t range | steps | start | now | now / start | noise of now / start (2 s.e.) |" in out
+        and "| 04 |" in out
+    )
     assert "held-out digit-9 loss (MSE) on a fixed t grid with fixed noise, per noise band" in out
     assert all(f"| {band} |" in out for band in ("low", "mid", "high", "all"))
     assert "| cluster | probe t | step 0 | step 30 | last / first |" in out and "probe/normalized" in out
@@ -72,7 +75,10 @@ def full_check(objective: str):
     """The demo's base is checked in full on every run (~1.5 min of one CPU thread); the eps base, used
     only by ``bench quality``, on its first steps, and in full with LOLI_FULL_BASE_CHECK=1."""
     wanted = objective == "flow" or os.environ.get("LOLI_FULL_BASE_CHECK") == "1"
-    return pytest.param(objective, marks=pytest.mark.skipif(not wanted, reason="full regeneration of the eps base: LOLI_FULL_BASE_CHECK=1"))
+    return pytest.param(
+        objective,
+        marks=pytest.mark.skipif(not wanted, reason="full regeneration of the eps base: LOLI_FULL_BASE_CHECK=1"),
+    )
 
 
 @pytest.mark.parametrize("objective", [full_check(o) for o in base.OBJECTIVES])

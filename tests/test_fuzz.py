@@ -12,7 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loli_plugin import LoliClustered
-from loli_plugin.sampling import MODE_SCALE_MAX, Discrete, DiscreteUniform, Discretized, LogitNormal, ModeScale, Shift, TimeShift, Uniform
+from loli_plugin.sampling import (
+    MODE_SCALE_MAX,
+    Discrete,
+    DiscreteUniform,
+    Discretized,
+    LogitNormal,
+    ModeScale,
+    Shift,
+    TimeShift,
+    Uniform,
+)
 
 SCALE = float(os.environ.get("LOLI_FUZZ_SCALE", "1"))
 SAMPLER_CASES = int(9000 * SCALE)
@@ -23,7 +33,11 @@ finite = dict(allow_nan=False, allow_infinity=False)
 
 @st.composite
 def distributions(draw):
-    kind = draw(st.sampled_from(["uniform", "logit_normal", "shift", "time_shift", "mode", "discrete_uniform", "discretized", "pmf"]))
+    kind = draw(
+        st.sampled_from(
+            ["uniform", "logit_normal", "shift", "time_shift", "mode", "discrete_uniform", "discretized", "pmf"]
+        )
+    )
     if kind == "uniform":
         low = draw(st.floats(0.0, 0.9, **finite))
         return Uniform(low, draw(st.floats(low + 1e-3, 1.0, **finite)))
@@ -61,7 +75,13 @@ def test_sampler_membership_nonempty_bins_and_monotone(dist, clusters, batch, da
         assert dist.cluster_range(k + 1, clusters)[0] >= lo
 
 
-INNERS = {"SGD": dict(momentum=0.9), "AdamW": {}, "Adam": dict(amsgrad=True), "RMSprop": dict(momentum=0.5), "Adagrad": {}}
+INNERS = {
+    "SGD": dict(momentum=0.9),
+    "AdamW": {},
+    "Adam": dict(amsgrad=True),
+    "RMSprop": dict(momentum=0.5),
+    "Adagrad": {},
+}
 
 
 @settings(max_examples=STATE_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

@@ -52,7 +52,9 @@ def tiny(tmp_path):
     shutil.copy(SCRIPTS / "get-trainers", scripts)
     shutil.copy(SCRIPTS / "trainer_pins.py", scripts)
     (scripts / "trainers.toml").write_text(
-        f'[tiny]\nrepo = "owner/tiny"\ncommit = "{pinned}"\n\n[sd-scripts]\nrepo = "owner/sd-scripts"\ncommit = "{pinned}"\n')
+        f'[tiny]\nrepo = "owner/tiny"\ncommit = "{pinned}"\n\n'
+        f'[sd-scripts]\nrepo = "owner/sd-scripts"\ncommit = "{pinned}"\n'
+    )
 
     class Tiny:
         pass
@@ -63,7 +65,9 @@ def tiny(tmp_path):
     def run(*args, **env):
         environ = {k: v for k, v in os.environ.items() if not k.startswith("LOLI_")}
         environ.update(LOLI_TRAINERS_DIR=str(t.cache), **env)
-        return subprocess.run([sys.executable, str(scripts / "get-trainers"), *args], capture_output=True, text=True, env=environ)
+        return subprocess.run(
+            [sys.executable, str(scripts / "get-trainers"), *args], capture_output=True, text=True, env=environ
+        )
 
     t.run = run
     t.url = f"file://{remote}"
@@ -93,7 +97,9 @@ def test_if_missing_keeps_an_export_at_the_pin_and_replaces_one_at_another_commi
     (dest / ".exported-commit").write_text("0" * 40 + "\n")  # an export of an older pin
     out = tiny.run("tiny", "--if-missing", "--base-url", tiny.url)
     assert out.returncode == 0, out.stderr
-    assert (dest / "train.py").read_text() == "pinned\n" and (dest / ".exported-commit").read_text().strip() == tiny.pinned
+    assert (dest / "train.py").read_text() == "pinned\n" and (
+        dest / ".exported-commit"
+    ).read_text().strip() == tiny.pinned
 
     (dest / "train.py").write_text("touched\n")
     assert tiny.run("tiny", "--base-url", tiny.url).returncode == 0  # without --if-missing: written again
@@ -184,9 +190,12 @@ def test_skip_messages_and_readme_name_the_script_and_the_pinned_commits():
         assert f"python scripts/get-trainers {' '.join(names)}" in text
         assert all(read[n].short in text for n in names)
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Testing against the real trainers"):]
-    section = section[:section.index("\n## ")]
+    section = readme[readme.index("### Testing against the real trainers") :]
+    section = section[: section.index("\n## ")]
     assert "scripts/get-trainers" in section and all(read[n].short in section for n in TRAINERS)
-    for text in (readme, *(p.read_text() for p in (ROOT / "tests").glob("*/conftest.py")),
-                 (ROOT / "tests" / "trainer_support.py").read_text()):
+    for text in (
+        readme,
+        *(p.read_text() for p in (ROOT / "tests").glob("*/conftest.py")),
+        (ROOT / "tests" / "trainer_support.py").read_text(),
+    ):
         assert "shared/" not in text and ".mirror" not in text  # nothing a user's clone does not have

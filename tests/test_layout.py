@@ -11,7 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # source folder -> package name (pyproject.toml's package-dir)
-PACKAGES = {REPO / "loli_plugin": "loli_plugin", REPO / "adapters": "loli_plugin.adapters", REPO / "patches": "loli_plugin.patches"}
+PACKAGES = {
+    REPO / "loli_plugin": "loli_plugin",
+    REPO / "adapters": "loli_plugin.adapters",
+    REPO / "patches": "loli_plugin.patches",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -60,7 +64,11 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 
 def test_the_source_tree_is_what_pyproject_installs():
-    assert "loli_plugin.host" in MODULES and "loli_plugin.adapters.kohya" in MODULES and "loli_plugin.patches.base" in MODULES
+    assert (
+        "loli_plugin.host" in MODULES
+        and "loli_plugin.adapters.kohya" in MODULES
+        and "loli_plugin.patches.base" in MODULES
+    )
 
 
 def test_no_import_cycles():
@@ -73,7 +81,7 @@ def test_no_import_cycles():
         stack.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep)
         stack.pop()
@@ -98,7 +106,9 @@ def test_each_adapter_imports_its_own_patches():
         assert f"loli_plugin.patches.{name}" in GRAPH[f"loli_plugin.adapters.{name}"]
 
 
-FRAME_INSPECTION = re.compile(r"sys\._getframe|inspect\.(stack|currentframe|getouterframes|trace)\b|\bf_locals\b|\bf_back\b")
+FRAME_INSPECTION = re.compile(
+    r"sys\._getframe|inspect\.(stack|currentframe|getouterframes|trace)\b|\bf_locals\b|\bf_back\b"
+)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -111,9 +121,8 @@ def test_no_stack_frame_inspection_at_start_up():
 
 
 def test_watch_manifests_are_the_adapters_watches():
-    from loli_plugin.host import adapters
-
     import _loli_plugin_autoload
+    from loli_plugin.host import adapters
 
     shipped = {a.name: set(a.watches) for a in adapters()}
     assert {"kohya", "onetrainer"} <= set(shipped)
@@ -130,8 +139,12 @@ def test_the_sdist_carries_the_start_up_hook_and_the_watch_manifests(tmp_path):
     import sys
     import tarfile
 
-    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(tmp_path)!r})"],
-                   cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(tmp_path)!r})"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     (archive,) = tmp_path.glob("loli_plugin-*.tar.gz")
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}

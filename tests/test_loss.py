@@ -50,7 +50,9 @@ def test_masked_loss_and_gradients_match_direct():
     (loli_loss(p1, t) * mask).mean(dim=(1, 2, 3)).sum().backward()
     (direct(p2, t, DEFAULT_WEIGHTS) * mask).mean(dim=(1, 2, 3)).sum().backward()
     torch.testing.assert_close(p1.grad, p2.grad)
-    assert torch.autograd.gradcheck(lambda x: loli_loss(x, t[:1, :, :2, :2]), (p[:1, :, :2, :2].clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda x: loli_loss(x, t[:1, :, :2, :2]), (p[:1, :, :2, :2].clone().requires_grad_(),)
+    )
 
 
 def test_zero_vectors_are_finite_with_finite_gradients():

@@ -17,17 +17,36 @@ def test_two_processes_agree_on_clusters_params_and_banks(tmp_path, accum):
     out = tmp_path / "result.json"
     # `--multi_gpu` selects accelerate's torchrun launcher (`--cpu` would start one process); with no GPU
     # the script's Accelerator(cpu=True) forms a gloo process group on the CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", "--main_process_port", str(29500 + 7 * accum + os.getpid() % 500),
-           str(HERE / "multiprocess" / "ddp_loop.py"), str(out), str(accum)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--multi_gpu",
+        "--main_process_port",
+        str(29500 + 7 * accum + os.getpid() % 500),
+        str(HERE / "multiprocess" / "ddp_loop.py"),
+        str(out),
+        str(accum),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     result = json.loads(out.read_text())
     assert result["world"] == 2 and result["mismatches"] == 0
     assert result["same_params"] and result["same_banks"]  # DDP averaged the gradients; banks evolved identically
-    assert sum(result["bank_steps"]) == 12 and set(result["bank_steps"]) <= {2, 3}  # shuffle: each cluster once per 5 steps
+    assert sum(result["bank_steps"]) == 12 and set(result["bank_steps"]) <= {
+        2,
+        3,
+    }  # shuffle: each cluster once per 5 steps
     # all micro-batches of one optimizer step drew from the same cluster
-    assert all(len(set(result["clusters"][i:i + accum])) == 1 for i in range(0, len(result["clusters"]), accum))
+    assert all(len(set(result["clusters"][i : i + accum])) == 1 for i in range(0, len(result["clusters"]), accum))
 
 
 def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
@@ -35,8 +54,13 @@ def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
     state = str(tmp_path / "state")
 
     def run(out, start, stop, *extra):
-        proc = subprocess.run([sys.executable, script, str(tmp_path / out), state, str(start), str(stop), *extra],
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, script, str(tmp_path / out), state, str(start), str(stop), *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return __import__("torch").load(tmp_path / out, weights_only=True)
 
@@ -46,5 +70,7 @@ def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
     import torch
 
     assert all(torch.equal(a, b) for a, b in zip(straight["params"], resumed["params"]))
-    assert straight["bank_steps"] == resumed["bank_steps"] and straight["schedule_step"] == resumed["schedule_step"] == 10
+    assert (
+        straight["bank_steps"] == resumed["bank_steps"] and straight["schedule_step"] == resumed["schedule_step"] == 10
+    )
     assert straight["lr"] == resumed["lr"]

@@ -47,7 +47,10 @@ def same_state(a: dict, b: dict) -> bool:
     return True
 
 
-@pytest.mark.parametrize("inner, kw", [("AdamW", {}), ("AdamW", {"foreach": True}), ("Prodigy", {}), ("SGD", {"momentum": 0.9}), ("AdamW8bit", {})])
+@pytest.mark.parametrize(
+    "inner, kw",
+    [("AdamW", {}), ("AdamW", {"foreach": True}), ("Prodigy", {}), ("SGD", {"momentum": 0.9}), ("AdamW8bit", {})],
+)
 def test_offload_is_bit_identical_and_keeps_two_banks_resident(inner, kw):
     if inner == "Prodigy":
         pytest.importorskip("prodigyopt")
@@ -123,11 +126,21 @@ def test_resume_loads_and_parks_bank_by_bank(inner, used, monkeypatch):
             set_grads(s, params)
             opt.step()
     banks, counts = list(opt._banks), []
-    parked_ids = {id(v) for k, bank in enumerate(banks) if k not in opt._offloader.resident for st in bank.values() for v in st.values()}
+    parked_ids = {
+        id(v)
+        for k, bank in enumerate(banks)
+        if k not in opt._offloader.resident
+        for st in bank.values()
+        for v in st.values()
+    }
 
     def at_home() -> int:
         return sum(
-            any(torch.is_tensor(v) and id(v) not in parked_ids and key not in opt._shared_keys for st in bank.values() for key, v in st.items())
+            any(
+                torch.is_tensor(v) and id(v) not in parked_ids and key not in opt._shared_keys
+                for st in bank.values()
+                for key, v in st.items()
+            )
             for bank in {id(b): b for b in banks}.values()
         )
 

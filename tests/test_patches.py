@@ -27,7 +27,7 @@ from loli_plugin.patches.base import (
 from loli_plugin.patches.draws import StratifiedTorch
 
 # Stand-in with sd-scripts' function *signatures* only (bodies are ours and trivial).
-FAKE_TRAIN_UTIL = '''
+FAKE_TRAIN_UTIL = """
 import argparse
 
 def add_training_arguments(parser, support_dreambooth):
@@ -48,7 +48,7 @@ def conditional_loss(model_pred, target, loss_type, reduction, huber_c):
 def get_timesteps(min_timestep, max_timestep, b_size, device):
     import torch
     return torch.randint(min_timestep, max_timestep, (b_size,), device="cpu").to(device)
-'''
+"""
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,9 @@ def run_python(code, path, env_extra=None, args=()):
     env = {**os.environ, "PYTHONPATH": str(path), **(env_extra or {})}
     if "LOLI_PLUGIN_DISABLE" not in (env_extra or {}):
         env.pop("LOLI_PLUGIN_DISABLE", None)
-    return subprocess.run([sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True, env=env, cwd=path)
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True, env=env, cwd=path
+    )
 
 
 # the core venv installs loli-plugin editable (no .pth): install the finder as the .pth line would
@@ -90,9 +92,11 @@ PLAIN_RUN = textwrap.dedent("""
 
 
 def test_startup_imports_nothing_and_watches_the_manifests():
-    code = ("import sys; before = set(sys.modules); import _loli_plugin_autoload as a; a.install(); "
-            "print(sorted(set(sys.modules) - before)); print(sorted(a.WATCHED)); "
-            "print(type(sys.meta_path[0]).__name__)")
+    code = (
+        "import sys; before = set(sys.modules); import _loli_plugin_autoload as a; a.install(); "
+        "print(sorted(set(sys.modules) - before)); print(sorted(a.WATCHED)); "
+        "print(type(sys.meta_path[0]).__name__)"
+    )
     out = run_python(code, REPO)
     assert out.returncode == 0, out.stderr
     new_modules, watched, first = out.stdout.splitlines()
@@ -119,20 +123,45 @@ def test_finder_hands_train_util_to_the_adapter(fake_kohya):
 
 
 def test_disable_switch(fake_kohya):
-    code = "import _loli_plugin_autoload as a; print(a.install()); from library import train_util; print(type(train_util.get_optimizer).__name__)"
+    code = (
+        "import _loli_plugin_autoload as a; print(a.install()); "
+        "from library import train_util; print(type(train_util.get_optimizer).__name__)"
+    )
     out = run_python(code, fake_kohya, {"LOLI_PLUGIN_DISABLE": "1"})
     assert out.stdout.split() == ["False", "function"]
 
 
-@pytest.mark.parametrize("how, old, new, reason", [
-    ("renamed parameter", "def get_optimizer(args, trainable_params)", "def get_optimizer(arguments, trainable_params)", "no parameter 'args'"),
-    ("removed function", "def get_optimizer(args, trainable_params):", "def get_optimizer_v2(args, trainable_params):", "get_optimizer: not found"),
-    ("reordered parameters", "def get_optimizer(args, trainable_params)", "def get_optimizer(trainable_params, args)", "parameter 'args' moved"),
-])
+@pytest.mark.parametrize(
+    "how, old, new, reason",
+    [
+        (
+            "renamed parameter",
+            "def get_optimizer(args, trainable_params)",
+            "def get_optimizer(arguments, trainable_params)",
+            "no parameter 'args'",
+        ),
+        (
+            "removed function",
+            "def get_optimizer(args, trainable_params):",
+            "def get_optimizer_v2(args, trainable_params):",
+            "get_optimizer: not found",
+        ),
+        (
+            "reordered parameters",
+            "def get_optimizer(args, trainable_params)",
+            "def get_optimizer(trainable_params, args)",
+            "parameter 'args' moved",
+        ),
+    ],
+)
 def test_drifted_target_is_logged_once_a_plain_run_works_and_a_loli_run_is_refused(fake_kohya, how, old, new, reason):
     drift(fake_kohya, old, new)
     # the stand-in script calls the drifted function the way the drifted trainer would
-    plain = PLAIN_RUN if how != "removed function" else PLAIN_RUN.replace("train_util.get_optimizer(", "train_util.get_optimizer_v2(")
+    plain = (
+        PLAIN_RUN
+        if how != "removed function"
+        else PLAIN_RUN.replace("train_util.get_optimizer(", "train_util.get_optimizer_v2(")
+    )
     if how == "reordered parameters":
         plain = plain.replace("get_optimizer(args, [", "get_optimizer([").replace("(2))])[0]", "(2))], args)[0]")
     out = run_python(STARTUP + plain, fake_kohya, args=["--optimizer_type", "AdamW"])
@@ -143,13 +172,20 @@ def test_drifted_target_is_logged_once_a_plain_run_works_and_a_loli_run_is_refus
     assert reason in lines[0] and "v0.10.0 or newer" in lines[0] and "LOLI_PLUGIN_DISABLE" in lines[0]
     loli = run_python(STARTUP + plain, fake_kohya, args=["--optimizer_type", "LoliClustered"])
     assert loli.returncode != 0 and "LoliUnsupportedTrainerError" in loli.stderr
-    assert reason in loli.stderr and "--optimizer_type LoliClustered" in loli.stderr and "LOLI_PLUGIN_DISABLE=1" in loli.stderr
+    assert (
+        reason in loli.stderr
+        and "--optimizer_type LoliClustered" in loli.stderr
+        and "LOLI_PLUGIN_DISABLE=1" in loli.stderr
+    )
     assert "accelerator:" not in loli.stdout  # refused in prepare_accelerator, before any work
 
 
 def test_added_optional_parameter_is_compatible_and_forwarded(fake_kohya):
-    drift(fake_kohya, "def get_optimizer(args, trainable_params):\n    return \"stock\", \"\", None",
-          "def get_optimizer(args, trainable_params, model=None):\n    return \"stock\", str(model), None")
+    drift(
+        fake_kohya,
+        'def get_optimizer(args, trainable_params):\n    return "stock", "", None',
+        'def get_optimizer(args, trainable_params, model=None):\n    return "stock", str(model), None',
+    )
     code = STARTUP + textwrap.dedent("""
         import argparse, torch
         from library import train_util
@@ -165,7 +201,9 @@ def test_other_library_packages_are_left_alone(tmp_path):
     (tmp_path / "library").mkdir()
     (tmp_path / "library" / "__init__.py").write_text("")
     (tmp_path / "library" / "train_util.py").write_text("X = 1\n")  # someone else's `library`
-    out = run_python(STARTUP + "from library import train_util; print(train_util.X, sorted(vars(train_util)))", tmp_path)
+    out = run_python(
+        STARTUP + "from library import train_util; print(train_util.X, sorted(vars(train_util)))", tmp_path
+    )
     assert out.returncode == 0 and out.stdout.startswith("1 "), out.stderr
     assert "get_optimizer" not in out.stdout and out.stderr == ""  # not patched, nothing logged
 
@@ -175,7 +213,11 @@ def test_a_broken_install_never_stops_the_trainer(fake_kohya, tmp_path):
     shadow = tmp_path / "shadow"
     (shadow / "loli_plugin").mkdir(parents=True)
     (shadow / "loli_plugin" / "__init__.py").write_text("raise ImportError('No module named torch (simulated)')\n")
-    code = "import sys; sys.path.insert(0, %r); " % str(shadow) + STARTUP + "from library import train_util; print(train_util.get_optimizer(None, None)[0])"
+    code = (
+        f"import sys; sys.path.insert(0, {str(shadow)!r}); "
+        + STARTUP
+        + "from library import train_util; print(train_util.get_optimizer(None, None)[0])"
+    )
     out = run_python(code, fake_kohya)
     assert out.returncode == 0 and out.stdout.strip() == "stock", out.stderr
     assert out.stderr.count("loli-plugin:") == 1 and "simulated" in out.stderr and "LOLI_PLUGIN_DISABLE" in out.stderr
@@ -184,14 +226,18 @@ def test_a_broken_install_never_stops_the_trainer(fake_kohya, tmp_path):
 @pytest.mark.parametrize("launcher", ["loli_plugin.launch", "loli_plugin.kohya", "loli_plugin.onetrainer"])
 def test_launcher_runs_the_script_as_main(fake_kohya, launcher):
     script = fake_kohya / "train_fake.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import argparse, sys
         from library import train_util
         if __name__ == "__main__":
             p = argparse.ArgumentParser(); train_util.add_training_arguments(p, True)
             print(p.parse_args(sys.argv[1:]).loss_type)
-    """))
-    out = run_python(None, fake_kohya, {"LOLI_PLUGIN_DISABLE": "1"}, args=["-m", launcher, str(script), "--loss_type", "loli"])
+    """)
+    )
+    out = run_python(
+        None, fake_kohya, {"LOLI_PLUGIN_DISABLE": "1"}, args=["-m", launcher, str(script), "--loss_type", "loli"]
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "loli"
     bad = run_python(None, fake_kohya, args=["-m", launcher, "no_such_script.py"])
@@ -205,18 +251,24 @@ def _params(src: str):
     return inspect.signature(namespace["f"]).parameters
 
 
-@pytest.mark.parametrize("src, fits", [
-    ("def f(a, b): pass", True),
-    ("def f(a, b, c=None): pass", True),  # added parameter with a default
-    ("def f(a, b, *args, **kwargs): pass", True),
-    ("def f(a, b, *, new=1): pass", True),  # new keyword-only parameter
-    ("def f(a, b, c): pass", True),  # a new required parameter the wrapper does not read: callers pass it, we forward it
-    ("def f(a): pass", False),  # removed
-    ("def f(x, b): pass", False),  # renamed
-    ("def f(b, a): pass", False),  # reordered
-    ("def f(c, a, b): pass", False),  # inserted before: positions moved
-    ("def f(a, /, b): pass", False),  # positional-only: the wrapper's keyword use would break
-])
+@pytest.mark.parametrize(
+    "src, fits",
+    [
+        ("def f(a, b): pass", True),
+        ("def f(a, b, c=None): pass", True),  # added parameter with a default
+        ("def f(a, b, *args, **kwargs): pass", True),
+        ("def f(a, b, *, new=1): pass", True),  # new keyword-only parameter
+        (
+            "def f(a, b, c): pass",
+            True,
+        ),  # a new required parameter the wrapper does not read: callers pass it, we forward it
+        ("def f(a): pass", False),  # removed
+        ("def f(x, b): pass", False),  # renamed
+        ("def f(b, a): pass", False),  # reordered
+        ("def f(c, a, b): pass", False),  # inserted before: positions moved
+        ("def f(a, /, b): pass", False),  # positional-only: the wrapper's keyword use would break
+    ],
+)
 def test_signature_rule(src, fits):
     problem = signature_problem("m.f", ["a", "b"], None, _params(src))
     assert (problem is None) == fits, problem
@@ -231,7 +283,8 @@ def test_signature_rule_only_checks_what_the_wrapper_reads():
 @pytest.fixture
 def fake_module(monkeypatch):
     module = types.ModuleType("fake_mod_for_patch")
-    exec(textwrap.dedent("""
+    exec(
+        textwrap.dedent("""
         import enum
         def f(a, b):
             return a + b
@@ -246,7 +299,9 @@ def fake_module(monkeypatch):
         class Colour(enum.Enum):
             RED = "RED"
         TABLE = {"RED": 1}
-    """), module.__dict__)
+    """),
+        module.__dict__,
+    )
     monkeypatch.setitem(sys.modules, "fake_mod_for_patch", module)
     return module
 
@@ -259,17 +314,30 @@ def test_instrumentor_applies_what_fits_reports_the_rest_and_undoes_exactly(fake
         calls.append((context, args))
         return wrapped(*args, **kwargs) * 10
 
-    originals = {name: m.__dict__[name] for name in ("f",)} | {"draw": m.Mixin.__dict__["draw"], "factory": m.Mixin.__dict__["factory"]}
-    inst = Instrumentor("fake", "fake 1.x", [
-        FunctionPatch("fake_mod_for_patch", "f", params=["a", "b"], wrapper=wrapper),
-        FunctionPatch("fake_mod_for_patch", "Mixin.draw", params=["self", "n"], wrapper=lambda c, w, i, a, k: (i, w(*a, **k))),
-        FunctionPatch("fake_mod_for_patch", "Mixin.factory", params=[], wrapper=lambda c, w, i, a, k: {**w(*a, **k), "y": c}),
-        FunctionPatch("fake_mod_for_patch", "g", params=["a"], wrapper=wrapper),  # missing: reported
-        FunctionPatch("fake_mod_for_patch", "Nope.g", params=["a"], wrapper=wrapper, optional=True),  # missing but optional
-        FunctionPatch("not_imported_module_xyz", "f", params=[], wrapper=wrapper),  # not imported: left for later
-        EnumMemberPatch("fake_mod_for_patch", "Colour", member="LOLI"),
-        MappingEntryPatch("fake_mod_for_patch", "TABLE", key=lambda mod: "LOLI", value=lambda mod: 2),
-    ])
+    originals = {name: m.__dict__[name] for name in ("f",)} | {
+        "draw": m.Mixin.__dict__["draw"],
+        "factory": m.Mixin.__dict__["factory"],
+    }
+    inst = Instrumentor(
+        "fake",
+        "fake 1.x",
+        [
+            FunctionPatch("fake_mod_for_patch", "f", params=["a", "b"], wrapper=wrapper),
+            FunctionPatch(
+                "fake_mod_for_patch", "Mixin.draw", params=["self", "n"], wrapper=lambda c, w, i, a, k: (i, w(*a, **k))
+            ),
+            FunctionPatch(
+                "fake_mod_for_patch", "Mixin.factory", params=[], wrapper=lambda c, w, i, a, k: {**w(*a, **k), "y": c}
+            ),
+            FunctionPatch("fake_mod_for_patch", "g", params=["a"], wrapper=wrapper),  # missing: reported
+            FunctionPatch(
+                "fake_mod_for_patch", "Nope.g", params=["a"], wrapper=wrapper, optional=True
+            ),  # missing but optional
+            FunctionPatch("not_imported_module_xyz", "f", params=[], wrapper=wrapper),  # not imported: left for later
+            EnumMemberPatch("fake_mod_for_patch", "Colour", member="LOLI"),
+            MappingEntryPatch("fake_mod_for_patch", "TABLE", key=lambda mod: "LOLI", value=lambda mod: 2),
+        ],
+    )
     problems = inst.instrument("ctx")
     assert problems == {"fake_mod_for_patch.g": "fake_mod_for_patch.g: not found"}
     assert inst.instrument("ctx") == problems  # idempotent: nothing applied twice
@@ -314,8 +382,9 @@ def test_bind_arguments_and_call_replacing():
 
 
 def test_quote_name_args():
-    assert kp.quote_name_args(["inner=AdamW8bit", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner = Lion"]) == [
-        "inner='AdamW8bit'", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner='Lion'"]
+    assert kp.quote_name_args(
+        ["inner=AdamW8bit", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner = Lion"]
+    ) == ["inner='AdamW8bit'", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner='Lion'"]
     assert kp.quote_name_args(None) == []
 
 
@@ -327,7 +396,9 @@ def test_stratified_torch_replaces_only_the_first_draw():
     assert later.shape == (1,)
     z = StratifiedTorch(torch, k=0, clusters=2, batch=4, where="test").randn(4)
     assert (z < 0).all()  # lower half of a standard normal
-    n = StratifiedTorch(torch, k=1, clusters=2, batch=3, where="test").normal(mean=2.0, std=0.5, size=(3,), device="cpu")
+    n = StratifiedTorch(torch, k=1, clusters=2, batch=3, where="test").normal(
+        mean=2.0, std=0.5, size=(3,), device="cpu"
+    )
     assert (n >= 2.0).all()
     assert proxy.float32 is torch.float32  # everything else is torch's
     with pytest.raises(LoliUnsupportedTrainerError, match="one value per sample"):
@@ -339,6 +410,10 @@ def test_enum_patch_check_hook(fake_module):
         A = 1
 
     fake_module.Colour = Other
-    patch = EnumMemberPatch("fake_mod_for_patch", "Colour", member="LOLI",
-                            check=lambda cls: None if "RED" in cls.__members__ else "no RED member")
+    patch = EnumMemberPatch(
+        "fake_mod_for_patch",
+        "Colour",
+        member="LOLI",
+        check=lambda cls: None if "RED" in cls.__members__ else "no RED member",
+    )
     assert patch.problem() == "no RED member"

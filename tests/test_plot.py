@@ -6,10 +6,9 @@ import pytest
 pytest.importorskip("tensorboard")
 pytest.importorskip("matplotlib")
 
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-
 import torch  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from loli_plugin import ClusterLossMonitor  # noqa: E402
 from loli_plugin.cli import main  # noqa: E402
@@ -34,7 +33,9 @@ def write_run(folder, raw_tag="loss/current", losses=True, probe=False):
         else:
             writer.add_scalar("lr/unet", 1e-4, step)
         if probe and step % 5 == 0:
-            for tag, value in progress(lambda x0, noise, t: (x0 * noise).mean(dim=1) * t * (1 - step / 60)).items():
+            # called here, in this iteration: the default binds this step's value
+            result = progress(lambda x0, noise, t, step=step: (x0 * noise).mean(dim=1) * t * (1 - step / 60))
+            for tag, value in result.items():
                 writer.add_scalar(tag, value, step)
     writer.close()
 
@@ -72,7 +73,9 @@ def test_next_to_runs_only_when_asked(logs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["plot", str(logs), "--next-to-runs"]) == 0
     assert sorted(p.relative_to(logs).as_posix() for p in logs.rglob("*.png")) == [
-        "20240101120000/network_train/loli_clusters.png", "onetrainer-run/loli_clusters.png"]
+        "20240101120000/network_train/loli_clusters.png",
+        "onetrainer-run/loli_clusters.png",
+    ]
     assert not (tmp_path / "loli-plots").exists()
 
 

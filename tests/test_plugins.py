@@ -51,10 +51,12 @@ def third_party_plugin(tmp_path, monkeypatch):
     dist = tmp_path / "loli_ext_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: loli-ext-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent("""\
         [loli_plugin]
         demo = loli_ext_demo
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     get_plugin_manager.cache_clear()
     yield __import__("loli_ext_demo")
@@ -108,7 +110,9 @@ def test_adafactor_inner_is_driven_by_the_hosts_learning_rate():
     p = [torch.nn.Parameter(torch.ones(4, 4))]
     opt = LoliClustered(p, inner="AdaFactor", clusters=2, lr=1e-2)
     assert (opt.inner.defaults["relative_step"], opt.inner.defaults["scale_parameter"]) == (False, False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 if step == 0 else 0.0)  # then the host sets lr 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 1.0 if step == 0 else 0.0
+    )  # then the host sets lr 0
     p[0].grad = torch.ones(4, 4)
     opt.step()
     scheduler.step()

@@ -53,7 +53,14 @@ def test_unchanged_weights_give_bit_identical_values_and_normalized_starts_at_on
     first = probe(loss_fn, model)
     assert first == probe(loss_fn, model)  # exact: same samples, noise, timesteps, eval mode (no dropout)
     assert first["probe/normalized"] == 1.0
-    assert sorted(first) == ["probe/cluster_00", "probe/cluster_01", "probe/cluster_02", "probe/cluster_03", "probe/mean", "probe/normalized"]
+    assert sorted(first) == [
+        "probe/cluster_00",
+        "probe/cluster_01",
+        "probe/cluster_02",
+        "probe/cluster_03",
+        "probe/mean",
+        "probe/normalized",
+    ]
     assert model.training  # put back
 
 
@@ -108,7 +115,9 @@ def test_state_round_trip_keeps_the_probe_set_and_first_values():
         model[0].weight.mul_(0.9)  # training went on
     state = probe.state_dict()
 
-    resumed = ProgressProbe(SAMPLES.flip(0) * 2, LogitNormal(0.5, 2.0), clusters=4, seed=99)  # what a restart would pick
+    resumed = ProgressProbe(
+        SAMPLES.flip(0) * 2, LogitNormal(0.5, 2.0), clusters=4, seed=99
+    )  # what a restart would pick
     resumed.load_state_dict(state)
     assert resumed(loss_fn, model) == probe(loss_fn, model)
     assert resumed.reference == [first[f"probe/cluster_{k:02d}"] for k in range(4)]

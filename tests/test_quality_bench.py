@@ -14,8 +14,27 @@ pytest.importorskip("matplotlib")
 from loli_plugin.bench import quality, quality_report  # noqa: E402
 from loli_plugin.cli import main  # noqa: E402
 
-TINY = ["--objectives", "eps", "--batch", "2", "--lr", "3e-3", "--seeds", "0", "1", "--horizons", "2", "3",
-        "--samples", "4", "--sample-steps", "2", "--variants", "AdamW", "Loli CSM K=10 normalized"]
+TINY = [
+    "--objectives",
+    "eps",
+    "--batch",
+    "2",
+    "--lr",
+    "3e-3",
+    "--seeds",
+    "0",
+    "1",
+    "--horizons",
+    "2",
+    "3",
+    "--samples",
+    "4",
+    "--sample-steps",
+    "2",
+    "--variants",
+    "AdamW",
+    "Loli CSM K=10 normalized",
+]
 
 
 def test_tiny_profile_writes_its_tables_and_a_restart_skips_finished_runs(tmp_path, capsys):
@@ -25,11 +44,20 @@ def test_tiny_profile_writes_its_tables_and_a_restart_skips_finished_runs(tmp_pa
     assert len(rows) == 4 and {r["variant"] for r in rows} == {"AdamW", "Loli CSM K=10 normalized"}
     assert all(set(r["horizons"]) == {"2", "3"} and len(r["horizons"]["3"]["bands"]) == 10 for r in rows)
     md = (tmp_path / "quality.md").read_text()
-    for text in ("## The default rule", "**Verdict:**", "### eps lr 0.003 b2 2 steps", "### eps lr 0.003 b2 3 steps",
-                 "| eps | base model |", "| eps | real 9s |", "| Loli CSM K=10 normalized | 2 |"):
+    for text in (
+        "## The default rule",
+        "**Verdict:**",
+        "### eps lr 0.003 b2 2 steps",
+        "### eps lr 0.003 b2 3 steps",
+        "| eps | base model |",
+        "| eps | real 9s |",
+        "| Loli CSM K=10 normalized | 2 |",
+    ):
         assert text in md
     assert "band 9" in (tmp_path / "quality-bands.md").read_text()
-    assert (tmp_path / "quality.png").stat().st_size > 10_000 and (tmp_path / "quality-loss.png").stat().st_size > 10_000
+    assert (tmp_path / "quality.png").stat().st_size > 10_000 and (
+        tmp_path / "quality-loss.png"
+    ).stat().st_size > 10_000
 
     # interrupted after one run, mid-write: the broken line is skipped, only the missing runs run again
     (tmp_path / "quality.jsonl").write_text(lines[0] + "\n" + lines[1][:40])
@@ -45,11 +73,27 @@ def test_tiny_profile_writes_its_tables_and_a_restart_skips_finished_runs(tmp_pa
 
 
 def test_other_evaluation_settings_do_not_reuse_rows(tmp_path, capsys):
-    row = {"objective": "eps", "variant": "AdamW", "batch": 2, "lr": 3e-3, "seed": 0, "seconds": 1.0,
-           "eval": quality.eval_settings([2, 3], 8, 2), "horizons": {}}
+    row = {
+        "objective": "eps",
+        "variant": "AdamW",
+        "batch": 2,
+        "lr": 3e-3,
+        "seed": 0,
+        "seconds": 1.0,
+        "eval": quality.eval_settings([2, 3], 8, 2),
+        "horizons": {},
+    }
     (tmp_path / "quality.jsonl").write_text(json.dumps(row) + "\n")
-    settings = dict(objectives=["eps"], variants=["AdamW"], batch=[2], lr=[3e-3], seeds=[0], horizons=[2, 3], samples=4,
-                    sample_steps=2)
+    settings = dict(
+        objectives=["eps"],
+        variants=["AdamW"],
+        batch=[2],
+        lr=[3e-3],
+        seeds=[0],
+        horizons=[2, 3],
+        samples=4,
+        sample_steps=2,
+    )
     assert quality.load_rows(tmp_path / "quality.jsonl", settings) == []
     assert quality.load_rows(tmp_path / "quality.jsonl", {**settings, "samples": 8}) == [row]
     # a narrower command over a shared file reports only the runs it plans
@@ -82,20 +126,34 @@ def made_up(fd_by_variant: dict, batches=(1, 8)) -> list[dict]:
         for batch in batches:
             for seed, fd in enumerate(fds):
                 metrics = {"fd": fd, "share9": 0.9, "mean": 0.1, "geomean": 0.01, "bands": [0.1] * 10}
-                rows.append({"objective": "eps", "variant": variant, "batch": batch, "lr": 1e-3, "seed": seed,
-                             "horizons": {"200": metrics}})
+                rows.append(
+                    {
+                        "objective": "eps",
+                        "variant": variant,
+                        "batch": batch,
+                        "lr": 1e-3,
+                        "seed": seed,
+                        "horizons": {"200": metrics},
+                    }
+                )
     return rows
 
 
 def test_rule_passes_a_clear_gain_and_flags_a_loss_beyond_the_seed_spread():
-    table = quality_report.cells(made_up({
-        "AdamW": [10.0, 11.0, 12.0],
-        "better": [9.0, 10.0, 11.5],       # -6 % on average: passes
-        "small gain": [9.9, 10.9, 11.8],   # -1.3 %: misses the 3 % in the batch-1 cell
-        "worse": [12.5, 13.0, 14.0],       # best seed worse than AdamW's worst: worse beyond the spread
-        "noisy": [9.0, 11.0, 13.0],        # overlapping ranges: not worse beyond the spread
-    }))
-    result = {v["variant"]: v for v in quality_report.verdict(table, ["AdamW", "better", "small gain", "worse", "noisy"])}
+    table = quality_report.cells(
+        made_up(
+            {
+                "AdamW": [10.0, 11.0, 12.0],
+                "better": [9.0, 10.0, 11.5],  # -6 % on average: passes
+                "small gain": [9.9, 10.9, 11.8],  # -1.3 %: misses the 3 % in the batch-1 cell
+                "worse": [12.5, 13.0, 14.0],  # best seed worse than AdamW's worst: worse beyond the spread
+                "noisy": [9.0, 11.0, 13.0],  # overlapping ranges: not worse beyond the spread
+            }
+        )
+    )
+    result = {
+        v["variant"]: v for v in quality_report.verdict(table, ["AdamW", "better", "small gain", "worse", "noisy"])
+    }
     assert result["better"]["passes"] and not result["better"]["worse"]
     assert not result["small gain"]["passes"] and len(result["small gain"]["missed_gain"]) == 1
     assert not result["worse"]["passes"] and len(result["worse"]["worse"]) == 2

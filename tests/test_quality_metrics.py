@@ -41,8 +41,10 @@ def test_classifier_is_the_same_in_a_fresh_process():
     import subprocess
     import sys
 
-    code = ("from loli_plugin.bench.classifier import classifier; import torch; "
-            "print(float(sum(p.double().sum() for p in classifier().parameters())))")
+    code = (
+        "from loli_plugin.bench.classifier import classifier; import torch; "
+        "print(float(sum(p.double().sum() for p in classifier().parameters())))"
+    )
     again = float(subprocess.check_output([sys.executable, "-c", code], text=True).strip())
     assert again == float(sum(p.double().sum() for p in classifier().parameters()))
 

@@ -52,7 +52,9 @@ def clustered_draws(dist, n=N, clusters=K, seed=1):
     # The shuffle schedule visits every cluster once per K steps, so over whole cycles each cluster
     # holds exactly n/K of the draws; drawing them cluster by cluster is the same multiset.
     g = torch.Generator().manual_seed(seed)
-    return torch.cat([dist.sample_cluster(n // clusters, k, clusters, generator=g, dtype=torch.float64) for k in range(clusters)])
+    return torch.cat(
+        [dist.sample_cluster(n // clusters, k, clusters, generator=g, dtype=torch.float64) for k in range(clusters)]
+    )
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -99,7 +101,9 @@ def test_the_statistical_test_has_power(name):
     plain = dist.sample(N, generator=torch.Generator().manual_seed(2), dtype=torch.float64).numpy()
     g = torch.Generator().manual_seed(1)
     # 1. one cluster short: 9 of 10 clusters drawn, the top tenth of the distribution missing
-    missing = torch.cat([dist.sample_cluster(N // K, k, K, generator=g, dtype=torch.float64) for k in range(K - 1)]).numpy()
+    missing = torch.cat(
+        [dist.sample_cluster(N // K, k, K, generator=g, dtype=torch.float64) for k in range(K - 1)]
+    ).numpy()
     assert stats.ks_2samp(missing, plain).pvalue < 1e-6
     # 2. equal-width bins in t instead of equal-probability bins
     if not dist.discrete:
@@ -216,5 +220,7 @@ def test_property_membership_and_monotone_quantile(clusters, data, name, seed):
     lo, hi = dist.cluster_range(k, clusters)
     t = dist.sample_cluster(64, k, clusters, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     assert ((t >= lo) & (t <= hi)).all()
-    q = dist.quantile(torch.sort(torch.rand(256, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).values)
+    q = dist.quantile(
+        torch.sort(torch.rand(256, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).values
+    )
     assert (q.diff() >= 0).all()

@@ -26,10 +26,13 @@ def how_to_get(tests: str, names: tuple[str, ...], dir_variables: str, venv: str
     """The instructions a skipped trainer test gives: the script, the pinned commits, the venv."""
     pins = pins_module().read_pins()
     pinned = " and ".join(f"{pins[n].repo} at commit {pins[n].short}" for n in names)
-    return (f"to run the real-{tests} tests: `python scripts/get-trainers {' '.join(names)}` fetches {pinned} "
-            "(the pins in scripts/trainers.toml) from GitHub into the folder these tests read (offline: add "
-            f"`--mirror NAME=/path/to/bare-clone.git`), or point {dir_variables} at your own checkout; then "
-            f"`bash .ci/run`, which builds {venv} (the trainer's own pins + loli-plugin from a wheel) and runs these tests in it")
+    return (
+        f"to run the real-{tests} tests: `python scripts/get-trainers {' '.join(names)}` fetches {pinned} "
+        "(the pins in scripts/trainers.toml) from GitHub into the folder these tests read (offline: add "
+        f"`--mirror NAME=/path/to/bare-clone.git`), or point {dir_variables} at your own checkout; then "
+        f"`bash .ci/run`, which builds {venv} (the trainer's own pins + loli-plugin from a wheel) "
+        "and runs these tests in it"
+    )
 
 
 def venv_problem(required: tuple[str, ...], trainer: str, how_to: str) -> str | None:

@@ -55,8 +55,15 @@ def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
     flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
     overrides = [f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ]
-    return " | ".join([f"torch {torch.__version__}", torch.backends.cpu.get_cpu_capability(), model,
-                       f"cpu flags {hashlib.sha256(' '.join(sorted(flags)).encode()).hexdigest()[:12]}", *overrides])
+    return " | ".join(
+        [
+            f"torch {torch.__version__}",
+            torch.backends.cpu.get_cpu_capability(),
+            model,
+            f"cpu flags {hashlib.sha256(' '.join(sorted(flags)).encode()).hexdigest()[:12]}",
+            *overrides,
+        ]
+    )
 
 
 def _cpuinfo() -> list[str]:
@@ -107,8 +114,10 @@ def load(path: Path) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise LoliConfigError(f"base model {path} not found: regenerate it with "
-                              f"`loli-plugin bench make-base --objective OBJ --out {path}`")
+        raise LoliConfigError(
+            f"base model {path} not found: regenerate it with "
+            f"`loli-plugin bench make-base --objective OBJ --out {path}`"
+        )
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     return load_file(str(path)), meta
@@ -121,18 +130,40 @@ def run(args) -> int:
         raise LoliConfigError(f"--out {out} is a folder; give the path of the .safetensors file to write")
     from tqdm import tqdm
 
-    state, meta = make_base(args.objective, args.steps,
-                            progress=lambda r: tqdm(r, desc=f"pre-training the {args.objective} base on digits 0-8", unit="step", mininterval=2))
+    state, meta = make_base(
+        args.objective,
+        args.steps,
+        progress=lambda r: tqdm(
+            r, desc=f"pre-training the {args.objective} base on digits 0-8", unit="step", mininterval=2
+        ),
+    )
     save(state, meta, out)
     print(f"{out}: sha256 of the weights {meta['sha256']}, made on {meta['machine']}")
     return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("make-base", help="regenerate a shipped digits base model (what the demo and bench quality start from)",
-                       description="Pre-train the tiny digits UNet with the shipped recipe on one CPU thread and write it "
-                                   "as safetensors; the same bits on every run of the same CPU type and torch build.")
-    p.add_argument("--objective", choices=OBJECTIVES, required=True, help="training objective: eps (epsilon prediction) or flow (rectified flow)")
-    p.add_argument("--steps", type=positive_int, default=PRETRAIN["steps"], help=f"pre-training steps (default {PRETRAIN['steps']}, the shipped recipe)")
-    p.add_argument("--out", required=True, help="safetensors path to write (the shipped ones: loli_plugin/bench/assets/digits_base_OBJECTIVE.safetensors)")
+    p = sub.add_parser(
+        "make-base",
+        help="regenerate a shipped digits base model (what the demo and bench quality start from)",
+        description="Pre-train the tiny digits UNet with the shipped recipe on one CPU thread and write it "
+        "as safetensors; the same bits on every run of the same CPU type and torch build.",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        required=True,
+        help="training objective: eps (epsilon prediction) or flow (rectified flow)",
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=PRETRAIN["steps"],
+        help=f"pre-training steps (default {PRETRAIN['steps']}, the shipped recipe)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="safetensors path to write (the shipped ones: loli_plugin/bench/assets/digits_base_OBJECTIVE.safetensors)",
+    )
     p.set_defaults(func=run)

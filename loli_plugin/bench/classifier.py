@@ -15,14 +15,27 @@ import functools
 import torch
 
 FEATURES = 16
-RECIPE = {"hidden": 64, "features": FEATURES, "steps": 400, "lr": 1e-2, "weight_decay": 1e-4, "seed": 0, "test_every": 5}
+RECIPE = {
+    "hidden": 64,
+    "features": FEATURES,
+    "steps": 400,
+    "lr": 1e-2,
+    "weight_decay": 1e-4,
+    "seed": 0,
+    "test_every": 5,
+}
 
 
 class DigitsClassifier(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, RECIPE["hidden"]), torch.nn.ReLU(),
-                                        torch.nn.Linear(RECIPE["hidden"], FEATURES), torch.nn.Tanh())
+        self.body = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(64, RECIPE["hidden"]),
+            torch.nn.ReLU(),
+            torch.nn.Linear(RECIPE["hidden"], FEATURES),
+            torch.nn.Tanh(),
+        )
         self.head = torch.nn.Linear(FEATURES, 10)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -51,8 +64,10 @@ def split() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torc
     x, y = torch.cat(images), torch.cat(labels)
     test = torch.arange(len(x)) % RECIPE["test_every"] == 0
     held_out_nines = nine_split()[1]
-    return ((x[~test], y[~test]),
-            (torch.cat([x[test], held_out_nines]), torch.cat([y[test], torch.full((len(held_out_nines),), 9)])))
+    return (
+        (x[~test], y[~test]),
+        (torch.cat([x[test], held_out_nines]), torch.cat([y[test], torch.full((len(held_out_nines),), 9)])),
+    )
 
 
 @functools.lru_cache(maxsize=1)

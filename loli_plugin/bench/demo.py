@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ..options import DEFAULT_CLUSTERS
 from ..cli_args import cluster_count, positive_float, positive_int, require
 from ..errors import LoliConfigError
+from ..options import DEFAULT_CLUSTERS
 
 
 def run(args) -> int:
@@ -35,7 +35,9 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise LoliConfigError(f"--out {out} is a file; give a folder for the PNG")
     if args.probe_samples > TRAIN_IMAGES:
-        raise LoliConfigError(f"--probe-samples {args.probe_samples}: the LoRA trains on {TRAIN_IMAGES} images; use at most that many")
+        raise LoliConfigError(
+            f"--probe-samples {args.probe_samples}: the LoRA trains on {TRAIN_IMAGES} images; use at most that many"
+        )
     from ..plot import plot_run
     from .digits import BANDS
 
@@ -51,21 +53,35 @@ def run(args) -> int:
     finally:
         torch.set_num_threads(threads)
 
-    print(f"\nLoRA on digit 9: {args.steps} steps at batch {args.batch}, LoliClustered(AdamW, K={args.clusters}), "
-          f"one-cluster timesteps, Loli loss, lr {args.lr}")
+    print(
+        f"\nLoRA on digit 9: {args.steps} steps at batch {args.batch}, LoliClustered(AdamW, K={args.clusters}), "
+        f"one-cluster timesteps, Loli loss, lr {args.lr}"
+    )
     raw = [v for _, v in r.scalars["loss/current"]]
     n = min(20, len(raw))
-    print(f"raw training loss, first {n} steps: mean {statistics.mean(raw[:n]):.3f}, range {min(raw[:n]):.3f}-{max(raw[:n]):.3f}; "
-          f"last {n}: mean {statistics.mean(raw[-n:]):.3f}, range {min(raw[-n:]):.3f}-{max(raw[-n:]):.3f}")
-    print("(it jumps with the timesteps each step drew: in flow matching the least noisy cluster's loss is the largest)")
+    print(
+        f"raw training loss, first {n} steps: mean {statistics.mean(raw[:n]):.3f}, "
+        f"range {min(raw[:n]):.3f}-{max(raw[:n]):.3f}; "
+        f"last {n}: mean {statistics.mean(raw[-n:]):.3f}, range {min(raw[-n:]):.3f}-{max(raw[-n:]):.3f}"
+    )
+    print(
+        "(it jumps with the timesteps each step drew: in flow matching the least noisy cluster's loss is the largest)"
+    )
     print_cluster_table(r.monitor, r.history, r.flow.dist)
     print_probe_table(r, args)
     print_band_table(r.flow, r.before, r.after, BANDS)
     last = {tag: values[-1][1] for tag, values in r.scalars.items()}
-    print(f"\nat the end: loss/normalized {last.get('loss/normalized', float('nan')):.3f} (mean over clusters of training "
-          f"loss now / start), probe/normalized {last['probe/normalized']:.3f} (mean over clusters of last / first probe)")
-    png = plot_run(r.scalars, out / "demo_clusters.png",
-                   f"LoRA on digit 9 (flow matching): LoliClustered(AdamW, K={args.clusters}), batch {args.batch}, {args.steps} steps")
+    print(
+        f"\nat the end: loss/normalized {last.get('loss/normalized', float('nan')):.3f} "
+        "(mean over clusters of training loss now / start), "
+        f"probe/normalized {last['probe/normalized']:.3f} (mean over clusters of last / first probe)"
+    )
+    png = plot_run(
+        r.scalars,
+        out / "demo_clusters.png",
+        f"LoRA on digit 9 (flow matching): LoliClustered(AdamW, K={args.clusters}), "
+        f"batch {args.batch}, {args.steps} steps",
+    )
     print(f"plot: {png}   ({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -119,7 +135,9 @@ def train(args) -> Run:
 
     history: list[list[float]] = [[] for _ in range(clusters)]  # each cluster's training losses
     log(0, probe(probe_loss, model))
-    for step in tqdm(range(args.steps), desc=f"LoRA on digit 9 (LoliClustered K={clusters})", unit="step", mininterval=2):
+    for step in tqdm(
+        range(args.steps), desc=f"LoRA on digit 9 (LoliClustered K={clusters})", unit="step", mininterval=2
+    ):
         k = opt.current_cluster
         x0 = x_train[torch.randint(len(x_train), (args.batch,), generator=g)]
         t = sampler.sample_cluster(args.batch, k, clusters, generator=g)
@@ -145,12 +163,17 @@ def ratio_spread(monitor, k: int, losses: list[float]) -> float | None:
     sigma2 = statistics.mean((b - a) ** 2 for a, b in zip(losses, losses[1:])) / 2
     start, now = monitor.reference(k), monitor.ema[k]
     var_start = sigma2 / monitor.warmup
-    var_now = sigma2 * (1 - monitor.ema_decay) / (1 + monitor.ema_decay)  # stationary variance of an EMA of independent draws
+    var_now = (
+        sigma2 * (1 - monitor.ema_decay) / (1 + monitor.ema_decay)
+    )  # stationary variance of an EMA of independent draws
     return 2 * (now / start) * math.sqrt(var_now / now**2 + var_start / start**2)
 
 
 def print_cluster_table(monitor, history, sampler) -> None:
-    print(f"\ntraining loss per cluster: start = mean of its first {monitor.warmup} losses, now = its EMA (decay {monitor.ema_decay})")
+    print(
+        f"\ntraining loss per cluster: start = mean of its first {monitor.warmup} losses, "
+        f"now = its EMA (decay {monitor.ema_decay})"
+    )
     print("| cluster | t range | steps | start | now | now / start | noise of now / start (2 s.e.) |")
     print("|---|---|---|---|---|---|---|")
     for k in range(monitor.clusters):
@@ -160,28 +183,41 @@ def print_cluster_table(monitor, history, sampler) -> None:
             print(f"| {k:02d} | {lo:.2f}-{hi:.2f} | {monitor.count[k]} | - | - | - | - |")
             continue
         spread = ratio_spread(monitor, k, history[k])
-        print(f"| {k:02d} | {lo:.2f}-{hi:.2f} | {monitor.count[k]} | {ref:.3f} | {ema:.3f} | {ema / ref:.2f} | "
-              f"{'-' if spread is None else f'±{spread:.2f}'} |")
-    print("now / start below 1: that cluster's training loss fell. Each step draws 2 new images and new noise, so a\n"
-          "cluster's training loss is noisy; a now / start above 1 but within its noise says nothing about that noise\n"
-          "level. The progress probe and the held-out loss below, on fixed noise, say whether it really got worse.")
+        print(
+            f"| {k:02d} | {lo:.2f}-{hi:.2f} | {monitor.count[k]} | {ref:.3f} | {ema:.3f} | {ema / ref:.2f} | "
+            f"{'-' if spread is None else f'±{spread:.2f}'} |"
+        )
+    print(
+        "now / start below 1: that cluster's training loss fell. Each step draws 2 new images and new noise, so a\n"
+        "cluster's training loss is noisy; a now / start above 1 but within its noise says nothing about that noise\n"
+        "level. The progress probe and the held-out loss below, on fixed noise, say whether it really got worse."
+    )
 
 
 def print_probe_table(r: Run, args) -> None:
     width = max(2, len(str(args.clusters - 1)))
     series = {k: r.scalars[f"probe/cluster_{k:0{width}d}"] for k in range(args.clusters)}
     first_step, last_step = series[0][0][0], series[0][-1][0]
-    print(f"\nprogress probe: the training loss of {args.probe_samples} fixed training images with fixed noise at each "
-          f"cluster's midpoint t, every {args.probe_every} steps")
-    print(f"| cluster | probe t | step {first_step} | step {last_step} | last / first | training loss now / start (above) |")
+    print(
+        f"\nprogress probe: the training loss of {args.probe_samples} fixed training images with fixed noise at each "
+        f"cluster's midpoint t, every {args.probe_every} steps"
+    )
+    print(
+        f"| cluster | probe t | step {first_step} | step {last_step} | last / first "
+        "| training loss now / start (above) |"
+    )
     print("|---|---|---|---|---|---|")
     for k, values in series.items():
         ref, ema = r.monitor.reference(k), r.monitor.ema[k]
         training = f"{ema / ref:.2f}" if ref and ema is not None else "-"
-        print(f"| {k:0{width}d} | {r.probe.timesteps[k].item():.3f} | {values[0][1]:.4f} | {values[-1][1]:.4f} | "
-              f"{values[-1][1] / values[0][1]:.2f} | {training} |")
-    print("Only the weights change between two probes, so a probe curve moves only when the model fits these images\n"
-          "better or worse at that noise level; it is the answer to a training-loss ratio that is lost in draw noise.")
+        print(
+            f"| {k:0{width}d} | {r.probe.timesteps[k].item():.3f} | {values[0][1]:.4f} | {values[-1][1]:.4f} | "
+            f"{values[-1][1] / values[0][1]:.2f} | {training} |"
+        )
+    print(
+        "Only the weights change between two probes, so a probe curve moves only when the model fits these images\n"
+        "better or worse at that noise level; it is the answer to a training-loss ratio that is lost in draw noise."
+    )
 
 
 def print_band_table(objective, before: dict, after: dict, bands) -> None:
@@ -191,17 +227,34 @@ def print_band_table(objective, before: dict, after: dict, bands) -> None:
     print("| noise band | t grid | before the LoRA | after | after / before |")
     print("|---|---|---|---|---|")
     for band, ts in zip(bands, thirds):
-        print(f"| {band} | {', '.join(f'{t:.2f}' for t in ts)} | {before[band]:.4f} | {after[band]:.4f} | {after[band] / before[band]:.2f} |")
+        print(
+            f"| {band} | {', '.join(f'{t:.2f}' for t in ts)} | {before[band]:.4f} | {after[band]:.4f} "
+            f"| {after[band] / before[band]:.2f} |"
+        )
     print(f"| all | | {before['mean']:.4f} | {after['mean']:.4f} | {after['mean'] / before['mean']:.2f} |")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="tiny LoRA fine-tune on CPU: raw vs per-cluster loss and progress probe (needs loli-plugin[demo])")
+    p = sub.add_parser(
+        "demo", help="tiny LoRA fine-tune on CPU: raw vs per-cluster loss and progress probe (needs loli-plugin[demo])"
+    )
     p.add_argument("--out", default="out/demo", help="folder for the PNG (default out/demo)")
     p.add_argument("--steps", type=positive_int, default=400, help="LoRA steps (default 400)")
-    p.add_argument("--clusters", type=cluster_count, default=DEFAULT_CLUSTERS, help="K, the number of timestep clusters (default 10)")
+    p.add_argument(
+        "--clusters",
+        type=cluster_count,
+        default=DEFAULT_CLUSTERS,
+        help="K, the number of timestep clusters (default 10)",
+    )
     p.add_argument("--batch", type=positive_int, default=2, help="images per step (default 2)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate (default 3e-3)")
-    p.add_argument("--probe-every", type=positive_int, default=20, help="optimizer steps between two progress probes (default 20)")
-    p.add_argument("--probe-samples", type=positive_int, default=32, help=f"fixed training images in the probe (default 32, at most {TRAIN_IMAGES})")
+    p.add_argument(
+        "--probe-every", type=positive_int, default=20, help="optimizer steps between two progress probes (default 20)"
+    )
+    p.add_argument(
+        "--probe-samples",
+        type=positive_int,
+        default=32,
+        help=f"fixed training images in the probe (default 32, at most {TRAIN_IMAGES})",
+    )
     p.set_defaults(func=run)

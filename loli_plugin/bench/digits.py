@@ -7,7 +7,7 @@ digits 0-8 and a peft LoRA for the held-out digit 9.
 from __future__ import annotations
 
 import statistics
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -35,9 +35,15 @@ def tiny_unet():
     from diffusers import UNet2DModel
 
     return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, attention_head_dim=16,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=16,
     )
 
 
@@ -46,7 +52,9 @@ def add_lora(model):
     from peft import LoraConfig, inject_adapter_in_model
 
     model.requires_grad_(False)
-    model = inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "conv1", "conv2"]), model)
+    model = inject_adapter_in_model(
+        LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "conv1", "conv2"]), model
+    )
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
@@ -100,8 +108,13 @@ class Objective:
 PRETRAIN = {"steps": 600, "seed": 0, "batch": 64, "lr": 2e-3}
 
 
-def pretrain(objective: Objective, steps: int = PRETRAIN["steps"], seed: int = PRETRAIN["seed"],
-             progress: Callable[[Iterable], Iterable] = iter, after_step: Callable[[int, dict], None] | None = None) -> dict:
+def pretrain(
+    objective: Objective,
+    steps: int = PRETRAIN["steps"],
+    seed: int = PRETRAIN["seed"],
+    progress: Callable[[Iterable], Iterable] = iter,
+    after_step: Callable[[int, dict], None] | None = None,
+) -> dict:
     """Train the tiny UNet on digits 0-8 (batch 64, AdamW 2e-3); returns its state_dict.
     ``progress`` wraps the step range (e.g. a tqdm progress bar); ``after_step(n, state_dict)`` is
     called after optimizer step n (1-based).

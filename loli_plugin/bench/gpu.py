@@ -30,16 +30,16 @@ import math
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..cli_args import cluster_count, positive_float, positive_int
 from ..clustered import LoliClustered
 from ..inner import resolve_inner
-from ..plugins import inner_specs
 from ..options import DEFAULT_CLUSTERS
+from ..plugins import inner_specs
 from .machine import machine_line
 from .optimizer import lora_like_params, state_bytes
 
@@ -47,6 +47,7 @@ from .optimizer import lora_like_params, state_bytes
 def _inner_class(name: str):
     """The optimizer class an ``inner=`` name stands for (built-ins and plugins')."""
     return resolve_inner(name, inner_specs())[1]
+
 
 CSM = "AdamWClusteredSecondMoment"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -71,15 +72,43 @@ class Sizes:
 
 def sizes_for(args) -> Sizes:
     if args.dry_run:
-        tiny_unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
-        return Sizes(params=5e4, steps=2, unet=tiny_unet, latent=8, batch=1, rank=4, train_steps=2, rounds=1, precision_steps=3)
-    sd15_unet = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-                     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
-    return Sizes(params=args.params, steps=args.steps, unet=sd15_unet, latent=64, batch=1, rank=32, train_steps=20, rounds=3,
-                 precision_steps=30)
+        tiny_unet = dict(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        return Sizes(
+            params=5e4, steps=2, unet=tiny_unet, latent=8, batch=1, rank=4, train_steps=2, rounds=1, precision_steps=3
+        )
+    sd15_unet = dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    return Sizes(
+        params=args.params,
+        steps=args.steps,
+        unet=sd15_unet,
+        latent=64,
+        batch=1,
+        rank=32,
+        train_steps=20,
+        rounds=3,
+        precision_steps=30,
+    )
 
 
 class Device:
@@ -135,8 +164,12 @@ def banks_on_device(opt: LoliClustered) -> int:
 
 def one_bank_bytes(opt: LoliClustered, k: int = 0) -> int:
     """A bank's own tensors (shared entries, held once for all banks, not counted)."""
-    return sum(v.numel() * v.element_size() for st in opt.bank(k).values() for key, v in st.items()
-               if isinstance(v, torch.Tensor) and key not in opt._shared_keys)
+    return sum(
+        v.numel() * v.element_size()
+        for st in opt.bank(k).values()
+        for key, v in st.items()
+        if isinstance(v, torch.Tensor) and key not in opt._shared_keys
+    )
 
 
 def run_cases(device: Device, cases: dict[str, Callable[[], object]], failures: list[str]) -> dict[str, object]:
@@ -177,8 +210,14 @@ def step_time_case(ctx, base_name: str, base_kwargs: dict, build: Callable) -> l
         t_base.append(a)
         t_cand.append(b)
         ratios.append(b / a)
-    return [cand.clusters if isinstance(cand, LoliClustered) else 1, f"{1e3 * statistics.median(t_base):.2f}",
-            f"{1e3 * statistics.median(t_cand):.2f}", f"{statistics.median(ratios):.3f}", mb(state_bytes(base)), mb(state_bytes(cand))]
+    return [
+        cand.clusters if isinstance(cand, LoliClustered) else 1,
+        f"{1e3 * statistics.median(t_base):.2f}",
+        f"{1e3 * statistics.median(t_cand):.2f}",
+        f"{statistics.median(ratios):.3f}",
+        mb(state_bytes(base)),
+        mb(state_bytes(cand)),
+    ]
 
 
 def measure_step_time(ctx) -> str:
@@ -188,19 +227,44 @@ def measure_step_time(ctx) -> str:
         "AdamW fused": ("AdamW", fused, lambda p: LoliClustered(p, inner="AdamW", clusters=K, **hyper, **fused)),
         "AdamW foreach": ("AdamW", foreach, lambda p: LoliClustered(p, inner="AdamW", clusters=K, **hyper, **foreach)),
         "AdamW8bit": ("AdamW8bit", {}, lambda p: LoliClustered(p, inner="AdamW8bit", clusters=K, **hyper)),
-        f"AdamW foreach vs {CSM} banked": ("AdamW", foreach, lambda p: LoliClustered(p, inner=CSM, clusters=K, **hyper, **foreach)),
+        f"AdamW foreach vs {CSM} banked": (
+            "AdamW",
+            foreach,
+            lambda p: LoliClustered(p, inner=CSM, clusters=K, **hyper, **foreach),
+        ),
         f"AdamW foreach vs {CSM} alone": ("AdamW", foreach, lambda p: _inner_class(CSM)(p, **hyper, **foreach)),
-        "AdamW foreach vs LoliClustered offload='cpu'":
-            ("AdamW", foreach, lambda p: LoliClustered(p, inner="AdamW", clusters=K, offload="cpu", **hyper, **foreach)),
+        "AdamW foreach vs LoliClustered offload='cpu'": (
+            "AdamW",
+            foreach,
+            lambda p: LoliClustered(p, inner="AdamW", clusters=K, offload="cpu", **hyper, **foreach),
+        ),
     }
     failures: list[str] = []
-    results = run_cases(ctx.device, {label: (lambda c=case: step_time_case(ctx, *c)) for label, case in cases.items()}, failures)
+    results = run_cases(
+        ctx.device, {label: (lambda c=case: step_time_case(ctx, *c)) for label, case in cases.items()}, failures
+    )
     n = sum(p.numel() for p in lora_like_params(ctx.sizes.params))
-    head = (f"## 1. Optimizer step time\n\n{n / 1e6:.1f}M LoRA-shaped parameters (fp32), lr 1e-4, weight decay 0.01, "
-            f"median of {ctx.sizes.steps} interleaved steps after every bank has stepped; ratio = candidate / baseline.\n\n")
+    head = (
+        f"## 1. Optimizer step time\n\n{n / 1e6:.1f}M LoRA-shaped parameters (fp32), lr 1e-4, weight decay 0.01, "
+        f"median of {ctx.sizes.steps} interleaved steps after every bank has stepped; ratio = candidate / baseline.\n\n"
+    )
     rows = [[label, *row] for label, row in results.items()]
-    return head + table(["baseline vs candidate", "K", "baseline ms/step", "candidate ms/step", "median ratio",
-                         "state MB baseline", "state MB candidate"], rows) + _failures(failures)
+    return (
+        head
+        + table(
+            [
+                "baseline vs candidate",
+                "K",
+                "baseline ms/step",
+                "candidate ms/step",
+                "median ratio",
+                "state MB baseline",
+                "state MB candidate",
+            ],
+            rows,
+        )
+        + _failures(failures)
+    )
 
 
 # ------------------------------------------------------------------------------------ 2. memory
@@ -229,21 +293,54 @@ def memory_case(ctx, inner: str, offload: str | None) -> list:
     def in_banks(n):
         return "n/a" if n is None else f"{n / bank:.2f}"
 
-    return [inner, offload or "-", mb(total), mb(bank), mb(train_peak), in_banks(train_peak), most,
-            mb(resume_peak), in_banks(resume_peak), banks_on_device(resumed)]
+    return [
+        inner,
+        offload or "-",
+        mb(total),
+        mb(bank),
+        mb(train_peak),
+        in_banks(train_peak),
+        most,
+        mb(resume_peak),
+        in_banks(resume_peak),
+        banks_on_device(resumed),
+    ]
 
 
 def measure_memory(ctx) -> str:
     failures: list[str] = []
-    cases = {f"{inner}, offload={offload}": (lambda i=inner, o=offload: memory_case(ctx, i, o))
-             for inner in ("AdamW", CSM) for offload in (None, "cpu")}
+    cases = {
+        f"{inner}, offload={offload}": (lambda i=inner, o=offload: memory_case(ctx, i, o))
+        for inner in ("AdamW", CSM)
+        for offload in (None, "cpu")
+    }
     rows = list(run_cases(ctx.device, cases, failures).values())
-    head = (f"## 2. Device memory of the optimizer state (K={ctx.clusters})\n\nPeak `torch.cuda.max_memory_allocated` above "
-            "the parameters and gradients, over K+2 steps and over a resume (`load_state_dict` of a state loaded to CPU), "
-            "also in units of one bank (a bank = one cluster's own tensors; AdamWClusteredSecondMoment's shared first "
-            "moment stays on the device and is not part of a bank). The step's own temporaries count in the peak.\n\n")
-    return head + table(["inner", "offload", "state MB (all banks)", "one bank MB", "peak training MB", "= banks",
-                         "banks on device (max)", "peak resume MB", "= banks", "banks on device after resume"], rows) + _failures(failures)
+    head = (
+        f"## 2. Device memory of the optimizer state (K={ctx.clusters})\n\n"
+        "Peak `torch.cuda.max_memory_allocated` above the parameters and gradients, over K+2 steps and over a "
+        "resume (`load_state_dict` of a state loaded to CPU), also in units of one bank (a bank = one cluster's "
+        "own tensors; AdamWClusteredSecondMoment's shared first moment stays on the device and is not part of a "
+        "bank). The step's own temporaries count in the peak.\n\n"
+    )
+    return (
+        head
+        + table(
+            [
+                "inner",
+                "offload",
+                "state MB (all banks)",
+                "one bank MB",
+                "peak training MB",
+                "= banks",
+                "banks on device (max)",
+                "peak resume MB",
+                "= banks",
+                "banks on device after resume",
+            ],
+            rows,
+        )
+        + _failures(failures)
+    )
 
 
 # ------------------------------------------------------------------------------------ 3. UNet LoRA
@@ -259,12 +356,16 @@ class UNetLoRA:
             unet = UNet2DConditionModel(**sizes.unet)
         diffusers_log = logging.getLogger("diffusers")
         level = diffusers_log.level
-        diffusers_log.setLevel(logging.ERROR)  # its "modules that should be kept in float32: []" is about from_pretrained
+        diffusers_log.setLevel(
+            logging.ERROR
+        )  # its "modules that should be kept in float32: []" is about from_pretrained
         try:
             unet.to(dtype=base_dtype).requires_grad_(False)
         finally:
             diffusers_log.setLevel(level)
-        self.model = inject_adapter_in_model(LoraConfig(r=sizes.rank, lora_alpha=sizes.rank, target_modules=LORA_TARGETS), unet)
+        self.model = inject_adapter_in_model(
+            LoraConfig(r=sizes.rank, lora_alpha=sizes.rank, target_modules=LORA_TARGETS), unet
+        )
         self.lora = [p for p in self.model.parameters() if p.requires_grad]
         for p in self.lora:
             p.data = p.data.to(device=device, dtype=lora_dtype)
@@ -325,20 +426,33 @@ def measure_unet_offload(ctx) -> str:
     variants = {  # label: (optimizer factory, synchronize after each step)
         plain: (lambda: _inner_class("AdamW")(lora, **hyper, **impl), False),
         banked: (lambda: LoliClustered(lora, inner="AdamW", clusters=K, **hyper, **impl), False),
-        f"{banked}, offload='cpu'": (lambda: LoliClustered(lora, inner="AdamW", clusters=K, offload="cpu", **hyper, **impl), False),
-        f"{banked}, offload='cpu', synchronize after each step (no overlap)":
-            (lambda: LoliClustered(lora, inner="AdamW", clusters=K, offload="cpu", **hyper, **impl), True),
-        f"LoliClustered({CSM}) K={K}": (lambda: LoliClustered(lora, inner=CSM, clusters=K, foreach=True, **hyper), False),
-        f"LoliClustered({CSM}) K={K}, offload='cpu'":
-            (lambda: LoliClustered(lora, inner=CSM, clusters=K, offload="cpu", foreach=True, **hyper), False),
+        f"{banked}, offload='cpu'": (
+            lambda: LoliClustered(lora, inner="AdamW", clusters=K, offload="cpu", **hyper, **impl),
+            False,
+        ),
+        f"{banked}, offload='cpu', synchronize after each step (no overlap)": (
+            lambda: LoliClustered(lora, inner="AdamW", clusters=K, offload="cpu", **hyper, **impl),
+            True,
+        ),
+        f"LoliClustered({CSM}) K={K}": (
+            lambda: LoliClustered(lora, inner=CSM, clusters=K, foreach=True, **hyper),
+            False,
+        ),
+        f"LoliClustered({CSM}) K={K}, offload='cpu'": (
+            lambda: LoliClustered(lora, inner=CSM, clusters=K, offload="cpu", foreach=True, **hyper),
+            False,
+        ),
     }
     failures: list[str] = []
     times: dict[str, list[float]] = {name: [] for name in variants}
     peaks: dict[str, int | None] = {}
     failed: set[str] = set()
     for _ in range(sizes.rounds):  # rounds of all variants, so drift affects each alike
-        cases = {name: (lambda b=build, s=sync: train_block_case(ctx, work, b, s))
-                 for name, (build, sync) in variants.items() if name not in failed}
+        cases = {
+            name: (lambda b=build, s=sync: train_block_case(ctx, work, b, s))
+            for name, (build, sync) in variants.items()
+            if name not in failed
+        }
         results = run_cases(device, cases, failures)
         failed |= set(cases) - set(results)
         for name, (seconds, peak) in results.items():
@@ -350,13 +464,20 @@ def measure_unet_offload(ctx) -> str:
         vs_plain = f"{mean[name] / mean[plain]:.3f}" if plain in mean else "-"
         vs_banked = f"{mean[name] / mean[banked]:.3f}" if "offload" in name and banked in mean else "-"
         rows.append([name, f"{1e3 * mean[name]:.1f}", vs_plain, vs_banked, mb(peaks[name])])
-    head = (f"## 3. Offload during a real forward/backward\n\nUNet2DConditionModel with "
-            f"{'a tiny' if ctx.args.dry_run else 'the SD1.5'} architecture "
-            f"({sum(p.numel() for p in work.model.parameters()) / 1e6:.0f}M parameters, bf16, random init), peft LoRA rank "
-            f"{sizes.rank} on {', '.join(LORA_TARGETS)} ({sum(p.numel() for p in lora) / 1e6:.1f}M fp32 parameters), latents "
-            f"{sizes.batch}x4x{sizes.latent}x{sizes.latent}, bf16 autocast; mean over {sizes.rounds} rounds of "
-            f"{sizes.train_steps} whole training steps (forward, backward, step, zero_grad) timed as one block.\n\n")
-    return head + table(["optimizer", "ms/step", "vs AdamW", f"vs {banked} without offload", "peak MB"], rows) + _failures(failures)
+    head = (
+        f"## 3. Offload during a real forward/backward\n\nUNet2DConditionModel with "
+        f"{'a tiny' if ctx.args.dry_run else 'the SD1.5'} architecture "
+        f"({sum(p.numel() for p in work.model.parameters()) / 1e6:.0f}M parameters, bf16, random init), "
+        f"peft LoRA rank {sizes.rank} on {', '.join(LORA_TARGETS)} "
+        f"({sum(p.numel() for p in lora) / 1e6:.1f}M fp32 parameters), latents "
+        f"{sizes.batch}x4x{sizes.latent}x{sizes.latent}, bf16 autocast; mean over {sizes.rounds} rounds of "
+        f"{sizes.train_steps} whole training steps (forward, backward, step, zero_grad) timed as one block.\n\n"
+    )
+    return (
+        head
+        + table(["optimizer", "ms/step", "vs AdamW", f"vs {banked} without offload", "peak MB"], rows)
+        + _failures(failures)
+    )
 
 
 # ------------------------------------------------------------------------------------ 4. precision
@@ -396,7 +517,9 @@ def precision_case(ctx, inner: str, run: str) -> tuple[torch.Tensor, float, int,
 def measure_precision(ctx) -> str:
     rows, failures = [], []
     for inner in ("AdamW", CSM):
-        cases = {f"{inner}, {run}": (lambda r=run: precision_case(ctx, inner, r)) for run in PRECISION_RUNS}
+        cases = {
+            f"{inner}, {run}": (lambda r=run, inner=inner: precision_case(ctx, inner, r)) for run in PRECISION_RUNS
+        }
         runs = {label.split(", ", 1)[1]: result for label, result in run_cases(ctx.device, cases, failures).items()}
         reference = runs.get("fp32 reference")
         for run, (update, final_loss, skipped, finite) in runs.items():
@@ -405,12 +528,40 @@ def measure_precision(ctx) -> str:
                 continue
             error = ((update - reference[0]).norm() / reference[0].norm()).item()
             tolerance = TOLERANCE[run]
-            rows.append([inner, run, f"{final_loss:.4f}", f"{error:.4f}", tolerance, "yes" if error <= tolerance else "NO", skipped, finite])
-    head = (f"## 4. Precision: fp16 GradScaler and bf16 parameters against fp32\n\nThe UNet LoRA of section 3, "
-            f"LoliClustered K={ctx.clusters}, lr 1e-3, {ctx.sizes.precision_steps} steps from the same init and batches. "
-            "'update error' = ||LoRA update - fp32 reference update|| / ||fp32 reference update||.\n\n")
-    return head + table(["inner", "run", "final loss (mean of last 5)", "update error", "tolerance", "within",
-                         "steps skipped by GradScaler", "losses finite"], rows) + _failures(failures)
+            rows.append(
+                [
+                    inner,
+                    run,
+                    f"{final_loss:.4f}",
+                    f"{error:.4f}",
+                    tolerance,
+                    "yes" if error <= tolerance else "NO",
+                    skipped,
+                    finite,
+                ]
+            )
+    head = (
+        f"## 4. Precision: fp16 GradScaler and bf16 parameters against fp32\n\nThe UNet LoRA of section 3, "
+        f"LoliClustered K={ctx.clusters}, lr 1e-3, {ctx.sizes.precision_steps} steps from the same init and batches. "
+        "'update error' = ||LoRA update - fp32 reference update|| / ||fp32 reference update||.\n\n"
+    )
+    return (
+        head
+        + table(
+            [
+                "inner",
+                "run",
+                "final loss (mean of last 5)",
+                "update error",
+                "tolerance",
+                "within",
+                "steps skipped by GradScaler",
+                "losses finite",
+            ],
+            rows,
+        )
+        + _failures(failures)
+    )
 
 
 def _failures(lines: list[str]) -> str:
@@ -428,17 +579,27 @@ MEASUREMENTS = [
 def run(args) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("loli-plugin bench gpu needs a CUDA GPU (torch.cuda.is_available() is False here), so nothing was measured. "
-              "`loli-plugin bench gpu --device cpu --dry-run` runs the same code with tiny sizes on the CPU.")
+        print(
+            "loli-plugin bench gpu needs a CUDA GPU (torch.cuda.is_available() is False here), "
+            "so nothing was measured. `loli-plugin bench gpu --device cpu --dry-run` runs the same code with "
+            "tiny sizes on the CPU."
+        )
         return 0
     ctx = dataclasses.make_dataclass("Context", ["args", "device", "sizes", "clusters", "hyper"])(
-        args, Device(device), sizes_for(args), args.clusters, dict(lr=1e-4, weight_decay=0.01))
+        args, Device(device), sizes_for(args), args.clusters, dict(lr=1e-4, weight_decay=0.01)
+    )
     started = time.perf_counter()
-    parts = [f"# loli-plugin bench gpu\n\nmachine: {machine_line()}\n\ncommand: `loli-plugin bench gpu "
-             f"--device {args.device} --params {args.params:g} --clusters {args.clusters} --steps {args.steps} "
-             f"--sections {','.join(map(str, sorted(args.sections)))}"
-             f"{' --dry-run' if args.dry_run else ''}`"
-             + ("\n\nDRY RUN: tiny sizes on the given device, to exercise the code; the figures mean nothing." if args.dry_run else "")]
+    parts = [
+        f"# loli-plugin bench gpu\n\nmachine: {machine_line()}\n\ncommand: `loli-plugin bench gpu "
+        f"--device {args.device} --params {args.params:g} --clusters {args.clusters} --steps {args.steps} "
+        f"--sections {','.join(map(str, sorted(args.sections)))}"
+        f"{' --dry-run' if args.dry_run else ''}`"
+        + (
+            "\n\nDRY RUN: tiny sizes on the given device, to exercise the code; the figures mean nothing."
+            if args.dry_run
+            else ""
+        )
+    ]
     for number, (title, measure) in enumerate(MEASUREMENTS, start=1):
         if number not in args.sections:
             continue
@@ -464,18 +625,33 @@ def _sections(text: str) -> set[int]:
     except ValueError:
         chosen = set()
     if not chosen or not chosen <= set(range(1, len(MEASUREMENTS) + 1)):
-        raise argparse.ArgumentTypeError(f"--sections {text!r}: give numbers from 1 to {len(MEASUREMENTS)} separated by commas, e.g. --sections 1,2")
+        raise argparse.ArgumentTypeError(
+            f"--sections {text!r}: give numbers from 1 to {len(MEASUREMENTS)} separated by commas, e.g. --sections 1,2"
+        )
     return chosen
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("gpu", help="GPU step time, device memory with/without offload, offload overlap, fp16/bf16 runs")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --dry-run, to exercise the code)")
-    p.add_argument("--dry-run", action="store_true", help="tiny sizes: checks that every measurement runs, figures mean nothing")
-    p.add_argument("--params", type=positive_float, default=20e6, help="LoRA-shaped parameters for sections 1-2 (default 20e6)")
-    p.add_argument("--clusters", type=cluster_count, default=DEFAULT_CLUSTERS, help="K, the number of timestep clusters (default 10)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes: checks that every measurement runs, figures mean nothing"
+    )
+    p.add_argument(
+        "--params", type=positive_float, default=20e6, help="LoRA-shaped parameters for sections 1-2 (default 20e6)"
+    )
+    p.add_argument(
+        "--clusters",
+        type=cluster_count,
+        default=DEFAULT_CLUSTERS,
+        help="K, the number of timestep clusters (default 10)",
+    )
     p.add_argument("--steps", type=positive_int, default=50, help="timed optimizer steps in section 1 (default 50)")
-    p.add_argument("--sections", type=_sections, default=set(range(1, len(MEASUREMENTS) + 1)),
-                   help="which measurements to run, e.g. 1,2 (default: all four)")
+    p.add_argument(
+        "--sections",
+        type=_sections,
+        default=set(range(1, len(MEASUREMENTS) + 1)),
+        help="which measurements to run, e.g. 1,2 (default: all four)",
+    )
     p.add_argument("--out", default=None, help="also write the Markdown to this file")
     p.set_defaults(func=run)

@@ -55,16 +55,22 @@ def real_features() -> torch.Tensor:
 def image_scores(images: torch.Tensor) -> dict:
     """``share9`` and ``fd`` of a set of images in [-1, 1]."""
     clf = classifier()
-    return {"share9": (clf.predict(images) == TARGET_DIGIT).float().mean().item(),
-            "fd": frechet_distance(clf.features(images), real_features())}
+    return {
+        "share9": (clf.predict(images) == TARGET_DIGIT).float().mean().item(),
+        "fd": frechet_distance(clf.features(images), real_features()),
+    }
 
 
 def evaluate(model, objective, samples: int, sample_steps: int) -> dict:
     """Every metric of ``model`` (see the module docstring)."""
     bands = band_losses(model, objective, nine_split()[1])
     images = generate(model, objective, fixed_noise(samples), sample_steps)
-    return {"bands": bands, "mean": statistics.fmean(bands), "geomean": math.exp(statistics.fmean(math.log(b) for b in bands)),
-            **image_scores(images)}
+    return {
+        "bands": bands,
+        "mean": statistics.fmean(bands),
+        "geomean": math.exp(statistics.fmean(math.log(b) for b in bands)),
+        **image_scores(images),
+    }
 
 
 def real_reference(samples: int) -> dict:
@@ -73,5 +79,7 @@ def real_reference(samples: int) -> dict:
     return image_scores(nine_split()[0][:samples])
 
 
-FEATURE_NOTE = (f"classifier: MLP 64-64-{FEATURES}-10 on scikit-learn's digits; Fréchet distance on its {FEATURES}-dimensional "
-                "tanh layer against the real held-out 9s")
+FEATURE_NOTE = (
+    f"classifier: MLP 64-64-{FEATURES}-10 on scikit-learn's digits; Fréchet distance on its {FEATURES}-dimensional "
+    "tanh layer against the real held-out 9s"
+)

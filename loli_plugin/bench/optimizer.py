@@ -51,8 +51,16 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
 def clustered_second_moment_state_bytes(args, grads) -> int:
     """State memory of LoliClustered(AdamWClusteredSecondMoment) at the same K, after every bank has stepped."""
     params = lora_like_params(args.params, rank=args.rank, device=args.device)
-    opt = LoliClustered(params, inner="AdamWClusteredSecondMoment", clusters=args.clusters, schedule="round_robin",
-                        offload=args.offload, lr=1e-4, weight_decay=0.01, foreach=args.impl != "forloop")
+    opt = LoliClustered(
+        params,
+        inner="AdamWClusteredSecondMoment",
+        clusters=args.clusters,
+        schedule="round_robin",
+        offload=args.offload,
+        lr=1e-4,
+        weight_decay=0.01,
+        foreach=args.impl != "forloop",
+    )
     for p, g in zip(params, grads):
         p.grad = g
     for _ in range(args.clusters):
@@ -64,7 +72,11 @@ IMPLS = {"foreach": dict(foreach=True), "forloop": dict(foreach=False), "fused":
 
 
 def torch_optimizers() -> list[str]:
-    return sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+    return sorted(
+        n
+        for n, c in vars(torch.optim).items()
+        if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
+    )
 
 
 def check_inner(args, kwargs: dict) -> None:
@@ -73,14 +85,18 @@ def check_inner(args, kwargs: dict) -> None:
     or one LoliClustered refuses fails here, before any work, as a LoliConfigError."""
     cls = getattr(torch.optim, args.inner, None)
     if args.inner not in torch_optimizers():
-        raise LoliConfigError(f"--inner {args.inner}: not a torch.optim optimizer; use one of {', '.join(torch_optimizers())}")
+        raise LoliConfigError(
+            f"--inner {args.inner}: not a torch.optim optimizer; use one of {', '.join(torch_optimizers())}"
+        )
     resolve_inner(args.inner, inner_specs())  # raises for an optimizer LoliClustered refuses
     p = torch.nn.Parameter(torch.zeros(2, device=args.device))
     p.grad = torch.zeros_like(p)
     try:
         cls([p], **kwargs).step()
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise LoliConfigError(f"--inner {args.inner} with --impl {args.impl} on {args.device} does not work: {exc}") from None
+        raise LoliConfigError(
+            f"--inner {args.inner} with --impl {args.impl} on {args.device} does not work: {exc}"
+        ) from None
 
 
 def bench_optimizer(args) -> dict:
@@ -126,15 +142,19 @@ def bench_optimizer(args) -> dict:
         "state_mb_loli": state_bytes(ours) / 2**20,
         "state_mb_csm": clustered_second_moment_state_bytes(args, grads) / 2**20,
         "resident_banks": len(ours._offloader.resident & {k for k in range(args.clusters) if ours.bank_steps[k]})
-        if ours._offloader is not None else args.clusters,
+        if ours._offloader is not None
+        else args.clusters,
     }
     print(f"# machine: {machine_line()}")
     print(f"# {n_params / 1e6:.1f}M parameters in {len(p_ref)} LoRA-shaped tensors (rank {args.rank}), device {device}")
-    print("| inner | K | offload | steps | inner ms/step | LoliClustered ms/step | median ratio | state MB inner | state MB Loli "
-          "| state MB Loli(AdamWClusteredSecondMoment) | banks on device |")
+    print(
+        "| inner | K | offload | steps | inner ms/step | LoliClustered ms/step | median ratio | state MB inner "
+        "| state MB Loli | state MB Loli(AdamWClusteredSecondMoment) | banks on device |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {result['inner']} | {args.clusters} | {args.offload or '-'} | {args.steps} | {result['median_step_ms_inner']:.2f} | "
+        f"| {result['inner']} | {args.clusters} | {args.offload or '-'} | {args.steps} "
+        f"| {result['median_step_ms_inner']:.2f} | "
         f"{result['median_step_ms_loli']:.2f} | {result['median_ratio']:.3f} | {result['state_mb_inner']:.0f} | "
         f"{result['state_mb_loli']:.0f} | {result['state_mb_csm']:.0f} | {result['resident_banks']} |"
     )
@@ -145,12 +165,25 @@ def add_parser(sub) -> None:
     p = sub.add_parser("optimizer", help="step time and state memory of LoliClustered vs its inner optimizer")
     p.add_argument("--params", type=positive_float, default=10e6, help="number of parameters (default 10e6)")
     p.add_argument("--rank", type=positive_int, default=16, help="LoRA rank of the parameter shapes (default 16)")
-    p.add_argument("--clusters", type=cluster_count, default=DEFAULT_CLUSTERS, help="K, the number of timestep clusters (default 10)")
+    p.add_argument(
+        "--clusters",
+        type=cluster_count,
+        default=DEFAULT_CLUSTERS,
+        help="K, the number of timestep clusters (default 10)",
+    )
     p.add_argument("--inner", default="AdamW", help="the inner optimizer: a torch.optim class name (default AdamW)")
-    p.add_argument("--impl", choices=list(IMPLS), default="foreach", help="the inner optimizer's implementation (default foreach)")
+    p.add_argument(
+        "--impl", choices=list(IMPLS), default="foreach", help="the inner optimizer's implementation (default foreach)"
+    )
     p.add_argument("--steps", type=positive_int, default=60, help="timed steps of each optimizer (default 60)")
-    p.add_argument("--warmup", type=nonnegative_int, default=5, help="untimed steps first (default 5; at least one per cluster)")
-    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda[:N] (default cuda when available)")
+    p.add_argument(
+        "--warmup", type=nonnegative_int, default=5, help="untimed steps first (default 5; at least one per cluster)"
+    )
+    p.add_argument(
+        "--device",
+        type=torch_device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda[:N] (default cuda when available)",
+    )
     p.add_argument("--offload", choices=["cpu"], default=None, help="park inactive banks in CPU memory")
     p.set_defaults(func=bench_optimizer)

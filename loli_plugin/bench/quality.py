@@ -57,26 +57,67 @@ VARIANTS = {
 # alone), "AdamW + loli loss" (the loss alone). Of the existing options, beta_horizon (the closest
 # to never worse in the 2-seed benchmark before this one) and the Loli loss (the only one better
 # than plain K=10 in all its settings there); warm_start was worse than plain K=10 in 4 of 6.
-DECIDING_VARIANTS = ["AdamW", "AdamW + sampler", "Loli K=5", "Loli K=10", "Loli CSM K=10", "Loli CSM K=10 normalized",
-                     "Loli K=10 beta_horizon", "Loli K=10 + loli loss", "AdamW + loli loss"]
+DECIDING_VARIANTS = [
+    "AdamW",
+    "AdamW + sampler",
+    "Loli K=5",
+    "Loli K=10",
+    "Loli CSM K=10",
+    "Loli CSM K=10 normalized",
+    "Loli K=10 beta_horizon",
+    "Loli K=10 + loli loss",
+    "AdamW + loli loss",
+]
 PROFILES = {
     # what the committed results in docs/bench/quality.md were made with: the small batches LoRA users
     # train with, 1000 steps, 3 paired seeds (1.9 CPU-thread hours: about an hour with --workers 2 on 2 cores)
-    "decide": dict(objectives=["eps", "flow"], batch=[1, 2], lr=[1e-3], seeds=[0, 1, 2], horizons=[200, 1000],
-                   variants=DECIDING_VARIANTS, samples=64, sample_steps=30),
+    "decide": dict(
+        objectives=["eps", "flow"],
+        batch=[1, 2],
+        lr=[1e-3],
+        seeds=[0, 1, 2],
+        horizons=[200, 1000],
+        variants=DECIDING_VARIANTS,
+        samples=64,
+        sample_steps=30,
+    ),
     # the whole grid (about 5 hours with --workers 2 on 2 cores; not run for the committed results)
-    "full": dict(objectives=["eps", "flow"], batch=[1, 2, 4, 8], lr=[1e-3, 3e-3], seeds=[0, 1, 2], horizons=[200, 1000],
-                 variants=DECIDING_VARIANTS, samples=64, sample_steps=30),
+    "full": dict(
+        objectives=["eps", "flow"],
+        batch=[1, 2, 4, 8],
+        lr=[1e-3, 3e-3],
+        seeds=[0, 1, 2],
+        horizons=[200, 1000],
+        variants=DECIDING_VARIANTS,
+        samples=64,
+        sample_steps=30,
+    ),
     # the same questions on fewer cells: about 10 minutes with --workers 2 on 2 cores
-    "quick": dict(objectives=["eps", "flow"], batch=[2, 8], lr=[3e-3], seeds=[0, 1, 2], horizons=[200],
-                  variants=["AdamW", "Loli K=10", "Loli CSM K=10", "Loli CSM K=10 normalized"], samples=64, sample_steps=30),
+    "quick": dict(
+        objectives=["eps", "flow"],
+        batch=[2, 8],
+        lr=[3e-3],
+        seeds=[0, 1, 2],
+        horizons=[200],
+        variants=["AdamW", "Loli K=10", "Loli CSM K=10", "Loli CSM K=10 normalized"],
+        samples=64,
+        sample_steps=30,
+    ),
 }
 SETTINGS = ("objectives", "batch", "lr", "seeds", "horizons", "variants", "samples", "sample_steps")
 RESULTS = "quality.jsonl"
 
 
-def fit(objective_name: str, variant_name: str, batch: int, lr: float, seed: int, horizons: list[int], samples: int,
-        sample_steps: int) -> dict:
+def fit(
+    objective_name: str,
+    variant_name: str,
+    batch: int,
+    lr: float,
+    seed: int,
+    horizons: list[int],
+    samples: int,
+    sample_steps: int,
+) -> dict:
     """Fit one LoRA for max(horizons) steps and evaluate it at every horizon; returns the JSONL row."""
     from .. import LoliClustered, loli_loss
     from ..schedule import ClusterSchedule
@@ -100,8 +141,16 @@ def fit(objective_name: str, variant_name: str, batch: int, lr: float, seed: int
             opt = torch.optim.AdamW(lora, lr=lr, weight_decay=0.0)
             schedule = ClusterSchedule(SAMPLER_CLUSTERS, "shuffle", seed)
         else:
-            opt = LoliClustered(lora, inner=variant["inner"], clusters=variant["clusters"], schedule="shuffle", seed=seed,
-                                lr=lr, weight_decay=0.0, **variant.get("options", {}))
+            opt = LoliClustered(
+                lora,
+                inner=variant["inner"],
+                clusters=variant["clusters"],
+                schedule="shuffle",
+                seed=seed,
+                lr=lr,
+                weight_decay=0.0,
+                **variant.get("options", {}),
+            )
             schedule = opt.schedule  # advanced by the optimizer's step()
         evaluations = {}
         for step in range(1, max(horizons) + 1):
@@ -112,7 +161,11 @@ def fit(objective_name: str, variant_name: str, batch: int, lr: float, seed: int
                 t = objective.dist.sample(batch, generator=t_g)
             xt, tt, target = objective.noised(x0, torch.randn(x0.shape, generator=noise_g), t)
             pred = model(xt, tt).sample
-            loss = loli_loss(pred, target).mean() if variant.get("loss") == "loli" else torch.nn.functional.mse_loss(pred, target)
+            loss = (
+                loli_loss(pred, target).mean()
+                if variant.get("loss") == "loli"
+                else torch.nn.functional.mse_loss(pred, target)
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -122,9 +175,16 @@ def fit(objective_name: str, variant_name: str, batch: int, lr: float, seed: int
                 evaluations[str(step)] = evaluate(model, objective, samples, sample_steps)
     finally:
         torch.set_num_threads(threads)
-    return {"objective": objective_name, "variant": variant_name, "batch": batch, "lr": lr, "seed": seed,
-            "eval": eval_settings(horizons, samples, sample_steps), "horizons": evaluations,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "objective": objective_name,
+        "variant": variant_name,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "eval": eval_settings(horizons, samples, sample_steps),
+        "horizons": evaluations,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def eval_settings(horizons, samples, sample_steps) -> dict:
@@ -139,10 +199,23 @@ def run_key(row: dict) -> tuple:
 def planned(settings: dict) -> list[dict]:
     """Every run of the settings, whole cells first (all variants and seeds of one lr, batch and
     objective together), so an interrupted benchmark leaves complete cells of both objectives behind."""
-    return [dict(objective_name=o, variant_name=v, batch=b, lr=lr, seed=s, horizons=settings["horizons"],
-                 samples=settings["samples"], sample_steps=settings["sample_steps"])
-            for lr in settings["lr"] for b in settings["batch"] for o in settings["objectives"]
-            for s in settings["seeds"] for v in settings["variants"]]
+    return [
+        dict(
+            objective_name=o,
+            variant_name=v,
+            batch=b,
+            lr=lr,
+            seed=s,
+            horizons=settings["horizons"],
+            samples=settings["samples"],
+            sample_steps=settings["sample_steps"],
+        )
+        for lr in settings["lr"]
+        for b in settings["batch"]
+        for o in settings["objectives"]
+        for s in settings["seeds"]
+        for v in settings["variants"]
+    ]
 
 
 def load_rows(path: Path, settings: dict) -> list[dict]:
@@ -162,7 +235,9 @@ def load_rows(path: Path, settings: dict) -> list[dict]:
         if row.get("eval") == wanted:
             rows.append(row)
     # only the runs these settings plan: a narrower command over a shared file reports what it asked for
-    planned_keys = {(j["objective_name"], j["variant_name"], j["batch"], float(j["lr"]), j["seed"]) for j in planned(settings)}
+    planned_keys = {
+        (j["objective_name"], j["variant_name"], j["batch"], float(j["lr"]), j["seed"]) for j in planned(settings)
+    }
     return [r for r in rows if run_key(r) in planned_keys]
 
 
@@ -179,8 +254,10 @@ def run_all(todo: list[dict], path: Path, workers: int, log) -> list[str]:
     failures = []
     for job, row in _results(todo, workers):
         if isinstance(row, Exception):
-            failures.append(f"{job['objective_name']} {job['variant_name']} batch {job['batch']} lr {job['lr']} "
-                            f"seed {job['seed']}: {type(row).__name__}: {row}")
+            failures.append(
+                f"{job['objective_name']} {job['variant_name']} batch {job['batch']} lr {job['lr']} "
+                f"seed {job['seed']}: {type(row).__name__}: {row}"
+            )
             print(f"FAILED {failures[-1]}", flush=True)
             continue
         with path.open("a") as f:
@@ -200,7 +277,9 @@ def _results(todo: list[dict], workers: int):
             except Exception as exc:
                 yield job, exc
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread_worker
+    ) as pool:
         futures = {pool.submit(fit, **job): job for job in todo}
         for future in as_completed(futures):
             try:
@@ -223,8 +302,10 @@ def references(settings: dict) -> dict:
         for name in settings["objectives"]:
             model = tiny_unet()
             model.load_state_dict(base_model.load(base_model.shipped(name))[0])
-            result[name] = {"base model": evaluate(model, Objective(name), settings["samples"], settings["sample_steps"]),
-                            "real 9s": real_reference(settings["samples"])}
+            result[name] = {
+                "base model": evaluate(model, Objective(name), settings["samples"], settings["sample_steps"]),
+                "real 9s": real_reference(settings["samples"]),
+            }
         return result
     finally:
         torch.set_num_threads(threads)
@@ -237,19 +318,25 @@ def settings_from(args) -> dict:
     if "AdamW" not in settings["variants"]:
         raise LoliConfigError("--variants must include AdamW: every result is reported against it")
     if settings["samples"] < 2:
-        raise LoliConfigError(f"--samples {settings['samples']}: the Fréchet distance needs a covariance, so at least 2 samples")
+        raise LoliConfigError(
+            f"--samples {settings['samples']}: the Fréchet distance needs a covariance, so at least 2 samples"
+        )
     return settings
 
 
 def command_line(args, settings: dict) -> str:
     """The command that reproduces these results (every setting spelled out)."""
+
     def values(v):
         return " ".join(f'"{x}"' if " " in str(x) else str(x) for x in v)
 
-    return (f"loli-plugin bench quality --profile {args.profile} --out {args.out} --workers {args.workers} "
-            f"--objectives {values(settings['objectives'])} --batch {values(settings['batch'])} --lr {values(settings['lr'])} "
-            f"--seeds {values(settings['seeds'])} --horizons {values(settings['horizons'])} --samples {settings['samples']} "
-            f"--sample-steps {settings['sample_steps']} --variants {values(settings['variants'])}")
+    return (
+        f"loli-plugin bench quality --profile {args.profile} --out {args.out} --workers {args.workers} "
+        f"--objectives {values(settings['objectives'])} --batch {values(settings['batch'])} "
+        f"--lr {values(settings['lr'])} --seeds {values(settings['seeds'])} "
+        f"--horizons {values(settings['horizons'])} --samples {settings['samples']} "
+        f"--sample-steps {settings['sample_steps']} --variants {values(settings['variants'])}"
+    )
 
 
 def run(args) -> int:
@@ -264,24 +351,33 @@ def run(args) -> int:
     path = out / RESULTS
     done = {run_key(r) for r in load_rows(path, settings)}
     jobs = planned(settings)
-    todo = [j for j in jobs if (j["objective_name"], j["variant_name"], j["batch"], float(j["lr"]), j["seed"]) not in done]
+    todo = [
+        j for j in jobs if (j["objective_name"], j["variant_name"], j["batch"], float(j["lr"]), j["seed"]) not in done
+    ]
     print(f"# machine: {machine_line()}")
-    print(f"{len(jobs)} runs of {max(settings['horizons'])} steps; {len(jobs) - len(todo)} already in {path}, {len(todo)} to run "
-          f"with {args.workers} worker(s)", flush=True)
+    print(
+        f"{len(jobs)} runs of {max(settings['horizons'])} steps; {len(jobs) - len(todo)} already in {path}, "
+        f"{len(todo)} to run with {args.workers} worker(s)",
+        flush=True,
+    )
     started = time.perf_counter()
     count = [0]
 
     def log(job, row):
         count[0] += 1
         last = row["horizons"][str(max(settings["horizons"]))]
-        print(f"[{time.perf_counter() - started:6.0f}s {count[0]}/{len(todo)}] {row['objective']} lr {row['lr']:g} batch {row['batch']} "
-              f"seed {row['seed']} {row['variant']:26s} {row['seconds']:5.0f}s  mean MSE {last['mean']:.4f}  FD {last['fd']:.3f}  "
-              f"share 9 {last['share9']:.2f}", flush=True)
+        print(
+            f"[{time.perf_counter() - started:6.0f}s {count[0]}/{len(todo)}] {row['objective']} "
+            f"lr {row['lr']:g} batch {row['batch']} seed {row['seed']} {row['variant']:26s} {row['seconds']:5.0f}s  "
+            f"mean MSE {last['mean']:.4f}  FD {last['fd']:.3f}  share 9 {last['share9']:.2f}",
+            flush=True,
+        )
 
     failures = run_all(todo, path, args.workers, log)
     rows = load_rows(path, settings)
-    written = quality_report.write(rows, settings, references(settings), out, command=command_line(args, settings),
-                                   machine=machine_line())
+    written = quality_report.write(
+        rows, settings, references(settings), out, command=command_line(args, settings), machine=machine_line()
+    )
     print(f"written: {', '.join(str(p) for p in [path, *written])} ({time.perf_counter() - started:.0f} s)")
     if failures:
         print(f"{len(failures)} run(s) failed; re-run the same command to retry them:\n" + "\n".join(failures))
@@ -290,27 +386,50 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("quality", help="LoRA quality of each optimizer variant on digits: held-out loss per noise band and "
-                                       "classifier-scored samples (CPU)",
-                       description="Fit a LoRA on a held-out digit with each variant and score it; writes quality.jsonl "
-                                   "(one line per run; a restarted command skips finished runs), quality.md (tables and "
-                                   "the default rule's verdict), quality-bands.md, quality.png (FD) and quality-loss.png. Every setting below "
-                                   "overrides the profile's.")
-    p.add_argument("--profile", choices=list(PROFILES), default="quick",
-                   help="quick: 2 batch sizes x 1 lr x 3 seeds x 4 variants, 200 steps (~10 min with --workers 2 on 2 cores); "
-                        "decide: batch 1 2, lr 1e-3, 3 seeds, horizons 200 and 1000, 9 variants (the committed results, ~1 h with --workers 2); "
-                        "full: batch 1 2 4 8, lr 1e-3 3e-3 (~5 h). Default quick")
+    p = sub.add_parser(
+        "quality",
+        help="LoRA quality of each optimizer variant on digits: held-out loss per noise band and "
+        "classifier-scored samples (CPU)",
+        description="Fit a LoRA on a held-out digit with each variant and score it; writes quality.jsonl "
+        "(one line per run; a restarted command skips finished runs), quality.md (tables and "
+        "the default rule's verdict), quality-bands.md, quality.png (FD) and quality-loss.png. Every setting below "
+        "overrides the profile's.",
+    )
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="quick",
+        help="quick: 2 batch sizes x 1 lr x 3 seeds x 4 variants, 200 steps (~10 min with --workers 2 on 2 cores); "
+        "decide: batch 1 2, lr 1e-3, 3 seeds, horizons 200 and 1000, 9 variants "
+        "(the committed results, ~1 h with --workers 2); "
+        "full: batch 1 2 4 8, lr 1e-3 3e-3 (~5 h). Default quick",
+    )
     p.add_argument("--out", default="out/bench-quality", help="folder for the results (default out/bench-quality)")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="runs in parallel, one CPU thread each (default 1; use at most the number of free cores)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="runs in parallel, one CPU thread each (default 1; use at most the number of free cores)",
+    )
     p.add_argument("--objectives", nargs="+", choices=["eps", "flow"], help="training objectives")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
-                   help=f"variants to fit, AdamW among them (choices: {', '.join(VARIANTS)})")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        metavar="VARIANT",
+        help=f"variants to fit, AdamW among them (choices: {', '.join(VARIANTS)})",
+    )
     p.add_argument("--batch", type=positive_int, nargs="+", help="batch sizes")
     p.add_argument("--lr", type=positive_float, nargs="+", help="learning rates (constant)")
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", help="seeds (each is one paired set of runs)")
-    p.add_argument("--horizons", type=positive_int, nargs="+",
-                   help="steps after which each run is evaluated; the run lasts the largest")
+    p.add_argument(
+        "--horizons",
+        type=positive_int,
+        nargs="+",
+        help="steps after which each run is evaluated; the run lasts the largest",
+    )
     p.add_argument("--samples", type=positive_int, help="images generated per evaluation (from fixed noise)")
-    p.add_argument("--sample-steps", type=positive_int, help="model calls per generated image (DDIM for eps, Euler for flow)")
+    p.add_argument(
+        "--sample-steps", type=positive_int, help="model calls per generated image (DDIM for eps, Euler for flow)"
+    )
     p.set_defaults(func=run)

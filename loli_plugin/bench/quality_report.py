@@ -33,12 +33,14 @@ LINEAR = {"fd": 100, "share9": 100, "mean": 10, "geomean": 10}
 TICKS = (-100, -75, -50, -25, -10, -5, -2, 0, 2, 5, 10, 25, 50, 75, 100, 200, 500, 1000)
 RULE_GAIN = -0.03  # at least 3 % lower FD in the small-batch cells
 RULE_SMALL_BATCH = 2
-RULE = (f"**The rule.** A configuration may be the default only if, on the samples' Fréchet distance (FD), "
-        f"(1) it is not worse than AdamW beyond the seed spread in any cell, where *worse beyond the seed spread* means "
-        f"that its best seed is worse than AdamW's worst seed in that cell (the seed ranges do not overlap), and "
-        f"(2) in every cell with batch <= {RULE_SMALL_BATCH} its paired change against AdamW, averaged over seeds, is at "
-        f"least {-100 * RULE_GAIN:.0f} % lower FD. The share of samples classified as 9 and the held-out losses are "
-        f"shown beside it, with the same *worse beyond the seed spread* count.")
+RULE = (
+    f"**The rule.** A configuration may be the default only if, on the samples' Fréchet distance (FD), "
+    f"(1) it is not worse than AdamW beyond the seed spread in any cell, where *worse beyond the seed spread* means "
+    f"that its best seed is worse than AdamW's worst seed in that cell (the seed ranges do not overlap), and "
+    f"(2) in every cell with batch <= {RULE_SMALL_BATCH} its paired change against AdamW, averaged over seeds, is at "
+    f"least {-100 * RULE_GAIN:.0f} % lower FD. The share of samples classified as 9 and the held-out losses are "
+    f"shown beside it, with the same *worse beyond the seed spread* count."
+)
 
 
 def cells(rows: list[dict]) -> dict:
@@ -61,9 +63,15 @@ def compare(variant: dict, reference: dict, metric: str) -> dict | None:
     r = [reference[s][metric] for s in seeds]
     changes = [(a / b - 1) if relative else (a - b) for a, b in zip(v, r)]
     worse = min(v) > max(r) if lower_better else max(v) < min(r)
-    return {"n": len(seeds), "mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
-            "change": statistics.fmean(changes), "change_min": min(changes), "change_max": max(changes),
-            "worse": worse}
+    return {
+        "n": len(seeds),
+        "mean": statistics.fmean(v),
+        "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
+        "change": statistics.fmean(changes),
+        "change_min": min(changes),
+        "change_max": max(changes),
+        "worse": worse,
+    }
 
 
 def verdict(table: dict, variants: list[str]) -> list[dict]:
@@ -85,14 +93,25 @@ def verdict(table: dict, variants: list[str]) -> list[dict]:
         fd = per_metric[RULE_METRIC]
         worse = [cell for cell, c in fd if c["worse"]]
         missed = [cell for cell, c in small if c["change"] > RULE_GAIN]
-        result.append({
-            "variant": name, "cells": len(fd), "small_cells": len(small), "worse": worse, "missed_gain": missed,
-            "passes": bool(fd) and not worse and not missed,
-            "metrics": {m: {"worse": sum(c["worse"] for _, c in cs),
-                            "median": statistics.median(c["change"] for _, c in cs) if cs else math.nan,
-                            "min": min((c["change"] for _, c in cs), default=math.nan),
-                            "max": max((c["change"] for _, c in cs), default=math.nan)} for m, cs in per_metric.items()},
-        })
+        result.append(
+            {
+                "variant": name,
+                "cells": len(fd),
+                "small_cells": len(small),
+                "worse": worse,
+                "missed_gain": missed,
+                "passes": bool(fd) and not worse and not missed,
+                "metrics": {
+                    m: {
+                        "worse": sum(c["worse"] for _, c in cs),
+                        "median": statistics.median(c["change"] for _, c in cs) if cs else math.nan,
+                        "min": min((c["change"] for _, c in cs), default=math.nan),
+                        "max": max((c["change"] for _, c in cs), default=math.nan),
+                    }
+                    for m, cs in per_metric.items()
+                },
+            }
+        )
     result.sort(key=lambda v: (len(v["worse"]) + len(v["missed_gain"]), v["metrics"][RULE_METRIC]["median"]))
     return result
 
@@ -108,27 +127,35 @@ def _cell_name(cell) -> str:
 
 def verdict_lines(table: dict, variants: list[str]) -> list[str]:
     rows = verdict(table, variants)
-    lines = [RULE, "",
-             "| variant | passes | FD: cells worse beyond spread | FD: small-batch cells >= 3 % better | FD change, median "
-             "[min, max] over cells | share 9: cells worse | mean MSE: cells worse, median change | geo-mean MSE: cells "
-             "worse, median change |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        RULE,
+        "",
+        "| variant | passes | FD: cells worse beyond spread | FD: small-batch cells >= 3 % better | FD change, median "
+        "[min, max] over cells | share 9: cells worse | mean MSE: cells worse, median change | geo-mean MSE: cells "
+        "worse, median change |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in rows:
         m = v["metrics"]
         lines.append(
             f"| {v['variant']} | {'**yes**' if v['passes'] else 'no'} | {len(v['worse'])} of {v['cells']} | "
             f"{v['small_cells'] - len(v['missed_gain'])} of {v['small_cells']} | {_pct(m['fd']['median'])} "
             f"[{_pct(m['fd']['min'])}, {_pct(m['fd']['max'])}] | {m['share9']['worse']} | "
-            f"{m['mean']['worse']}, {_pct(m['mean']['median'])} | {m['geomean']['worse']}, {_pct(m['geomean']['median'])} |")
+            f"{m['mean']['worse']}, {_pct(m['mean']['median'])} | "
+            f"{m['geomean']['worse']}, {_pct(m['geomean']['median'])} |"
+        )
     passing = [v["variant"] for v in rows if v["passes"]]
     lines.append("")
     if passing:
         lines.append(f"**Verdict:** passes the rule: {', '.join(passing)}.")
     elif rows:
         best = rows[0]
-        lines.append(f"**Verdict:** no configuration passes the rule. Closest (fewest failed conditions): {best['variant']}, "
-                     f"worse beyond the seed spread in {len(best['worse'])} cell(s)"
-                     + (f" ({'; '.join(_cell_name(c) for c in best['worse'])})" if best["worse"] else "")
-                     + f", and short of -3 % in {len(best['missed_gain'])} of {best['small_cells']} small-batch cell(s).")
+        lines.append(
+            f"**Verdict:** no configuration passes the rule. Closest (fewest failed conditions): {best['variant']}, "
+            f"worse beyond the seed spread in {len(best['worse'])} cell(s)"
+            + (f" ({'; '.join(_cell_name(c) for c in best['worse'])})" if best["worse"] else "")
+            + f", and short of -3 % in {len(best['missed_gain'])} of {best['small_cells']} small-batch cell(s)."
+        )
     return lines
 
 
@@ -145,7 +172,9 @@ def overview_lines(table: dict, variants: list[str], objective: str, metric: str
         cells_ = []
         for key in keys:
             c = compare(table[key].get(name, {}), table[key].get(REFERENCE, {}), metric)
-            cells_.append("–" if c is None else _pct(c["change"], relative).replace(" ", "") + ("!" if c["worse"] else ""))
+            cells_.append(
+                "–" if c is None else _pct(c["change"], relative).replace(" ", "") + ("!" if c["worse"] else "")
+            )
         lines.append(f"| {name} | {' | '.join(cells_)} |")
     return lines
 
@@ -168,8 +197,14 @@ def cell_lines(table: dict, key, variants: list[str], seeds: int) -> list[str]:
             if c is None:
                 parts.append("– | –")
                 continue
-            change = "–" if name == REFERENCE else (f"{_pct(c['change'], METRICS[m][2])} [{_pct(c['change_min'], METRICS[m][2])}, "
-                                                    f"{_pct(c['change_max'], METRICS[m][2])}]" + (" **worse**" if c["worse"] else ""))
+            change = (
+                "–"
+                if name == REFERENCE
+                else (
+                    f"{_pct(c['change'], METRICS[m][2])} [{_pct(c['change_min'], METRICS[m][2])}, "
+                    f"{_pct(c['change_max'], METRICS[m][2])}]" + (" **worse**" if c["worse"] else "")
+                )
+            )
             parts.append(f"{_fmt(m, c['mean'])} ± {_fmt(m, c['sd'])} | {change}")
         n = len(by_variant[name])
         lines.append(f"| {name} | {n}{'' if n == seeds else ' (incomplete)'} | {' | '.join(parts)} |")
@@ -180,8 +215,12 @@ def band_lines(table: dict, key, variants: list[str]) -> list[str]:
     """AdamW's held-out MSE per noise band, and every variant's paired change per band."""
     by_variant = table[key]
     reference = by_variant.get(REFERENCE, {})
-    lines = [f"### {_cell_name(key)}", "", "| variant | " + " | ".join(f"band {i}" for i in range(BANDS)) + " |",
-             "|---|" + "---|" * BANDS]
+    lines = [
+        f"### {_cell_name(key)}",
+        "",
+        "| variant | " + " | ".join(f"band {i}" for i in range(BANDS)) + " |",
+        "|---|" + "---|" * BANDS,
+    ]
     for name in variants:
         seeds = sorted(set(by_variant.get(name, {})) & set(reference))
         if not seeds:
@@ -191,7 +230,11 @@ def band_lines(table: dict, key, variants: list[str]) -> list[str]:
             if name == REFERENCE:
                 cells_.append(f"{statistics.fmean(reference[s]['bands'][i] for s in seeds):.4f}")
             else:
-                cells_.append(_pct(statistics.fmean(by_variant[name][s]["bands"][i] / reference[s]["bands"][i] - 1 for s in seeds)))
+                cells_.append(
+                    _pct(
+                        statistics.fmean(by_variant[name][s]["bands"][i] / reference[s]["bands"][i] - 1 for s in seeds)
+                    )
+                )
         lines.append(f"| {name} | {' | '.join(cells_)} |")
     return lines + [""]
 
@@ -212,29 +255,48 @@ def write(rows: list[dict], settings: dict, references: dict, out: Path, command
     table = cells(rows)
     variants = [v for v in settings["variants"] if any(v in by_variant for by_variant in table.values())]
     seeds = len(settings["seeds"])
-    planned = len(settings["objectives"]) * len(settings["lr"]) * len(settings["batch"]) * seeds * len(settings["variants"])
+    planned = (
+        len(settings["objectives"]) * len(settings["lr"]) * len(settings["batch"]) * seeds * len(settings["variants"])
+    )
     run_hours = sum(r["seconds"] for r in rows) / 3600
     run_time = f"{run_hours:.1f} h" if run_hours >= 1 else f"{60 * run_hours:.1f} min"
     head = [
-        "# loli-plugin quality benchmark", "",
-        f"machine: {machine}", "",
-        f"command: `{command}`", "",
-        f"{len(rows)} of {planned} runs" + ("" if len(rows) >= planned else " (**incomplete**: cells with fewer seeds say so)")
+        "# loli-plugin quality benchmark",
+        "",
+        f"machine: {machine}",
+        "",
+        f"command: `{command}`",
+        "",
+        f"{len(rows)} of {planned} runs"
+        + ("" if len(rows) >= planned else " (**incomplete**: cells with fewer seeds say so)")
         + f"; {run_time} of one CPU thread in total (sum over runs)."
-        + (f" The LR is constant, so the results at {', '.join(map(str, settings['horizons'][:-1]))} steps are checkpoints of "
-           f"the {settings['horizons'][-1]}-step runs, identical to separate runs of that length." if len(settings["horizons"]) > 1 else ""),
+        + (
+            f" The LR is constant, so the results at {', '.join(map(str, settings['horizons'][:-1]))} steps "
+            f"are checkpoints of the {settings['horizons'][-1]}-step runs, identical to separate runs of that length."
+            if len(settings["horizons"]) > 1
+            else ""
+        ),
         "",
         "A rank-8 LoRA on digit 9 of a tiny UNet pre-trained on scikit-learn's digits 0-8. Metrics (held-out digit-9 "
-        f"images, fixed randomness): **FD**, the Fréchet distance between {settings['samples']} samples generated from fixed "
-        f"noise ({settings['sample_steps']} steps: DDIM for eps, Euler for flow) and the real held-out 9s, on a digits "
-        f"classifier's features ({FEATURE_NOTE}; test accuracy {accuracy():.3f}); **share 9**, the share of those samples "
-        f"the classifier labels 9; **mean MSE** and **geo-mean MSE**, the arithmetic and geometric mean of the held-out "
-        f"MSE over {BANDS} noise bands with fixed noise. Lower is better except for share 9.", "",
+        "images, fixed randomness): **FD**, the Fréchet distance between "
+        f"{settings['samples']} samples generated from fixed noise ({settings['sample_steps']} steps: "
+        "DDIM for eps, Euler for flow) and the real held-out 9s, on a digits classifier's features "
+        f"({FEATURE_NOTE}; test accuracy {accuracy():.3f}); **share 9**, the share of those samples "
+        "the classifier labels 9; **mean MSE** and **geo-mean MSE**, the arithmetic and geometric mean of the "
+        f"held-out MSE over {BANDS} noise bands with fixed noise. Lower is better except for share 9.",
+        "",
         "Each cell: mean over seeds ± standard deviation; *vs AdamW* = the per-seed paired change against AdamW (same "
         "initial LoRA, images and noise), mean [min, max] over seeds; **worse** / `!` = worse beyond the seed spread "
-        "(its best seed worse than AdamW's worst).", "",
-        "## References", "", *reference_lines(references), "",
-        "## The default rule", "", *verdict_lines(table, variants), "",
+        "(its best seed worse than AdamW's worst).",
+        "",
+        "## References",
+        "",
+        *reference_lines(references),
+        "",
+        "## The default rule",
+        "",
+        *verdict_lines(table, variants),
+        "",
     ]
     body = []
     for objective in settings["objectives"]:
@@ -244,9 +306,15 @@ def write(rows: list[dict], settings: dict, references: dict, out: Path, command
         body += [f"## {objective}: every cell", ""]
         for key in sorted(k for k in table if k[0] == objective):
             body += cell_lines(table, key, variants, seeds)
-    bands = ["# Held-out MSE per noise band", "", f"command: `{command}`", "",
-             f"Band 0 is the lowest noise, band {BANDS - 1} the highest. AdamW's row: its held-out MSE (mean over seeds); "
-             "other rows: the paired change against AdamW per band (mean over seeds).", ""]
+    bands = [
+        "# Held-out MSE per noise band",
+        "",
+        f"command: `{command}`",
+        "",
+        f"Band 0 is the lowest noise, band {BANDS - 1} the highest. AdamW's row: its held-out MSE (mean over seeds); "
+        "other rows: the paired change against AdamW per band (mean over seeds).",
+        "",
+    ]
     for key in sorted(table):
         bands += band_lines(table, key, variants)
     paths = [out / "quality.md", out / "quality-bands.md", out / "quality.png", out / "quality-loss.png"]
@@ -288,9 +356,18 @@ def plot(table: dict, settings: dict, variants: list[str], path: Path, metrics: 
         ticks = [t for t in TICKS if low <= t <= high and (t == 0 or abs(t) >= LINEAR[metric] / 8)]
         ax.set_yticks(ticks, [f"{t:+g}" if t else "0" for t in ticks], fontsize=7)
         ax.grid(axis="y", color="0.9", lw=0.6)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], [f"lr {lr:g}, b{b}\n{h} steps" for _, lr, b, h in keys], fontsize=7)
-        ax.set_ylabel(f"{METRICS[metric][0]} vs AdamW (%)\nlower is better; log beyond +-{LINEAR[metric]} %", fontsize=8)
-        ax.set_title(f"{objective}: {METRICS[metric][0]}, paired change vs AdamW, mean over seeds (bars: worst to best seed)", fontsize=9)
+        ax.set_xticks(
+            [j + 0.4 - width / 2 for j in range(len(keys))],
+            [f"lr {lr:g}, b{b}\n{h} steps" for _, lr, b, h in keys],
+            fontsize=7,
+        )
+        ax.set_ylabel(
+            f"{METRICS[metric][0]} vs AdamW (%)\nlower is better; log beyond +-{LINEAR[metric]} %", fontsize=8
+        )
+        ax.set_title(
+            f"{objective}: {METRICS[metric][0]}, paired change vs AdamW, mean over seeds (bars: worst to best seed)",
+            fontsize=9,
+        )
         if others:
             ax.legend(fontsize=6, ncol=4)
     fig.tight_layout()

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from ..options import DEFAULT_CLUSTERS
 from ..cli_args import cluster_count, positive_int
+from ..options import DEFAULT_CLUSTERS
 from .machine import machine_line
 
 
@@ -16,8 +16,13 @@ def bench_sampler(args) -> dict:
     """Time a cluster draw (what the patched samplers do) against the plain draw, per batch size."""
     from ..sampling import CosMap, DiscreteUniform, LogitNormal, ModeScale, Shift
 
-    families = {"logit_normal": LogitNormal(), "sd3_shift": Shift(LogitNormal(), 3.0), "mode": ModeScale(1.29),
-                "cosmap": CosMap(), "sd_randint": DiscreteUniform(0, 1000)}
+    families = {
+        "logit_normal": LogitNormal(),
+        "sd3_shift": Shift(LogitNormal(), 3.0),
+        "mode": ModeScale(1.29),
+        "cosmap": CosMap(),
+        "sd_randint": DiscreteUniform(0, 1000),
+    }
     print(f"# machine: {machine_line()}")
     print(f"# median of {args.calls} calls, interleaved; K={args.clusters}")
     print("| family | batch | plain us/call | cluster us/call | ratio |")
@@ -43,7 +48,16 @@ def bench_sampler(args) -> dict:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sampler", help="time of a cluster draw vs the plain draw")
-    s.add_argument("--clusters", type=cluster_count, default=DEFAULT_CLUSTERS, help="K, the number of timestep clusters (default 10)")
-    s.add_argument("--calls", type=positive_int, default=2000, help="timed calls per family and batch size (default 2000)")
-    s.add_argument("--batch", type=positive_int, nargs="+", default=[1, 4, 16], help="batch sizes to time (default 1 4 16)")
+    s.add_argument(
+        "--clusters",
+        type=cluster_count,
+        default=DEFAULT_CLUSTERS,
+        help="K, the number of timestep clusters (default 10)",
+    )
+    s.add_argument(
+        "--calls", type=positive_int, default=2000, help="timed calls per family and batch size (default 2000)"
+    )
+    s.add_argument(
+        "--batch", type=positive_int, nargs="+", default=[1, 4, 16], help="batch sizes to time (default 1 4 16)"
+    )
     s.set_defaults(func=bench_sampler)

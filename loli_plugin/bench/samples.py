@@ -20,7 +20,11 @@ def generate(model, objective, noise: torch.Tensor, steps: int) -> torch.Tensor:
     """Images in [-1, 1] sampled by ``model`` from ``noise`` in ``steps`` model calls."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    x = ddim(model, objective.sched.alphas_cumprod, noise, steps) if objective.name == "eps" else euler(model, noise, steps)
+    x = (
+        ddim(model, objective.sched.alphas_cumprod, noise, steps)
+        if objective.name == "eps"
+        else euler(model, noise, steps)
+    )
     return x.clamp(-1.0, 1.0)
 
 

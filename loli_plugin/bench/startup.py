@@ -37,11 +37,17 @@ def _importtime(python: str, disable: bool) -> dict[str, int]:
 
 def run(args) -> int:
     python = args.python
-    probe = subprocess.run([python, "-c", "import _loli_plugin_autoload as a, wrapt; print(a.INSTALLED, wrapt.__version__)"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [python, "-c", "import _loli_plugin_autoload as a, wrapt; print(a.INSTALLED, wrapt.__version__)"],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
-        print(f"loli-plugin bench startup: error: {python} has no installed loli-plugin start-up hook or no wrapt "
-              f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no output'})", file=sys.stderr)
+        print(
+            f"loli-plugin bench startup: error: {python} has no installed loli-plugin start-up hook or no wrapt "
+            f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no output'})",
+            file=sys.stderr,
+        )
         return 2
     installed, wrapt_version = probe.stdout.split()
     for disable in (False, True):  # warm the file cache
@@ -55,20 +61,27 @@ def run(args) -> int:
     on, off = statistics.median(times[False]), statistics.median(times[True])
     with_hook, without = _importtime(python, False), _importtime(python, True)
     extra = sorted(set(with_hook) - set(without))
-    print(f"# python: {python} | wrapt {wrapt_version} | hook installed: {installed} | {args.runs} starts each, interleaved")
+    print(
+        f"# python: {python} | wrapt {wrapt_version} | hook installed: {installed} "
+        f"| {args.runs} starts each, interleaved"
+    )
     print("| | median wall ms (`python -c pass`) |")
     print("|---|---|")
     print(f"| plugin installed | {on:.1f} |")
     print(f"| LOLI_PLUGIN_DISABLE=1 | {off:.1f} |")
     print(f"| difference | {on - off:+.2f} |")
-    print(f"\nmodules loaded only with the plugin: {', '.join(extra) or 'none'}; "
-          f"_loli_plugin_autoload's own import: {with_hook.get('_loli_plugin_autoload', 0)} us "
-          f"(with LOLI_PLUGIN_DISABLE=1: {without.get('_loli_plugin_autoload', 0)} us)")
+    print(
+        f"\nmodules loaded only with the plugin: {', '.join(extra) or 'none'}; "
+        f"_loli_plugin_autoload's own import: {with_hook.get('_loli_plugin_autoload', 0)} us "
+        f"(with LOLI_PLUGIN_DISABLE=1: {without.get('_loli_plugin_autoload', 0)} us)"
+    )
     return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("startup", help="interpreter start-up time with the plugin's start-up hook vs LOLI_PLUGIN_DISABLE=1")
+    p = sub.add_parser(
+        "startup", help="interpreter start-up time with the plugin's start-up hook vs LOLI_PLUGIN_DISABLE=1"
+    )
     p.add_argument("--python", default=sys.executable, help="the Python of the venv to measure (default: this one)")
     p.add_argument("--runs", type=int, default=40, help="starts per variant (default 40)")
     p.set_defaults(func=run)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -60,7 +60,9 @@ class TimestepDistribution:
     def quantile(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:  # pragma: no cover
+    def _sample(
+        self, n: int, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _cast(self, t: torch.Tensor, dtype) -> torch.Tensor:
@@ -226,7 +228,9 @@ class Discrete(TimestepDistribution):
             raise LoliConfigError("timestep weights must be finite, >= 0 and not all zero")
         self.weights = w
         self.values = (
-            torch.arange(w.numel(), dtype=torch.long) if values is None else torch.as_tensor(values, dtype=torch.long).flatten().cpu()
+            torch.arange(w.numel(), dtype=torch.long)
+            if values is None
+            else torch.as_tensor(values, dtype=torch.long).flatten().cpu()
         )
         if self.values.numel() != w.numel():
             raise LoliConfigError(f"got {w.numel()} timestep weights for {self.values.numel()} values")
@@ -271,7 +275,9 @@ class DiscreteUniform(TimestepDistribution):
         return idx + self.low
 
     def _sample(self, n, generator=None, device=None):
-        return torch.randint(self.low, self.high, (n,), generator=generator, device=_draw_device(generator, device)).to(device)
+        return torch.randint(self.low, self.high, (n,), generator=generator, device=_draw_device(generator, device)).to(
+            device
+        )
 
 
 class Discretized(TimestepDistribution):

@@ -3,6 +3,7 @@ commit f19ae30, before shared state existed):  python tests/data/make_format1_fi
 
 A LoliClustered(AdamW, K=3) checkpoint after 5 steps, plus the parameters after 5 more steps of the same
 uninterrupted run; tests/test_clustered.py checks that today's code resumes it to the same parameters."""
+
 import copy
 import sys
 
@@ -14,6 +15,7 @@ from loli_plugin import LoliClustered
 def grads(step, params):
     g = torch.Generator().manual_seed(500 + step)
     return [torch.randn(p.shape, generator=g) for p in params]
+
 
 g = torch.Generator().manual_seed(0)
 params = [torch.nn.Parameter(torch.randn(4, 3, generator=g)), torch.nn.Parameter(torch.randn(3, generator=g))]

@@ -12,7 +12,6 @@ tree, argv = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, tree)
 
 import torch  # noqa: E402
-
 import train_network  # noqa: E402
 from library import flux_train_utils, train_util  # noqa: E402
 
@@ -22,7 +21,9 @@ def hexes(t):
 
 
 out = {}
-args = train_network.setup_parser().parse_args(["--pretrained_model_name_or_path", "unused", "--learning_rate", "1e-3", *argv])
+args = train_network.setup_parser().parse_args(
+    ["--pretrained_model_name_or_path", "unused", "--learning_rate", "1e-3", *argv]
+)
 print("stage parsed", flush=True)
 train_util.prepare_accelerator(args)
 print("stage accelerator", flush=True)
@@ -43,13 +44,22 @@ torch.manual_seed(1)
 get_timesteps = getattr(train_util, "get_timesteps", None) or train_util.get_timesteps_v2
 out["sd_timesteps"] = get_timesteps(0, 1000, 8, "cpu").tolist()
 
-flux_args = SimpleNamespace(timestep_sampling="sigmoid", sigmoid_scale=1.0, ip_noise_gamma=None, weighting_scheme="none",
-                            logit_mean=0.0, logit_std=1.0, mode_scale=1.29, discrete_flow_shift=3.0)
+flux_args = SimpleNamespace(
+    timestep_sampling="sigmoid",
+    sigmoid_scale=1.0,
+    ip_noise_gamma=None,
+    weighting_scheme="none",
+    logit_mean=0.0,
+    logit_std=1.0,
+    mode_scale=1.29,
+    discrete_flow_shift=3.0,
+)
 scheduler = SimpleNamespace(config=SimpleNamespace(num_train_timesteps=1000))
 torch.manual_seed(2)
 latents = torch.randn(4, 4, 8, 8)
-noisy, flux_t, sigmas = flux_train_utils.get_noisy_model_input_and_timesteps(flux_args, scheduler, latents, torch.randn_like(latents),
-                                                                             "cpu", torch.float32)
+noisy, flux_t, sigmas = flux_train_utils.get_noisy_model_input_and_timesteps(
+    flux_args, scheduler, latents, torch.randn_like(latents), "cpu", torch.float32
+)
 out["flux_timesteps"] = hexes(flux_t)
 print("stage timesteps", flush=True)
 

@@ -40,14 +40,29 @@ def write_tokenizer(folder: Path) -> None:
     vocab["<|endoftext|>"] = 49407
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "do_lower_case": True,
-        "tokenizer_class": "CLIPTokenizer",
-    }))
-    (folder / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-    }))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "do_lower_case": True,
+                "tokenizer_class": "CLIPTokenizer",
+            }
+        )
+    )
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
+    )
 
 
 def write_images(folder: Path, n: int = 4) -> None:
@@ -64,18 +79,27 @@ def write_images(folder: Path, n: int = 4) -> None:
 def write_checkpoint(path: Path) -> None:
     import torch
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from library import model_util
     from library.original_unet import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
     vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
     # CLIP ViT-L/14's text tower, the SD1.x text encoder (public hyper-parameters)
-    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                         pad_token_id=1, bos_token_id=0, eos_token_id=2, projection_dim=768)
+    cfg = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        projection_dim=768,
+    )
     text_encoder = CLIPTextModel(cfg)
     tmp = path.with_suffix(".tmp.safetensors")
     model_util.save_stable_diffusion_checkpoint(False, str(tmp), text_encoder, unet, None, 0, 0, {}, torch.float16, vae)

@@ -20,24 +20,43 @@ TRAIN_UTIL = "library/train_util.py"
 PLAIN = ["--optimizer_type", "AdamW", "--loss_type", "l2"]
 LOLI = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4", "--loss_type", "loli"]
 
-GET_TIMESTEPS = "def get_timesteps(min_timestep: int, max_timestep: int, b_size: int, device: torch.device) -> torch.Tensor:"
+GET_TIMESTEPS = (
+    "def get_timesteps(min_timestep: int, max_timestep: int, b_size: int, device: torch.device) -> torch.Tensor:"
+)
 DRIFTS = {
-    "added optional parameter": [("def get_optimizer(args, trainable_params) -> tuple[str, str, object]:",
-                                  "def get_optimizer(args, trainable_params, model=None) -> tuple[str, str, object]:")],
-    "renamed parameter": [(GET_TIMESTEPS, GET_TIMESTEPS.replace("b_size", "batch_size")),
-                          ("torch.randint(min_timestep, max_timestep, (b_size,), device=\"cpu\")",
-                           "torch.randint(min_timestep, max_timestep, (batch_size,), device=\"cpu\")"),
-                          ("torch.full((b_size,), max_timestep, device=\"cpu\")", "torch.full((batch_size,), max_timestep, device=\"cpu\")")],
-    "removed function": [("def get_optimizer(args, trainable_params) -> tuple[str, str, object]:",
-                          "def get_optimizer_v2(args, trainable_params) -> tuple[str, str, object]:")],
+    "added optional parameter": [
+        (
+            "def get_optimizer(args, trainable_params) -> tuple[str, str, object]:",
+            "def get_optimizer(args, trainable_params, model=None) -> tuple[str, str, object]:",
+        )
+    ],
+    "renamed parameter": [
+        (GET_TIMESTEPS, GET_TIMESTEPS.replace("b_size", "batch_size")),
+        (
+            'torch.randint(min_timestep, max_timestep, (b_size,), device="cpu")',
+            'torch.randint(min_timestep, max_timestep, (batch_size,), device="cpu")',
+        ),
+        ('torch.full((b_size,), max_timestep, device="cpu")', 'torch.full((batch_size,), max_timestep, device="cpu")'),
+    ],
+    "removed function": [
+        (
+            "def get_optimizer(args, trainable_params) -> tuple[str, str, object]:",
+            "def get_optimizer_v2(args, trainable_params) -> tuple[str, str, object]:",
+        )
+    ],
 }
-UNFIT = {"renamed parameter": "library.train_util.get_timesteps", "removed function": "library.train_util.get_optimizer"}
+UNFIT = {
+    "renamed parameter": "library.train_util.get_timesteps",
+    "removed function": "library.train_util.get_optimizer",
+}
 
 
 @pytest.fixture(scope="module")
 def trees(kohya, tmp_path_factory):
-    return {how: drifted_copy(KOHYA_DIR, tmp_path_factory.mktemp("drift") / "sd-scripts", {TRAIN_UTIL: edits})
-            for how, edits in DRIFTS.items()}
+    return {
+        how: drifted_copy(KOHYA_DIR, tmp_path_factory.mktemp("drift") / "sd-scripts", {TRAIN_UTIL: edits})
+        for how, edits in DRIFTS.items()
+    }
 
 
 @pytest.mark.parametrize("how", list(DRIFTS))
@@ -55,8 +74,12 @@ def test_a_loli_run_is_refused_before_any_work(trees, how):
 def test_a_compatible_drift_keeps_the_plugin_working(trees):
     proc, result = run_driver(DRIVER, trees["added optional parameter"], LOLI)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert result["optimizer"] == "LoliClustered" and "loli-plugin active" in proc.stderr and plugin_lines(proc.stderr) == [
-        line for line in plugin_lines(proc.stderr) if line.startswith("loli-plugin active")]
+    assert (
+        result["optimizer"] == "LoliClustered"
+        and "loli-plugin active" in proc.stderr
+        and plugin_lines(proc.stderr)
+        == [line for line in plugin_lines(proc.stderr) if line.startswith("loli-plugin active")]
+    )
     # the SD draw came from one cluster: a quarter of [0, 1000) for clusters=4
     sd = result["sd_timesteps"]
     assert max(sd) - min(sd) < 250, sd

@@ -42,7 +42,9 @@ def test_loli_loss_composes_with_masks_snr_and_v_pred_scaling(kohya, parse):
 
     args = parse("--optimizer_type", "AdamW", "--loss_type", "loli")
     kohya.train_util.get_optimizer(args, [torch.nn.Parameter(torch.zeros(1))])
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
+    sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
+    )
     prepare_scheduler_for_custom_training(sched, "cpu")
     pred, target = pred_target(1)
     timesteps = torch.tensor([10, 900])

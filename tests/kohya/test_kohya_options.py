@@ -29,12 +29,23 @@ def test_wheel_install_brings_the_pth_hook(kohya):
     # and LOLI_PLUGIN_DISABLE=1 turns it off
     env = {"LOLI_PLUGIN_DISABLE": "1", "PATH": ""}
     code = "import _loli_plugin_autoload as a; print(a.INSTALLED)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip() == "False"
+    )
 
 
 def test_parser_accepts_loli_options(kohya, parse):
-    args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW8bit", "clusters=4",
-                 "--loss_type", "loli", "--loli_loss_weights", "mse=0.5,l1=0.5")
+    args = parse(
+        "--optimizer_type",
+        "LoliClustered",
+        "--optimizer_args",
+        "inner=AdamW8bit",
+        "clusters=4",
+        "--loss_type",
+        "loli",
+        "--loli_loss_weights",
+        "mse=0.5,l1=0.5",
+    )
     assert args.loss_type == "loli" and args.loli_loss_weights == "mse=0.5,l1=0.5"
     # the stock choices are all still there
     action = next(a for a in kohya.train_network.setup_parser()._actions if "--loss_type" in a.option_strings)
@@ -118,21 +129,32 @@ def test_unsupported_sd_scripts_version_fails_loudly(kohya, parse, monkeypatch):
 
     monkeypatch.setattr(kohya.train_util, "conditional_loss", old_conditional_loss)
     args = parse("--optimizer_type", "LoliClustered")
-    with pytest.raises(LoliUnsupportedTrainerError, match=r"conditional_loss: expected parameters .*v0\.10\.0 or newer"):
+    with pytest.raises(
+        LoliUnsupportedTrainerError, match=r"conditional_loss: expected parameters .*v0\.10\.0 or newer"
+    ):
         kohya.train_util.get_optimizer(args, params())
 
 
 def test_doctor_reports_the_checkout(kohya, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "doctor", str(kohya.dir)],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "loli_plugin.cli", "doctor", str(kohya.dir)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "kohya-ss/sd-scripts at" in out.stdout and "48d368f" in out.stdout
-    assert "library.train_util.get_optimizer: ok" in out.stdout and "library.flux_train_utils.get_noisy_model_input_and_timesteps: ok" in out.stdout
+    assert (
+        "library.train_util.get_optimizer: ok" in out.stdout
+        and "library.flux_train_utils.get_noisy_model_input_and_timesteps: ok" in out.stdout
+    )
     assert "accelerate.tracking.TensorBoardTracker.log: ok" in out.stdout
     assert "start-up hook: active (pth)" in out.stdout and out.stdout.strip().endswith("result: every patch fits")
 
 
-@pytest.mark.parametrize("script, toml", [("sdxl_train_network", "sdxl_lora_loli.toml"), ("flux_train_network", "flux_lora_loli.toml")])
+@pytest.mark.parametrize(
+    "script, toml", [("sdxl_train_network", "sdxl_lora_loli.toml"), ("flux_train_network", "flux_lora_loli.toml")]
+)
 def test_example_toml_configs_build_the_optimizer(kohya, script, toml, monkeypatch):
     import importlib
     from pathlib import Path
@@ -185,6 +207,6 @@ def test_the_dotted_route_without_the_hook_is_refused(kohya, tmp_path):
     env = {"LOLI_PLUGIN_DISABLE": "1", "PATH": ""}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=kohya.dir)
     assert proc.returncode != 0 and "LoliUnsupportedTrainerError" in proc.stderr, proc.stderr[-3000:]
-    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError"):]
+    message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError") :]
     assert "being built inside sd-scripts" in message and "start-up hook did not run" in message
     assert "python -m loli_plugin.launch" in message and "LOLI_PLUGIN_DISABLE" in message

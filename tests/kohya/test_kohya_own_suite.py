@@ -25,8 +25,9 @@ HOST_SUITE = Path(__file__).resolve().parents[1] / "host_suite"
 EXPECTED_TO_DIFFER: dict[str, str] = {
     "tests.library.test_flux_train_utils::test_weighting_scheme": (
         "mocks compute_density_for_timestep_sampling to return fixed values, so the sampler draws no random number "
-        "the plugin could restrict to the step's cluster; an active run refuses such a draw (LoliUnsupportedTrainerError) "
-        "rather than train with timesteps outside the cluster"),
+        "the plugin could restrict to the step's cluster; an active run refuses such a draw "
+        "(LoliUnsupportedTrainerError) rather than train with timesteps outside the cluster"
+    ),
 }
 
 
@@ -67,6 +68,8 @@ def test_active_plugin_keeps_the_suite_passing(baseline, tmp_path):
     assert "loli-plugin active for sd-scripts' own suite: LoliClustered" in log  # the activation really happened
     assert set(active) == set(baseline)
     broken = {t: active[t] for t, o in baseline.items() if o == "passed" and active[t] != "passed"}
-    assert set(broken) - set(EXPECTED_TO_DIFFER) == set(), f"sd-scripts' own tests broken by the active plugin: {broken}; see {tmp_path / 'active.log'}"
+    assert set(broken) - set(EXPECTED_TO_DIFFER) == set(), (
+        f"sd-scripts' own tests broken by the active plugin: {broken}; see {tmp_path / 'active.log'}"
+    )
     assert set(EXPECTED_TO_DIFFER) <= set(broken)  # the listed ones really differ (else the list is stale)
     assert "made no timestep draw loli-plugin recognises" in log

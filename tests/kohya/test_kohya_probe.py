@@ -36,30 +36,64 @@ def harness(kohya, parse):
     from diffusers import DDPMScheduler
 
     class Trainer(kohya.train_network.NetworkTrainer):
-        def call_unet(self, args, accelerator, unet, noisy_latents, timesteps, text_conds, batch, weight_dtype, **kwargs):
+        def call_unet(
+            self, args, accelerator, unet, noisy_latents, timesteps, text_conds, batch, weight_dtype, **kwargs
+        ):
             return unet(noisy_latents, timesteps)
 
     accelerator = Accelerator(cpu=True)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                              clip_sample=False)
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
+    )
     g = torch.Generator().manual_seed(1)
-    batches = [{"latents": torch.randn(2, 4, 8, 8, generator=g), "text_encoder_outputs_list": [torch.zeros(2, 3, 8)],
-                "loss_weights": torch.ones(2), "captions": ["a", "b"]} for _ in range(3)]
+    batches = [
+        {
+            "latents": torch.randn(2, 4, 8, 8, generator=g),
+            "text_encoder_outputs_list": [torch.zeros(2, 3, 8)],
+            "loss_weights": torch.ones(2),
+            "captions": ["a", "b"],
+        }
+        for _ in range(3)
+    ]
 
     def run(*argv, steps=3, lr="1e-2"):
         adapter.deactivate()
         torch.manual_seed(0)
         unet = TinyUnet()
-        args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", f"clusters={K}", "--loss_type", "loli",
-                     "--logging_dir", "unused", *argv)
+        args = parse(
+            "--optimizer_type",
+            "LoliClustered",
+            "--optimizer_args",
+            f"clusters={K}",
+            "--loss_type",
+            "loli",
+            "--logging_dir",
+            "unused",
+            *argv,
+        )
         args.learning_rate = float(lr)
         _, _, opt = kohya.train_util.get_optimizer(args, list(unet.parameters()))
         trainer, losses, probes = Trainer(), [], []
         torch.manual_seed(123)  # the trainer's RNG: noise and timestep draws
         for step in range(steps):
             unet.train()
-            loss = trainer.process_batch(batches[step % len(batches)], [], unet, unet, None, scheduler, torch.float32, torch.float32,
-                                         accelerator, args, None, None, is_train=True, train_text_encoder=False, train_unet=True)
+            loss = trainer.process_batch(
+                batches[step % len(batches)],
+                [],
+                unet,
+                unet,
+                None,
+                scheduler,
+                torch.float32,
+                torch.float32,
+                accelerator,
+                args,
+                None,
+                None,
+                is_train=True,
+                train_text_encoder=False,
+                train_unet=True,
+            )
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -133,7 +167,9 @@ def test_the_probe_works_with_any_optimizer(harness, kohya, parse):
 def sd_setup(kohya, parse, options):
     from diffusers import DDPMScheduler
 
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
+    sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
+    )
     args = parse(*options)
     latents = torch.zeros(4, 4, 8, 8)
     return args, lambda: (None, kohya.train_util.get_noise_noisy_latents_and_timesteps(args, sched, latents)[2])
@@ -148,7 +184,9 @@ def test_probe_timesteps_are_the_cluster_midpoints(kohya, parse, family, options
     quantile of sd-scripts' own distribution (against 20k draws of the unpatched sampler), the same for
     every sample, ordered, and training draws of a probe-only run stay sd-scripts' own."""
     probe_options = ["--optimizer_type", "AdamW", "--loli_probe", "on", "--loli_probe_clusters", str(K), *options]
-    args, fn = sd_setup(kohya, parse, probe_options) if family == "sd" else flow_setup(kohya, parse, family, probe_options)
+    args, fn = (
+        sd_setup(kohya, parse, probe_options) if family == "sd" else flow_setup(kohya, parse, family, probe_options)
+    )
     adapter.deactivate()
     torch.manual_seed(0)
     stock = torch.cat([fn()[1] for _ in range(5000)]).double().numpy()

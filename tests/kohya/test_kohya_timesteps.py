@@ -38,7 +38,9 @@ def draws_per_cluster(fn, opt, steps):
 def test_sd_timesteps(kohya, parse):
     from diffusers import DDPMScheduler
 
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
+    sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
+    )
     args = parse("--min_timestep", "100", "--max_timestep", "900")
     latents = torch.zeros(4, 4, 8, 8)
     fn = lambda: kohya.train_util.get_noise_noisy_latents_and_timesteps(args, sched, latents)[2]  # noqa: E731
@@ -73,9 +75,11 @@ FLOW_CASES = [
     ("sd3", ["--weighting_scheme", "mode", "--mode_scale", "1.29"]),
     ("sd3", ["--weighting_scheme", "uniform", "--min_timestep", "100", "--max_timestep", "800"]),
 ]
-SCRIPTS = {"flux": ("flux_train_network", "library.flux_train_utils"),
-           "lumina": ("lumina_train_network", "library.lumina_train_util"),
-           "sd3": ("sd3_train_network", "library.sd3_train_utils")}
+SCRIPTS = {
+    "flux": ("flux_train_network", "library.flux_train_utils"),
+    "lumina": ("lumina_train_network", "library.lumina_train_util"),
+    "sd3": ("sd3_train_network", "library.sd3_train_utils"),
+}
 
 
 def flow_setup(kohya, parse, family, options):
@@ -85,7 +89,9 @@ def flow_setup(kohya, parse, family, options):
     utils = importlib.import_module(module)
     from library import sd3_train_utils
 
-    sched = sd3_train_utils.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=getattr(args, "discrete_flow_shift", 1.0) or 1.0)
+    sched = sd3_train_utils.FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=getattr(args, "discrete_flow_shift", 1.0) or 1.0
+    )
     latents = torch.zeros(4, 16, 8, 8)
     noise = torch.randn_like(latents)
     if family == "sd3":
@@ -136,14 +142,29 @@ def test_the_flux_wrapper_reads_no_more_of_args_than_kohya(kohya, parse):
     utils = importlib.import_module("library.flux_train_utils")
     from library import sd3_train_utils
 
-    duck = SimpleNamespace(**{k: getattr(args, k) for k in ("timestep_sampling", "sigmoid_scale", "discrete_flow_shift",
-                                                            "weighting_scheme", "logit_mean", "logit_std", "mode_scale",
-                                                            "ip_noise_gamma", "ip_noise_gamma_random_strength")
-                              if hasattr(args, k)})
+    duck = SimpleNamespace(
+        **{
+            k: getattr(args, k)
+            for k in (
+                "timestep_sampling",
+                "sigmoid_scale",
+                "discrete_flow_shift",
+                "weighting_scheme",
+                "logit_mean",
+                "logit_std",
+                "mode_scale",
+                "ip_noise_gamma",
+                "ip_noise_gamma_random_strength",
+            )
+            if hasattr(args, k)
+        }
+    )
     assert not hasattr(duck, "min_timestep")
     sched = sd3_train_utils.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     latents = torch.zeros(4, 16, 8, 8)
-    _, t, _ = utils.get_noisy_model_input_and_timesteps(duck, sched, latents, torch.randn_like(latents), "cpu", torch.float32)
+    _, t, _ = utils.get_noisy_model_input_and_timesteps(
+        duck, sched, latents, torch.randn_like(latents), "cpu", torch.float32
+    )
     k = opt.current_cluster
     assert ((t >= k * 1000 / K) & (t < (k + 1) * 1000 / K)).all()
 

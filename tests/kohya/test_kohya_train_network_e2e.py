@@ -20,26 +20,70 @@ K = 4
 @pytest.fixture(scope="session")
 def sd1_assets(kohya):
     """Random SD1 checkpoint, tokenizer and images; cached per sd-scripts commit (about 40 s to build)."""
-    commit = (KOHYA_DIR / ".exported-commit").read_text().strip()[:8] if (KOHYA_DIR / ".exported-commit").exists() else "checkout"
+    commit = (
+        (KOHYA_DIR / ".exported-commit").read_text().strip()[:8]
+        if (KOHYA_DIR / ".exported-commit").exists()
+        else "checkout"
+    )
     out = Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser() / f"sd1-{commit}"
     print(f"building SD1 test assets in {out} (cached)", file=sys.stderr)
-    subprocess.run([sys.executable, str(HERE / "sd1_assets.py"), str(out)], cwd=KOHYA_DIR, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(HERE / "sd1_assets.py"), str(out)], cwd=KOHYA_DIR, check=True, capture_output=True
+    )
     return out
 
 
 def train(assets: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "train_network.py",
-        "--pretrained_model_name_or_path", str(assets / "sd1-random.safetensors"),
-        "--tokenizer_cache_dir", str(assets / "tokenizers"),
-        "--train_data_dir", str(assets / "data"), "--caption_extension", ".txt", "--resolution", "64,64",
-        "--output_dir", str(out / "out"), "--output_name", "lora", "--logging_dir", str(out / "logs"), "--log_with", "tensorboard",
-        "--network_module", "networks.lora", "--network_dim", "4", "--network_train_unet_only",
-        "--max_train_steps", "4", "--train_batch_size", "1", "--gradient_accumulation_steps", "2",
-        "--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", f"clusters={K}",
-        "--loss_type", "loli", "--learning_rate", "1e-4",
-        "--seed", "0", "--max_data_loader_n_workers", "0", "--cache_latents",
-        "--loli_probe_every", "2", "--loli_probe_samples", "1",  # the progress probe: before step 1, after steps 2 and 4
+        sys.executable,
+        "train_network.py",
+        "--pretrained_model_name_or_path",
+        str(assets / "sd1-random.safetensors"),
+        "--tokenizer_cache_dir",
+        str(assets / "tokenizers"),
+        "--train_data_dir",
+        str(assets / "data"),
+        "--caption_extension",
+        ".txt",
+        "--resolution",
+        "64,64",
+        "--output_dir",
+        str(out / "out"),
+        "--output_name",
+        "lora",
+        "--logging_dir",
+        str(out / "logs"),
+        "--log_with",
+        "tensorboard",
+        "--network_module",
+        "networks.lora",
+        "--network_dim",
+        "4",
+        "--network_train_unet_only",
+        "--max_train_steps",
+        "4",
+        "--train_batch_size",
+        "1",
+        "--gradient_accumulation_steps",
+        "2",
+        "--optimizer_type",
+        "LoliClustered",
+        "--optimizer_args",
+        "inner=AdamW",
+        f"clusters={K}",
+        "--loss_type",
+        "loli",
+        "--learning_rate",
+        "1e-4",
+        "--seed",
+        "0",
+        "--max_data_loader_n_workers",
+        "0",
+        "--cache_latents",
+        "--loli_probe_every",
+        "2",
+        "--loli_probe_samples",
+        "1",  # the progress probe: before step 1, after steps 2 and 4
         *extra,
     ]
     proc = subprocess.run(cmd, cwd=KOHYA_DIR, capture_output=True, text=True)

@@ -44,7 +44,7 @@ def run(out_path: str, accum: int) -> None:
     g = torch.Generator().manual_seed(100 + rank)  # different data per rank, as in DDP
     dist = LogitNormal()
     mismatches, clusters_seen = 0, []
-    for step in range(12 * accum):
+    for _ in range(12 * accum):
         with accelerator.accumulate(model):
             k = inner.current_cluster
             everyone = accelerator.gather(torch.tensor([k]))
@@ -61,13 +61,30 @@ def run(out_path: str, accum: int) -> None:
             opt.zero_grad()
 
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-    banks = torch.cat([v.flatten() for k in range(5) for st in inner.bank(k).values() for key, v in sorted(st.items()) if torch.is_tensor(v)])
+    banks = torch.cat(
+        [
+            v.flatten()
+            for k in range(5)
+            for st in inner.bank(k).values()
+            for key, v in sorted(st.items())
+            if torch.is_tensor(v)
+        ]
+    )
     same_params = bool((accelerator.gather(flat[None]) == flat).all())
     same_banks = bool((accelerator.gather(banks[None]) == banks).all())
     if accelerator.is_main_process:
         with open(out_path, "w") as f:
-            json.dump({"world": accelerator.num_processes, "mismatches": mismatches, "same_params": same_params,
-                       "same_banks": same_banks, "bank_steps": inner.bank_steps, "clusters": clusters_seen}, f)
+            json.dump(
+                {
+                    "world": accelerator.num_processes,
+                    "mismatches": mismatches,
+                    "same_params": same_params,
+                    "same_banks": same_banks,
+                    "bank_steps": inner.bank_steps,
+                    "clusters": clusters_seen,
+                },
+                f,
+            )
 
 
 def _check_torn_down() -> None:
@@ -85,8 +102,10 @@ def _check_torn_down() -> None:
             pass
     left = sorted(n for n in names if n.startswith(("pt_gloo", "gloo")))
     if left:
-        sys.exit(f"the gloo process group is still alive after destroy_process_group (threads {left}): "
-                 "something still references it, and its threads may abort the interpreter's exit")
+        sys.exit(
+            f"the gloo process group is still alive after destroy_process_group (threads {left}): "
+            "something still references it, and its threads may abort the interpreter's exit"
+        )
 
 
 run(sys.argv[1], int(sys.argv[2]))

@@ -36,5 +36,12 @@ for micro in range(2 * start, 2 * stop):
         opt.zero_grad()
 if "--save" in sys.argv:
     accelerator.save_state(state_dir)
-torch.save({"params": [p.detach() for p in model.parameters()], "bank_steps": opt.optimizer.bank_steps,
-            "schedule_step": opt.optimizer.schedule.step, "lr": [g["lr"] for g in opt.param_groups]}, out)
+torch.save(
+    {
+        "params": [p.detach() for p in model.parameters()],
+        "bank_steps": opt.optimizer.bank_steps,
+        "schedule_step": opt.optimizer.schedule.step,
+        "lr": [g["lr"] for g in opt.param_groups],
+    },
+    out,
+)

@@ -59,18 +59,27 @@ def _installed_is_the_export() -> str | None:
 
     spec = importlib.util.find_spec("musubi_tuner")
     installed = Path(spec.origin).parent
-    differ = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
-              if not (installed / p.relative_to(PACKAGE)).is_file() or not filecmp.cmp(p, installed / p.relative_to(PACKAGE), shallow=False)]
+    differ = [
+        str(p.relative_to(PACKAGE))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if not (installed / p.relative_to(PACKAGE)).is_file()
+        or not filecmp.cmp(p, installed / p.relative_to(PACKAGE), shallow=False)
+    ]
     if differ:
-        return f"the venv's musubi-tuner ({installed}) is not the export at {MUSUBI_DIR} ({len(differ)} files differ, e.g. {differ[0]}); {HOW_TO}"
+        return (
+            f"the venv's musubi-tuner ({installed}) is not the export at {MUSUBI_DIR} "
+            f"({len(differ)} files differ, e.g. {differ[0]}); {HOW_TO}"
+        )
     return None
 
 
 def _skip_reason() -> str | None:
     if not (PACKAGE / "training" / "trainer_base.py").is_file():
         return f"musubi-tuner not found at {MUSUBI_DIR}; {HOW_TO}"
-    return (venv_problem(("musubi_tuner", "torchvision", "transformers", "diffusers", "accelerate"), "musubi-tuner", HOW_TO)
-            or _installed_is_the_export())
+    return (
+        venv_problem(("musubi_tuner", "torchvision", "transformers", "diffusers", "accelerate"), "musubi-tuner", HOW_TO)
+        or _installed_is_the_export()
+    )
 
 
 SKIP = _skip_reason()
@@ -105,8 +114,9 @@ def import_family(name: str):
 @pytest.fixture(scope="session")
 def musubi():
     """musubi-tuner's trainer_base and the plugin's musubi patches, checked to be hooked up."""
-    import _loli_plugin_autoload
     import torch
+
+    import _loli_plugin_autoload
 
     assert _loli_plugin_autoload.INSTALLED, "loli_plugin.pth did not run: install loli-plugin from a wheel (not -e)"
     # the samplers run on tensors of a few thousand elements, where intra-op threads only add synchronisation
@@ -134,7 +144,9 @@ def family_parser(name: str):
     """The parser ``<name>.main()`` builds: setup_parser_common() then the family's own options."""
     module = import_family(name)
     parser = module.setup_parser_common()
-    setups = {"flux_2_train_network_self_flow": ("flux2_setup_parser", "self_flow_setup_parser")}.get(name, (FAMILIES[name][1],))
+    setups = {"flux_2_train_network_self_flow": ("flux2_setup_parser", "self_flow_setup_parser")}.get(
+        name, (FAMILIES[name][1],)
+    )
     for setup in setups:
         parser = getattr(module, setup)(parser)
     return parser
@@ -145,7 +157,9 @@ def parse(musubi):
     """Parse a command line with a family's real parser (default Qwen-Image)."""
 
     def parse(*argv, family="qwen_image_train_network"):
-        args = family_parser(family).parse_args(["--dit", "unused", "--learning_rate", "1e-3", *REQUIRED.get(family, []), *argv])
+        args = family_parser(family).parse_args(
+            ["--dit", "unused", "--learning_rate", "1e-3", *REQUIRED.get(family, []), *argv]
+        )
         if family == "qwen_image_train_network":  # its main() derives is_layered/is_edit from --model_version
             from musubi_tuner.qwen_image import qwen_image_utils
 

@@ -13,7 +13,6 @@ tree, argv = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, f"{tree}/src")
 
 import torch  # noqa: E402
-
 from musubi_tuner import qwen_image_train_network as script  # noqa: E402
 from musubi_tuner.modules.scheduling_flow_match_discrete import FlowMatchDiscreteScheduler  # noqa: E402
 from musubi_tuner.training.trainer_base import DiTOutput  # noqa: E402
@@ -52,15 +51,18 @@ scheduler = FlowMatchDiscreteScheduler(shift=args.discrete_flow_shift, reverse=T
 torch.manual_seed(1)
 latents = torch.randn(8, 16, 1, 8, 8)
 noise = torch.randn_like(latents)
-noisy, timesteps = trainer.get_noisy_model_input_and_timesteps(args, noise, latents, None, scheduler, "cpu", torch.float32)
+noisy, timesteps = trainer.get_noisy_model_input_and_timesteps(
+    args, noise, latents, None, scheduler, "cpu", torch.float32
+)
 out["timesteps"] = hexes(timesteps)
 out["noisy"] = hexes(noisy[:, 0, 0, 0, 0])
 print("stage timesteps", flush=True)
 
 torch.manual_seed(3)
 pred, target = torch.randn(2, 16, 1, 8, 8), torch.randn(2, 16, 1, 8, 8)
-loss, _ = trainer.compute_loss(args, DiTOutput(pred=pred, target=target), torch.tensor([100.0, 900.0]), scheduler,
-                               torch.float32, torch.float32, 0)
+loss, _ = trainer.compute_loss(
+    args, DiTOutput(pred=pred, target=target), torch.tensor([100.0, 900.0]), scheduler, torch.float32, torch.float32, 0
+)
 out["loss"] = hexes(loss)
 print("stage loss", flush=True)
 print(json.dumps(out))

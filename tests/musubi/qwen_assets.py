@@ -38,8 +38,9 @@ def write_images(folder: Path) -> None:
 def write_dataset_config(out: Path) -> Path:
     config = out / "dataset.toml"
     config.write_text(
-        "[general]\nresolution = [64, 64]\ncaption_extension = \".txt\"\nbatch_size = 1\nenable_bucket = false\n\n"
-        f"[[datasets]]\nimage_directory = \"{out / 'data'}\"\ncache_directory = \"{out / 'cache'}\"\nnum_repeats = 1\n")
+        '[general]\nresolution = [64, 64]\ncaption_extension = ".txt"\nbatch_size = 1\nenable_bucket = false\n\n'
+        f'[[datasets]]\nimage_directory = "{out / "data"}"\ncache_directory = "{out / "cache"}"\nnum_repeats = 1\n'
+    )
     return config
 
 
@@ -54,8 +55,9 @@ def write_caches(config: Path) -> None:
     )
 
     # as qwen_image_cache_latents.py / qwen_image_cache_text_encoder_outputs.py set the datasets up
-    blueprint = BlueprintGenerator(ConfigSanitizer()).generate(config_utils.load_user_config(str(config)), argparse.Namespace(),
-                                                               architecture=ARCHITECTURE_QWEN_IMAGE)
+    blueprint = BlueprintGenerator(ConfigSanitizer()).generate(
+        config_utils.load_user_config(str(config)), argparse.Namespace(), architecture=ARCHITECTURE_QWEN_IMAGE
+    )
     (dataset,) = config_utils.generate_dataset_group_by_blueprint(blueprint.dataset_group).datasets
     g = torch.Generator().manual_seed(1)
     for _, batch in dataset.retrieve_latent_cache_batches(1):

@@ -20,24 +20,41 @@ TRAINER_BASE = "src/musubi_tuner/training/trainer_base.py"
 PLAIN = ["--optimizer_type", "AdamW"]
 LOLI = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4", "--loss_type", "loli"]
 
-GET_OPTIMIZER = "    def get_optimizer(self, args, trainable_params: list[torch.nn.Parameter]) -> tuple[str, str, torch.optim.Optimizer]:"
+GET_OPTIMIZER = (
+    "    def get_optimizer(self, args, trainable_params: list[torch.nn.Parameter]) "
+    "-> tuple[str, str, torch.optim.Optimizer]:"
+)
 DRIFTS = {
-    "added optional parameter": [(GET_OPTIMIZER, GET_OPTIMIZER.replace("trainable_params: list[torch.nn.Parameter]",
-                                                                       "trainable_params: list[torch.nn.Parameter], model=None"))],
-    "renamed parameter": [("        noise_scheduler: FlowMatchDiscreteScheduler,\n", "        scheduler: FlowMatchDiscreteScheduler,\n"),
-                          ("timesteps = noise_scheduler.timesteps[indices]", "timesteps = scheduler.timesteps[indices]"),
-                          ("sigmas = get_sigmas(noise_scheduler, timesteps, device, n_dim=latents.ndim, dtype=dtype)",
-                           "sigmas = get_sigmas(scheduler, timesteps, device, n_dim=latents.ndim, dtype=dtype)")],
+    "added optional parameter": [
+        (
+            GET_OPTIMIZER,
+            GET_OPTIMIZER.replace(
+                "trainable_params: list[torch.nn.Parameter]", "trainable_params: list[torch.nn.Parameter], model=None"
+            ),
+        )
+    ],
+    "renamed parameter": [
+        ("        noise_scheduler: FlowMatchDiscreteScheduler,\n", "        scheduler: FlowMatchDiscreteScheduler,\n"),
+        ("timesteps = noise_scheduler.timesteps[indices]", "timesteps = scheduler.timesteps[indices]"),
+        (
+            "sigmas = get_sigmas(noise_scheduler, timesteps, device, n_dim=latents.ndim, dtype=dtype)",
+            "sigmas = get_sigmas(scheduler, timesteps, device, n_dim=latents.ndim, dtype=dtype)",
+        ),
+    ],
     "removed method": [(GET_OPTIMIZER, GET_OPTIMIZER.replace("def get_optimizer(", "def get_optimizer_v2("))],
 }
-UNFIT = {"renamed parameter": "musubi_tuner.training.trainer_base.NetworkTrainer.get_noisy_model_input_and_timesteps",
-         "removed method": "musubi_tuner.training.trainer_base.NetworkTrainer.get_optimizer"}
+UNFIT = {
+    "renamed parameter": "musubi_tuner.training.trainer_base.NetworkTrainer.get_noisy_model_input_and_timesteps",
+    "removed method": "musubi_tuner.training.trainer_base.NetworkTrainer.get_optimizer",
+}
 
 
 @pytest.fixture(scope="module")
 def trees(musubi, tmp_path_factory):
-    return {how: drifted_copy(MUSUBI_DIR, tmp_path_factory.mktemp("drift") / "musubi-tuner", {TRAINER_BASE: edits})
-            for how, edits in DRIFTS.items()}
+    return {
+        how: drifted_copy(MUSUBI_DIR, tmp_path_factory.mktemp("drift") / "musubi-tuner", {TRAINER_BASE: edits})
+        for how, edits in DRIFTS.items()
+    }
 
 
 @pytest.mark.parametrize("how", list(DRIFTS))
@@ -55,8 +72,12 @@ def test_a_loli_run_is_refused_before_any_work(trees, how):
 def test_a_compatible_drift_keeps_the_plugin_working(trees):
     proc, result = run_driver(DRIVER, trees["added optional parameter"], LOLI)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert result["optimizer"] == "LoliClustered" and "loli-plugin active" in proc.stderr and plugin_lines(proc.stderr) == [
-        line for line in plugin_lines(proc.stderr) if line.startswith("loli-plugin active")]
+    assert (
+        result["optimizer"] == "LoliClustered"
+        and "loli-plugin active" in proc.stderr
+        and plugin_lines(proc.stderr)
+        == [line for line in plugin_lines(proc.stderr) if line.startswith("loli-plugin active")]
+    )
     # the draw came from one cluster: a quarter of musubi's 1..1000 for clusters=4
     ts = [float.fromhex(v) for v in result["timesteps"]]
     assert max(ts) - min(ts) < 251, ts

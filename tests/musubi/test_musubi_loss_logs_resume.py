@@ -28,12 +28,22 @@ def call_compute_loss(trainer, args, pred, target, timesteps=None):
 
     sched = FlowMatchDiscreteScheduler(shift=1.0, reverse=True, solver="euler")
     timesteps = torch.tensor([100.0, 900.0]) if timesteps is None else timesteps
-    return trainer.compute_loss(args, DiTOutput(pred=pred, target=target), timesteps, sched, torch.float32, torch.float32, 0)
+    return trainer.compute_loss(
+        args, DiTOutput(pred=pred, target=target), timesteps, sched, torch.float32, torch.float32, 0
+    )
 
 
 def activate_loss(trainer, parse, *argv, family="qwen_image_train_network"):
-    args = parse("--optimizer_type", "AdamW", "--loss_type", "loli", "--loli_loss_weights", "mse=0.3,l1=0.5,cos=0.2", *argv,
-                 family=family)
+    args = parse(
+        "--optimizer_type",
+        "AdamW",
+        "--loss_type",
+        "loli",
+        "--loli_loss_weights",
+        "mse=0.3,l1=0.5,cos=0.2",
+        *argv,
+        family=family,
+    )
     trainer.get_optimizer(args, [torch.nn.Parameter(torch.zeros(1))])
     assert adapter.run is not None and adapter.run.loss_weights == WEIGHTS
     return args
@@ -66,12 +76,20 @@ def test_loli_loss_keeps_musubis_weighting_scheme(musubi, parse, trainer):
     assert torch.allclose(loss, (loli_loss(pred, target, weights=WEIGHTS, dim=1) * weighting).mean())
 
 
-@pytest.mark.parametrize("family, shape, argv, dim", [
-    ("kandinsky5_train_network", (2, 3, 16, 4, 4), [], 2),  # (B, F, C, H, W)
-    ("qwen_image_train_network", (2, 3, 16, 4, 4), ["--model_version", "layered"], 2),  # layered: (B, L, C, H, W)
-    ("hidream_o1_train_network", (2, 16, 48), [], -1),  # pixel-patch sequence; super().compute_loss, then its DINO term
-    ("flux_2_train_network", (2, 128, 4, 4), [], 1),
-])
+@pytest.mark.parametrize(
+    "family, shape, argv, dim",
+    [
+        ("kandinsky5_train_network", (2, 3, 16, 4, 4), [], 2),  # (B, F, C, H, W)
+        ("qwen_image_train_network", (2, 3, 16, 4, 4), ["--model_version", "layered"], 2),  # layered: (B, L, C, H, W)
+        (
+            "hidream_o1_train_network",
+            (2, 16, 48),
+            [],
+            -1,
+        ),  # pixel-patch sequence; super().compute_loss, then its DINO term
+        ("flux_2_train_network", (2, 128, 4, 4), [], 1),
+    ],
+)
 def test_cosine_runs_along_each_familys_channel_axis(musubi, parse, trainer, family, shape, argv, dim):
     from musubi_tuner.training.trainer_base import DiTOutput
 
@@ -80,8 +98,15 @@ def test_cosine_runs_along_each_familys_channel_axis(musubi, parse, trainer, fam
     assert adapter.run.loss_dim == dim
     pred, target = pred_target(shape)
     extra = {"pixel_grid_hw": (2, 2)} if family.startswith("hidream") else {}
-    loss, _ = t.compute_loss(args, DiTOutput(pred=pred, target=target, extra=extra), torch.tensor([100.0, 900.0]), None,
-                             torch.float32, torch.float32, 0)
+    loss, _ = t.compute_loss(
+        args,
+        DiTOutput(pred=pred, target=target, extra=extra),
+        torch.tensor([100.0, 900.0]),
+        None,
+        torch.float32,
+        torch.float32,
+        0,
+    )
     assert torch.equal(loss, loli_loss(pred, target, weights=WEIGHTS, dim=dim).mean())
     assert not torch.equal(loss, loli_loss(pred, target, weights=WEIGHTS, dim=1 if dim != 1 else -1).mean())
 
@@ -105,8 +130,13 @@ def test_a_compute_loss_without_mse_loss_is_refused(musubi, parse, trainer):
 
     pred, target = pred_target()
     with pytest.raises(LoliUnsupportedTrainerError, match="without torch.nn.functional.mse_loss"):
-        musubi.patches.compute_loss(adapter, other_loss, t, (args, type("O", (), {"pred": pred, "target": target})(), None, None,
-                                                              None, None, 0), {})
+        musubi.patches.compute_loss(
+            adapter,
+            other_loss,
+            t,
+            (args, type("O", (), {"pred": pred, "target": target})(), None, None, None, None, 0),
+            {},
+        )
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -126,7 +156,19 @@ def tiny_trainer(family="qwen_image_train_network", cls="QwenImageNetworkTrainer
     base = getattr(import_family(family), cls)
 
     class Tiny(base):
-        def call_dit(self, args, accelerator, transformer, latents, batch, noise, noisy_model_input, timesteps, network_dtype, **kw):
+        def call_dit(
+            self,
+            args,
+            accelerator,
+            transformer,
+            latents,
+            batch,
+            noise,
+            noisy_model_input,
+            timesteps,
+            network_dtype,
+            **kw,
+        ):
             pred = transformer(noisy_model_input.squeeze(2)).unsqueeze(2)
             return DiTOutput(pred=pred, target=noise - latents)
 
@@ -140,8 +182,20 @@ def train_steps(t, args, accelerator, model, opt, steps, gen, sched):
         latents = torch.randn(2, 4, 1, 8, 8, generator=gen)
         with accelerator.accumulate(model):
             noise = torch.randn(latents.shape, generator=gen)
-            loss, metrics = t.process_batch(args, accelerator, model, None, {"timesteps": None}, latents, noise, sched,
-                                            torch.float32, torch.float32, None, 0)
+            loss, metrics = t.process_batch(
+                args,
+                accelerator,
+                model,
+                None,
+                {"timesteps": None},
+                latents,
+                noise,
+                sched,
+                torch.float32,
+                torch.float32,
+                None,
+                0,
+            )
             accelerator.backward(loss)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -156,26 +210,53 @@ def test_per_cluster_logs_reach_musubis_trackers(musubi, parse, tmp_path):
     from accelerate import Accelerator
     from musubi_tuner.modules.scheduling_flow_match_discrete import FlowMatchDiscreteScheduler
 
-    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path))  # musubi's --log_with tensorboard
+    accelerator = Accelerator(
+        cpu=True, log_with="tensorboard", project_dir=str(tmp_path)
+    )  # musubi's --log_with tensorboard
     t = tiny_trainer()
-    args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=3", "--loss_type", "loli",
-                 "--timestep_sampling", "shift")
+    args = parse(
+        "--optimizer_type",
+        "LoliClustered",
+        "--optimizer_args",
+        "clusters=3",
+        "--loss_type",
+        "loli",
+        "--timestep_sampling",
+        "shift",
+    )
     model = torch.nn.Conv2d(4, 4, 3, padding=1)
     _, _, opt, _, _ = t.get_optimizer(args, [{"params": list(model.parameters()), "lr": 1e-3}])
     model, opt = accelerator.prepare(model, opt)
     accelerator.init_trackers("network_train")
-    logs = train_steps(t, args, accelerator, model, opt, 12, torch.Generator().manual_seed(0),
-                       FlowMatchDiscreteScheduler(shift=1.0, reverse=True, solver="euler"))
+    logs = train_steps(
+        t,
+        args,
+        accelerator,
+        model,
+        opt,
+        12,
+        torch.Generator().manual_seed(0),
+        FlowMatchDiscreteScheduler(shift=1.0, reverse=True, solver="euler"),
+    )
     accelerator.end_training()
     assert {"loss/cluster_00", "loss/cluster_01", "loss/cluster_02", "loss/normalized", "loli/cluster"} <= set(logs[-1])
     scalars = tensorboard_scalars(tmp_path)
-    assert {"loss/current", "loss/cluster_00", "loss/cluster_01", "loss/cluster_02", "loss/normalized", "loli/cluster"} <= set(scalars)
+    assert {
+        "loss/current",
+        "loss/cluster_00",
+        "loss/cluster_01",
+        "loss/cluster_02",
+        "loss/normalized",
+        "loli/cluster",
+    } <= set(scalars)
     assert sorted({int(v) for _, v in scalars["loli/cluster"]}) == [0, 1, 2]
 
 
 def test_self_flow_logs_override_gets_the_per_cluster_scalars(musubi, parse):
-    t = getattr(import_family("flux_2_train_network_self_flow"), "Flux2SelfFlowNetworkTrainer")()
-    args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=3", family="flux_2_train_network_self_flow")
+    t = import_family("flux_2_train_network_self_flow").Flux2SelfFlowNetworkTrainer()
+    args = parse(
+        "--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=3", family="flux_2_train_network_self_flow"
+    )
     _, _, opt, _, _ = t.get_optimizer(args, [torch.nn.Parameter(torch.zeros(1))])
     adapter.run.drawn_cluster = 1
     adapter.run.record_loss(torch.tensor(2.0))
@@ -190,8 +271,22 @@ def test_save_state_and_resume_equal_an_uninterrupted_run(musubi, parse, tmp_pat
     from musubi_tuner.utils import train_utils
 
     sched = FlowMatchDiscreteScheduler(shift=1.0, reverse=True, solver="euler")
-    argv = ("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=4", "--loss_type", "loli", "--timestep_sampling",
-            "sigmoid", "--output_dir", str(tmp_path), "--output_name", "lora", "--save_every_n_steps", "3")
+    argv = (
+        "--optimizer_type",
+        "LoliClustered",
+        "--optimizer_args",
+        "clusters=4",
+        "--loss_type",
+        "loli",
+        "--timestep_sampling",
+        "sigmoid",
+        "--output_dir",
+        str(tmp_path),
+        "--output_name",
+        "lora",
+        "--save_every_n_steps",
+        "3",
+    )
 
     def fresh(*extra):
         set_seed(0)
@@ -243,7 +338,9 @@ def test_a_state_saved_with_other_clusters_is_refused(musubi, parse, tmp_path):
     accelerator.prepare(model, LoliClustered(model.parameters(), clusters=4, lr=1e-3))
     accelerator.save_state(str(tmp_path / "state"))
     t = tiny_trainer()
-    args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=5", "--resume", str(tmp_path / "state"))
+    args = parse(
+        "--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=5", "--resume", str(tmp_path / "state")
+    )
     _, _, opt5, _, _ = t.get_optimizer(args, [{"params": list(model.parameters()), "lr": 1e-3}])
     accelerator = Accelerator(cpu=True)
     model, opt5 = accelerator.prepare(model, opt5)

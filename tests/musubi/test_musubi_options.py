@@ -19,8 +19,10 @@ from .conftest import FAMILIES, PACKAGE, REQUIRED, family_parser, import_family
 def params():
     torch.manual_seed(0)
     # network.prepare_optimizer_params: one group per LoRA with its own lr
-    return [{"params": [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)], "lr": 1e-3},
-            {"params": [torch.nn.Parameter(torch.randn(4))], "lr": 5e-4}]
+    return [
+        {"params": [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)], "lr": 1e-3},
+        {"params": [torch.nn.Parameter(torch.randn(4))], "lr": 5e-4},
+    ]
 
 
 def test_wheel_install_brings_the_pth_hook(musubi):
@@ -41,23 +43,41 @@ def test_families_are_every_lora_script_of_the_tree(musubi):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_lora_script_parses_the_loli_options(musubi, family):
     required = REQUIRED.get(family, [])
-    args = family_parser(family).parse_args(["--dit", "x", *required, "--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW8bit",
-                                             "clusters=10", "--loss_type", "loli", "--loli_loss_weights", "mse=0.5,l1=0.5"])
+    args = family_parser(family).parse_args(
+        [
+            "--dit",
+            "x",
+            *required,
+            "--optimizer_type",
+            "LoliClustered",
+            "--optimizer_args",
+            "inner=AdamW8bit",
+            "clusters=10",
+            "--loss_type",
+            "loli",
+            "--loli_loss_weights",
+            "mse=0.5,l1=0.5",
+        ]
+    )
     assert args.optimizer_type == "LoliClustered" and args.optimizer_args == ["inner=AdamW8bit", "clusters=10"]
     assert args.loss_type == "loli" and args.loli_loss_weights == "mse=0.5,l1=0.5"
     plain = family_parser(family).parse_args(["--dit", "x", *required])
     assert plain.loss_type == "mse" and plain.loli_loss_weights is None
 
 
-ROUTES = {"short": ("LoliClustered", ["inner=AdamW8bit", "clusters=10"]),
-          "dotted": ("loli_plugin.LoliClustered", ["inner='AdamW8bit'", "clusters=10"])}
+ROUTES = {
+    "short": ("LoliClustered", ["inner=AdamW8bit", "clusters=10"]),
+    "dotted": ("loli_plugin.LoliClustered", ["inner='AdamW8bit'", "clusters=10"]),
+}
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_lora_script_builds_loli_clustered(musubi, parse, trainer, family, route):
     optimizer_type, optimizer_args = ROUTES[route]
-    args = parse("--optimizer_type", optimizer_type, "--optimizer_args", *optimizer_args, "weight_decay=0.01", family=family)
+    args = parse(
+        "--optimizer_type", optimizer_type, "--optimizer_args", *optimizer_args, "weight_decay=0.01", family=family
+    )
     name, arg_text, opt, train_fn, eval_fn = trainer(family).get_optimizer(args, params())
     assert isinstance(opt, LoliClustered) and name == "loli_plugin.clustered.LoliClustered"
     assert opt.clusters == 10 and opt.inner_name == "AdamW8bit" and "clusters=10" in arg_text
@@ -74,8 +94,16 @@ def test_every_lora_script_builds_loli_clustered(musubi, parse, trainer, family,
 
 
 def test_musubis_lr_scheduler_drives_the_shared_groups(musubi, parse, trainer):
-    args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=4", "--lr_scheduler", "cosine",
-                 "--max_train_steps", "10")
+    args = parse(
+        "--optimizer_type",
+        "LoliClustered",
+        "--optimizer_args",
+        "clusters=4",
+        "--lr_scheduler",
+        "cosine",
+        "--max_train_steps",
+        "10",
+    )
     t = trainer()
     _, _, opt, _, _ = t.get_optimizer(args, params())
     sched = t.get_lr_scheduler(args, opt, 1)
@@ -88,8 +116,10 @@ def test_musubis_lr_scheduler_drives_the_shared_groups(musubi, parse, trainer):
 
 def test_a_toml_config_file_carries_the_options(musubi, trainer, tmp_path, monkeypatch):
     config = tmp_path / "lora.toml"
-    config.write_text('optimizer_type = "LoliClustered"\noptimizer_args = ["inner=AdamW8bit", "clusters=10"]\n'
-                      'loss_type = "loli"\nloli_loss_weights = "mse=0.4,l1=0.4,cos=0.2"\n')
+    config.write_text(
+        'optimizer_type = "LoliClustered"\noptimizer_args = ["inner=AdamW8bit", "clusters=10"]\n'
+        'loss_type = "loli"\nloli_loss_weights = "mse=0.4,l1=0.4,cos=0.2"\n'
+    )
     parser = family_parser("qwen_image_train_network")
     monkeypatch.setattr(sys, "argv", ["qwen_image_train_network.py", "--dit", "x", "--config_file", str(config)])
     from musubi_tuner.training.parser_common import read_config_from_file
@@ -143,8 +173,20 @@ def test_plain_runs_are_not_touched(musubi, parse, trainer):
         (["--min_timestep", "100", "--max_timestep", "105"], "clusters=10 is larger than the 5 timesteps"),
         (["--timestep_sampling", "qinglong_qwen", "--preserve_distribution_shape"], "--preserve_distribution_shape"),
         (["--weighting_scheme", "mode", "--mode_scale", "3"], "--mode_scale"),
-        (["--timestep_sampling", "shift", "--preserve_distribution_shape", "--min_timestep", "999", "--max_timestep", "1000",
-          "--sigmoid_scale", "-8"], None),  # fine here; a range without mass is refused at the first draw (timesteps tests)
+        (
+            [
+                "--timestep_sampling",
+                "shift",
+                "--preserve_distribution_shape",
+                "--min_timestep",
+                "999",
+                "--max_timestep",
+                "1000",
+                "--sigmoid_scale",
+                "-8",
+            ],
+            None,
+        ),  # fine here; a range without mass is refused at the first draw (timesteps tests)
     ],
 )
 def test_bad_options_fail_before_training(musubi, parse, trainer, argv, match):
@@ -158,7 +200,9 @@ def test_bad_options_fail_before_training(musubi, parse, trainer, argv, match):
 
 def test_train_checks_a_loli_run_before_loading_anything(musubi, parse, trainer):
     # musubi's own first check (no --dataset_config) comes after the plugin's
-    bad = parse("--optimizer_type", "LoliClustered", "--timestep_sampling", "qinglong_flux", "--preserve_distribution_shape")
+    bad = parse(
+        "--optimizer_type", "LoliClustered", "--timestep_sampling", "qinglong_flux", "--preserve_distribution_shape"
+    )
     with pytest.raises(LoliConfigError, match="qinglong_flux"):
         trainer().train(bad)
     good = parse("--optimizer_type", "LoliClustered", "--loss_type", "loli")
@@ -202,13 +246,21 @@ def test_a_family_script_run_as_its_own_module_gets_its_overrides_patched(musubi
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
-        args = parse("--optimizer_type", "LoliClustered", "--optimizer_args", "clusters=4", "--timestep_sampling", "uniform",
-                     family="hidream_o1_train_network")
+        args = parse(
+            "--optimizer_type",
+            "LoliClustered",
+            "--optimizer_args",
+            "clusters=4",
+            "--timestep_sampling",
+            "uniform",
+            family="hidream_o1_train_network",
+        )
         t = module.HiDreamO1NetworkTrainer()
         _, _, opt, _, _ = t.get_optimizer(args, params())
         patched = [inst for inst, scope in adapter.instrumentors() if any(p.module == spec.name for p in inst.patches)]
         assert len(patched) == 1 and [p.attr for p in patched[0].patches if patched[0].is_applied(p)] == [
-            "HiDreamO1NetworkTrainer.get_noisy_model_input_and_timesteps"]
+            "HiDreamO1NetworkTrainer.get_noisy_model_input_and_timesteps"
+        ]
         k = opt.current_cluster
         noise = torch.zeros(8, 8, 12)
         _, ts = t.get_noisy_model_input_and_timesteps(args, noise, noise, None, None, "cpu", torch.float32)
@@ -221,8 +273,10 @@ def test_a_family_script_run_as_its_own_module_gets_its_overrides_patched(musubi
 def test_the_dotted_route_without_the_hook_is_refused(musubi, tmp_path):
     code = (
         "import torch\n"
-        "from musubi_tuner.qwen_image_train_network import QwenImageNetworkTrainer, setup_parser_common, qwen_image_setup_parser\n"
-        "args = qwen_image_setup_parser(setup_parser_common()).parse_args(['--dit', 'x', '--optimizer_type', 'loli_plugin.LoliClustered'])\n"
+        "from musubi_tuner.qwen_image_train_network import "
+        "QwenImageNetworkTrainer, setup_parser_common, qwen_image_setup_parser\n"
+        "args = qwen_image_setup_parser(setup_parser_common())"
+        ".parse_args(['--dit', 'x', '--optimizer_type', 'loli_plugin.LoliClustered'])\n"
         "QwenImageNetworkTrainer().get_optimizer(args, [torch.nn.Parameter(torch.zeros(2))])\n"
     )
     env = {"LOLI_PLUGIN_DISABLE": "1", "PATH": ""}
@@ -236,13 +290,24 @@ def test_the_launcher_turns_the_hook_on_where_pth_files_do_not_run(musubi):
     script = ["src/musubi_tuner/qwen_image_train_network.py", "--help"]
     env = {"LOLI_PLUGIN_DISABLE": "1", "PATH": ""}
     off = subprocess.run([sys.executable, *script], capture_output=True, text=True, env=env, cwd=musubi.dir)
-    on = subprocess.run([sys.executable, "-m", "loli_plugin.launch", *script], capture_output=True, text=True, env=env, cwd=musubi.dir)
+    on = subprocess.run(
+        [sys.executable, "-m", "loli_plugin.launch", *script], capture_output=True, text=True, env=env, cwd=musubi.dir
+    )
     assert off.returncode == 0 and on.returncode == 0, on.stderr[-2000:]
-    assert "--loli_loss_weights" not in off.stdout and "--loss_type {mse,loli}" in on.stdout and "--loli_loss_weights" in on.stdout
+    assert (
+        "--loli_loss_weights" not in off.stdout
+        and "--loss_type {mse,loli}" in on.stdout
+        and "--loli_loss_weights" in on.stdout
+    )
 
 
 def test_doctor_reports_the_checkout(musubi, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "doctor", str(musubi.dir)], capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "loli_plugin.cli", "doctor", str(musubi.dir)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "kohya-ss/musubi-tuner at" in out.stdout and "30c658c" in out.stdout
     assert "musubi_tuner.training.trainer_base.NetworkTrainer.get_noisy_model_input_and_timesteps: ok" in out.stdout

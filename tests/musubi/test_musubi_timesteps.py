@@ -43,7 +43,9 @@ def sampler(trainer, args, shape=(BATCH, 4, 1, 16, 16), handed=None):
     def draw():
         noise = torch.randn_like(latents)
         values = handed() if handed is not None else None
-        noisy, t = trainer.get_noisy_model_input_and_timesteps(args, noise, latents, values, sched, "cpu", torch.float32)
+        noisy, t = trainer.get_noisy_model_input_and_timesteps(
+            args, noise, latents, values, sched, "cpu", torch.float32
+        )
         assert noisy.shape == latents.shape and torch.isfinite(noisy).all()
         return t
 
@@ -88,9 +90,26 @@ MODES = [
     ["--timestep_sampling", "logsnr", "--logit_mean", "-0.5"],
     ["--timestep_sampling", "qinglong_flux"],
     ["--timestep_sampling", "qinglong_qwen"],
-    ["--timestep_sampling", "shift", "--discrete_flow_shift", "3.0", "--preserve_distribution_shape", "--min_timestep", "200",
-     "--max_timestep", "700"],
-    ["--timestep_sampling", "logsnr", "--preserve_distribution_shape", "--min_timestep", "100", "--max_timestep", "600"],
+    [
+        "--timestep_sampling",
+        "shift",
+        "--discrete_flow_shift",
+        "3.0",
+        "--preserve_distribution_shape",
+        "--min_timestep",
+        "200",
+        "--max_timestep",
+        "700",
+    ],
+    [
+        "--timestep_sampling",
+        "logsnr",
+        "--preserve_distribution_shape",
+        "--min_timestep",
+        "100",
+        "--max_timestep",
+        "600",
+    ],
     ["--timestep_sampling", "uniform", "--preserve_distribution_shape", "--max_timestep", "500"],
 ]
 
@@ -157,7 +176,7 @@ def test_wan_high_low_training_redraws_inside_the_cluster(musubi, parse):
     by_k = {k: [] for k in range(K)}
     for _ in range(STEPS):
         ts = fn().double()
-        high = (ts / 1000 >= 0.875)
+        high = ts / 1000 >= 0.875
         assert high.all() or not high.any()  # one model (high- or low-noise) per step, as Wan's override wants
         by_k[opt.current_cluster].append(ts)
         opt.step()
@@ -166,11 +185,22 @@ def test_wan_high_low_training_redraws_inside_the_cluster(musubi, parse):
     check_same_distribution(torch.cat(list(by_k.values())), plain, "wan high/low")
 
 
-@pytest.mark.parametrize("options", [
-    ["--timestep_sampling", "uniform"],  # HiDream-O1's own branch: draws itself unless handed uniforms
-    ["--timestep_sampling", "uniform", "--preserve_distribution_shape", "--min_timestep", "300", "--max_timestep", "900"],
-    ["--timestep_sampling", "shift", "--discrete_flow_shift", "3.0"],  # through super()
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--timestep_sampling", "uniform"],  # HiDream-O1's own branch: draws itself unless handed uniforms
+        [
+            "--timestep_sampling",
+            "uniform",
+            "--preserve_distribution_shape",
+            "--min_timestep",
+            "300",
+            "--max_timestep",
+            "900",
+        ],
+        ["--timestep_sampling", "shift", "--discrete_flow_shift", "3.0"],  # through super()
+    ],
+)
 def test_hidream_override_draws_from_its_cluster(musubi, parse, trainer, options):
     t = trainer("hidream_o1_train_network")
     args = parse(*options, family="hidream_o1_train_network")
@@ -185,8 +215,19 @@ def test_hidream_override_draws_from_its_cluster(musubi, parse, trainer, options
 
 def test_a_range_without_mass_is_refused(musubi, parse, trainer):
     t = trainer()
-    args = parse("--timestep_sampling", "shift", "--discrete_flow_shift", "3.0", "--sigmoid_scale", "0.01",
-                 "--preserve_distribution_shape", "--min_timestep", "10", "--max_timestep", "20")
+    args = parse(
+        "--timestep_sampling",
+        "shift",
+        "--discrete_flow_shift",
+        "3.0",
+        "--sigmoid_scale",
+        "0.01",
+        "--preserve_distribution_shape",
+        "--min_timestep",
+        "10",
+        "--max_timestep",
+        "20",
+    )
     opt = activate(t, args)  # noqa: F841 - the run follows it while it lives
     with pytest.raises(LoliConfigError, match="puts no timesteps in that range"):
         sampler(t, args)()
@@ -204,8 +245,13 @@ def test_a_sampler_that_ignores_the_handed_uniforms_is_refused(musubi, parse, tr
     torch.manual_seed(0)
     with pytest.raises(LoliUnsupportedTrainerError, match="did not use the uniforms"):
         for _ in range(5):  # K=5: some draw falls outside the cluster's fifth
-            musubi.patches.sample_from_cluster(adapter, stock, t, (args, torch.zeros(8, 4, 8, 8), torch.zeros(8, 4, 8, 8), None,
-                                                                   None, "cpu", torch.float32), {})
+            musubi.patches.sample_from_cluster(
+                adapter,
+                stock,
+                t,
+                (args, torch.zeros(8, 4, 8, 8), torch.zeros(8, 4, 8, 8), None, None, "cpu", torch.float32),
+                {},
+            )
 
 
 def test_sigma_sampling_that_draws_nothing_is_refused(musubi, parse, trainer, monkeypatch):
@@ -213,7 +259,9 @@ def test_sigma_sampling_that_draws_nothing_is_refused(musubi, parse, trainer, mo
     t = trainer()
     args = parse("--timestep_sampling", "sigma")
     opt = activate(t, args)  # noqa: F841 - the run follows it while it lives
-    monkeypatch.setattr(musubi.trainer_base, "compute_density_for_timestep_sampling", lambda **kw: torch.full((BATCH,), 0.5))
+    monkeypatch.setattr(
+        musubi.trainer_base, "compute_density_for_timestep_sampling", lambda **kw: torch.full((BATCH,), 0.5)
+    )
     with pytest.raises(LoliUnsupportedTrainerError, match="made no timestep draw"):
         sampler(t, args)()
 

@@ -31,7 +31,10 @@ def qwen_assets(musubi):
     """Random 1-block Qwen-Image DiT, images, dataset config and caches; cached per musubi-tuner commit."""
     exported = MUSUBI_DIR / ".exported-commit"
     commit = exported.read_text().strip()[:8] if exported.exists() else "checkout"
-    out = Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser() / f"musubi-qwen-image-{commit}"
+    out = (
+        Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser()
+        / f"musubi-qwen-image-{commit}"
+    )
     print(f"building Qwen-Image test assets in {out} (cached)", file=sys.stderr)
     subprocess.run([sys.executable, str(HERE / "qwen_assets.py"), str(out)], check=True, capture_output=True)
     return out
@@ -39,16 +42,53 @@ def qwen_assets(musubi):
 
 def train(assets: Path, out: Path, script: str, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, script,
-        "--dit", str(assets / "qwen_image_1layer.safetensors"), "--num_layers", "1",
-        "--dataset_config", str(assets / "dataset.toml"), "--sdpa", "--mixed_precision", "bf16",
-        "--timestep_sampling", "shift", "--weighting_scheme", "none", "--discrete_flow_shift", "2.2",
-        "--network_module", "networks.lora_qwen_image", "--network_dim", "4",
-        "--network_args", "exclude_patterns=[r'.*']", r"include_patterns=[r'.*img_mlp\.net\.2']",
-        "--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", f"clusters={K}",
-        "--loss_type", "loli", "--learning_rate", "1e-4", "--gradient_accumulation_steps", "2",
-        "--seed", "0", "--max_data_loader_n_workers", "0",
-        "--output_dir", str(out / "out"), "--output_name", "lora", "--logging_dir", str(out / "logs"), "--log_with", "tensorboard",
+        sys.executable,
+        script,
+        "--dit",
+        str(assets / "qwen_image_1layer.safetensors"),
+        "--num_layers",
+        "1",
+        "--dataset_config",
+        str(assets / "dataset.toml"),
+        "--sdpa",
+        "--mixed_precision",
+        "bf16",
+        "--timestep_sampling",
+        "shift",
+        "--weighting_scheme",
+        "none",
+        "--discrete_flow_shift",
+        "2.2",
+        "--network_module",
+        "networks.lora_qwen_image",
+        "--network_dim",
+        "4",
+        "--network_args",
+        "exclude_patterns=[r'.*']",
+        r"include_patterns=[r'.*img_mlp\.net\.2']",
+        "--optimizer_type",
+        "LoliClustered",
+        "--optimizer_args",
+        "inner=AdamW",
+        f"clusters={K}",
+        "--loss_type",
+        "loli",
+        "--learning_rate",
+        "1e-4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--seed",
+        "0",
+        "--max_data_loader_n_workers",
+        "0",
+        "--output_dir",
+        str(out / "out"),
+        "--output_name",
+        "lora",
+        "--logging_dir",
+        str(out / "logs"),
+        "--log_with",
+        "tensorboard",
         *extra,
     ]
     proc = subprocess.run(cmd, cwd=MUSUBI_DIR, capture_output=True, text=True)
@@ -69,8 +109,16 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture(scope="module")
 def straight_run(qwen_assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    proc = train(qwen_assets, out, "src/musubi_tuner/qwen_image_train_network.py", "--max_train_steps", "3",
-                 "--save_state", "--save_every_n_steps", "1")
+    proc = train(
+        qwen_assets,
+        out,
+        "src/musubi_tuner/qwen_image_train_network.py",
+        "--max_train_steps",
+        "3",
+        "--save_state",
+        "--save_every_n_steps",
+        "1",
+    )
     return out, proc
 
 
@@ -80,7 +128,14 @@ def test_qwen_image_train_network_runs_with_the_plugin(straight_run):
     assert "use loli_plugin.LoliClustered" in text and "loli-plugin active" in text and "cosine along dim 1" in text
     logs = scalars(out / "logs")
     print("TensorBoard scalar tags:", sorted(logs))
-    assert {"loss/current", "loss/average", "loss/cluster_00", "loss/cluster_01", "loss/normalized", "loli/cluster"} <= set(logs)
+    assert {
+        "loss/current",
+        "loss/average",
+        "loss/cluster_00",
+        "loss/cluster_01",
+        "loss/normalized",
+        "loli/cluster",
+    } <= set(logs)
     # musubi logs every micro-batch: 3 optimizer steps x 2 micro-batches, one cluster per accumulation window
     per_micro_batch = [int(v) for _, v in logs["loli/cluster"]]
     assert len(per_micro_batch) == 6 and per_micro_batch[0::2] == per_micro_batch[1::2]
@@ -93,8 +148,15 @@ def test_qwen_image_train_network_runs_with_the_plugin(straight_run):
 
 def test_resume_continues_the_schedule_and_the_banks(straight_run, qwen_assets, tmp_path):
     out, _ = straight_run
-    train(qwen_assets, tmp_path, "qwen_image_train_network.py", "--max_train_steps", "2",
-          "--resume", str(out / "out" / "lora-step00000001-state"))
+    train(
+        qwen_assets,
+        tmp_path,
+        "qwen_image_train_network.py",
+        "--max_train_steps",
+        "2",
+        "--resume",
+        str(out / "out" / "lora-step00000001-state"),
+    )
     straight, resumed = scalars(out / "logs"), scalars(tmp_path / "logs")
     # musubi's loop restarts its step count at 0 after a resume; LoliClustered's schedule goes on from step 1
     clusters = lambda logs: [int(v) for _, v in logs["loli/cluster"]]  # noqa: E731

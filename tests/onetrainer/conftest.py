@@ -54,13 +54,22 @@ def ot():
     import loli_plugin.patches.onetrainer as patches
 
     assert "LOLI_CLUSTERED" in Optimizer.__members__, "the post-import hook did not register LOLI_CLUSTERED"
-    assert patches.REGISTRATION.instrumented and patches.ENTRY.instrumented and not patches.TRAINING.instrumented  # run-scope
+    assert (
+        patches.REGISTRATION.instrumented and patches.ENTRY.instrumented and not patches.TRAINING.instrumented
+    )  # run-scope
 
     class OT:
         pass
 
     o = OT()
-    o.dir, o.mgds_dir, o.create, o.optimizer_util, o.Optimizer, o.patches = OT_DIR, MGDS_DIR, create, optimizer_util, Optimizer, patches
+    o.dir, o.mgds_dir, o.create, o.optimizer_util, o.Optimizer, o.patches = (
+        OT_DIR,
+        MGDS_DIR,
+        create,
+        optimizer_util,
+        Optimizer,
+        patches,
+    )
     o.TrainConfig = train_config_module.TrainConfig
     return o
 

@@ -13,7 +13,6 @@ tree, config = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, tree)
 
 import torch  # noqa: E402
-
 from modules.modelSetup.mixin.ModelSetupDiffusionLossMixin import ModelSetupDiffusionLossMixin  # noqa: E402
 from modules.modelSetup.mixin.ModelSetupNoiseMixin import ModelSetupNoiseMixin  # noqa: E402
 from modules.util import create  # noqa: E402
@@ -35,7 +34,9 @@ class Setup(ModelSetupNoiseMixin, ModelSetupDiffusionLossMixin):  # what every m
 
 out = {}
 version = TrainConfig.default_values().to_settings_dict(secrets=False)["__version"]  # a current config: no migration
-cfg = TrainConfig.default_values().from_dict({"__version": version, **config, "workspace_dir": tempfile.mkdtemp(), "tensorboard": False})
+cfg = TrainConfig.default_values().from_dict(
+    {"__version": version, **config, "workspace_dir": tempfile.mkdtemp(), "tensorboard": False}
+)
 out["optimizer_in_config"] = str(cfg.optimizer.optimizer)
 print("stage config", flush=True)
 create.create_trainer(cfg, TrainCallbacks(), TrainCommands())

@@ -20,8 +20,16 @@ from ..drift_support import check_uninstrument_restores_originals
 def make_config(ot, inner="ADAMW", clusters=4, **optimizer_values):
     cfg = ot.TrainConfig.default_values()
     cfg.optimizer.optimizer = ot.Optimizer.LOLI_CLUSTERED
-    cfg.optimizer.from_dict({"loli_inner": inner, "loli_clusters": clusters, "fused": False, "foreach": False,
-                             "stochastic_rounding": False, **optimizer_values})
+    cfg.optimizer.from_dict(
+        {
+            "loli_inner": inner,
+            "loli_clusters": clusters,
+            "fused": False,
+            "foreach": False,
+            "stochastic_rounding": False,
+            **optimizer_values,
+        }
+    )
     cfg.learning_rate = 1e-2
     return cfg
 
@@ -31,8 +39,16 @@ def collection(ot, seed=0, text_encoder_lr=5e-3):
 
     g = torch.Generator().manual_seed(seed)
     coll = NamedParameterGroupCollection()
-    coll.add_group(NamedParameterGroup("unet", [torch.nn.Parameter(torch.randn(8, 4, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))], 1e-2))
-    coll.add_group(NamedParameterGroup("text_encoder", [torch.nn.Parameter(torch.randn(6, 3, generator=g))], text_encoder_lr))
+    coll.add_group(
+        NamedParameterGroup(
+            "unet",
+            [torch.nn.Parameter(torch.randn(8, 4, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))],
+            1e-2,
+        )
+    )
+    coll.add_group(
+        NamedParameterGroup("text_encoder", [torch.nn.Parameter(torch.randn(6, 3, generator=g))], text_encoder_lr)
+    )
     return coll
 
 
@@ -69,7 +85,11 @@ def test_config_survives_save_and_load(ot, tmp_path):
         loaded = ot.TrainConfig.default_values().from_dict(json.loads(path.read_text()))
     assert "Could not set" not in out.getvalue()
     assert loaded.optimizer.optimizer is ot.Optimizer.LOLI_CLUSTERED
-    assert (loaded.optimizer.loli_inner, loaded.optimizer.loli_clusters, loaded.optimizer.loli_schedule) == ("PRODIGY", 7, "round_robin")
+    assert (loaded.optimizer.loli_inner, loaded.optimizer.loli_clusters, loaded.optimizer.loli_schedule) == (
+        "PRODIGY",
+        7,
+        "round_robin",
+    )
     assert loaded.optimizer.d_coef == 2.0 and loaded.cos_strength == 0.2 and loaded.mae_strength == 0.4
     assert loaded.optimizer_defaults["LOLI_CLUSTERED"].loli_clusters == 7
 
@@ -87,7 +107,9 @@ def test_create_optimizer_builds_loli_clustered(ot, inner):
     run = adapter.run
     assert run.optimizer is opt and run.inner == inner
     if inner == "ADAMW_8BIT" and not bnb_runs_on_cpu():
-        pytest.skip("built; stepping skipped: this bitsandbytes (OneTrainer pins 0.49.1) has no CPU kernels for AdamW8bit")
+        pytest.skip(
+            "built; stepping skipped: this bitsandbytes (OneTrainer pins 0.49.1) has no CPU kernels for AdamW8bit"
+        )
     step(opt, [p for g in opt.param_groups for p in g["params"]], 3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
     assert sched.get_last_lr() == [g["initial_lr"] * 0.5 for g in opt.param_groups]
@@ -122,10 +144,13 @@ def test_k1_equals_onetrainers_own_inner_bit_for_bit(ot):
 def test_normalized_momentum_inner_is_offered_and_built(ot):
     """ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED: the same optimizer with momentum="normalized" (the
     bounded variant), configured by ADAMW's rows."""
-    loli = ot.create.create_optimizer(collection(ot), None,
-                                      make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", clusters=3))
+    loli = ot.create.create_optimizer(
+        collection(ot), None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", clusters=3)
+    )
     assert loli.inner.defaults["momentum"] == "normalized" and loli.clusters == 3
-    raw = ot.create.create_optimizer(collection(ot), None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=3))
+    raw = ot.create.create_optimizer(
+        collection(ot), None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=3)
+    )
     assert raw.inner.defaults["momentum"] == "raw"
 
 
@@ -136,9 +161,14 @@ def test_clustered_second_moment_inner_from_adamws_rows(ot, fused, foreach):
     from loli_plugin.clustered_second_moment import AdamWClusteredSecondMoment
 
     a, b = collection(ot), collection(ot)
-    loli = ot.create.create_optimizer(a, None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=1, fused=fused, foreach=foreach))
+    loli = ot.create.create_optimizer(
+        a, None, make_config(ot, inner="ADAMW_CLUSTERED_SECOND_MOMENT", clusters=1, fused=fused, foreach=foreach)
+    )
     assert isinstance(loli.inner, AdamWClusteredSecondMoment) and loli.inner_name == "ADAMW_CLUSTERED_SECOND_MOMENT"
-    assert loli.inner.defaults["foreach"] == (fused or foreach) and [g["name"] for g in loli.param_groups] == ["unet", "text_encoder"]
+    assert loli.inner.defaults["foreach"] == (fused or foreach) and [g["name"] for g in loli.param_groups] == [
+        "unet",
+        "text_encoder",
+    ]
     cfg = make_config(ot, foreach=fused or foreach)
     cfg.optimizer.optimizer = ot.Optimizer.ADAMW
     plain = ot.create.create_optimizer(b, None, cfg)
@@ -154,7 +184,10 @@ def test_clustered_second_moment_inner_from_adamws_rows(ot, fused, foreach):
     [
         ({"loli_inner": "NOPE"}, r"Inner Optimizer \(optimizer.loli_inner\) is 'NOPE'"),
         ({"loli_inner": "ADAMW_CLUSTERED_SECOND_MOMENT", "amsgrad": True}, "does not implement 'AMSGrad'"),
-        ({"loli_inner": "ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", "capturable": True}, "does not implement 'Capturable'"),
+        (
+            {"loli_inner": "ADAMW_CLUSTERED_SECOND_MOMENT_NORMALIZED", "capturable": True},
+            "does not implement 'Capturable'",
+        ),
         ({"loli_inner": "LOLI_CLUSTERED"}, "not a OneTrainer optimizer"),
         ({"loli_inner": "SCHEDULE_FREE_ADAMW"}, "schedule-free"),
         ({"loli_inner": "MUON"}, "Muon"),
@@ -175,8 +208,13 @@ def backup(ot, opt, coll, cfg, dest):
     from modules.modelSaver.mixin.InternalModelSaverMixin import InternalModelSaverMixin
     from modules.util.TrainProgress import TrainProgress
 
-    model = SimpleNamespace(optimizer=opt, param_group_mapping=coll.unique_name_mapping, train_config=cfg, ema=None,
-                            train_progress=TrainProgress(global_step=5))
+    model = SimpleNamespace(
+        optimizer=opt,
+        param_group_mapping=coll.unique_name_mapping,
+        train_config=cfg,
+        ema=None,
+        train_progress=TrainProgress(global_step=5),
+    )
     InternalModelSaverMixin._save_internal_data(object(), model, str(dest))
     loaded = SimpleNamespace(optimizer_state_dict=None, ema_state_dict=None, train_progress=None)
     InternalModelLoaderMixin._load_internal_data(object(), loaded, str(dest))  # torch.load(weights_only=True)
@@ -269,8 +307,13 @@ def test_doctor_recognises_onetrainer(ot, tmp_path):
     import sys
 
     env = {**__import__("os").environ, "PYTHONPATH": str(ot.mgds_dir / "src")}
-    out = subprocess.run([sys.executable, "-m", "loli_plugin.cli", "doctor", str(ot.dir)], capture_output=True, text=True,
-                         cwd=tmp_path, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "loli_plugin.cli", "doctor", str(ot.dir)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Nerogar/OneTrainer at" in out.stdout and "23df383" in out.stdout
     assert "modules.util.create.create_optimizer: ok" in out.stdout and "BaseTrainingTabView" in out.stdout

@@ -21,22 +21,44 @@ LOLI = {"optimizer": {"optimizer": "LOLI_CLUSTERED", "loli_inner": "ADAMW", "lol
 COSINE = {**PLAIN, "cos_strength": 0.2}
 
 DRIFTS = {
-    "added optional parameter": {"modules/util/create.py": [(
-        "        layer_key_fn: dict[int, str] | None = None,\n) -> torch.optim.Optimizer | None:",
-        "        layer_key_fn: dict[int, str] | None = None,\n        extra_option: bool = False,\n) -> torch.optim.Optimizer | None:")]},
-    "renamed parameter": {"modules/util/create.py": [
-        ("def create_trainer(\n        config: TrainConfig,", "def create_trainer(\n        train_config: TrainConfig,"),
-        ("    if config.cloud.enabled:", "    config = train_config\n    if config.cloud.enabled:")]},
-    "removed function": {"modules/modelSetup/BaseModelSetup.py": [("    def report_to_tensorboard(\n", "    def report_to_tensorboard_v2(\n")]},
+    "added optional parameter": {
+        "modules/util/create.py": [
+            (
+                "        layer_key_fn: dict[int, str] | None = None,\n) -> torch.optim.Optimizer | None:",
+                "        layer_key_fn: dict[int, str] | None = None,\n"
+                "        extra_option: bool = False,\n"
+                ") -> torch.optim.Optimizer | None:",
+            )
+        ]
+    },
+    "renamed parameter": {
+        "modules/util/create.py": [
+            (
+                "def create_trainer(\n        config: TrainConfig,",
+                "def create_trainer(\n        train_config: TrainConfig,",
+            ),
+            ("    if config.cloud.enabled:", "    config = train_config\n    if config.cloud.enabled:"),
+        ]
+    },
+    "removed function": {
+        "modules/modelSetup/BaseModelSetup.py": [
+            ("    def report_to_tensorboard(\n", "    def report_to_tensorboard_v2(\n")
+        ]
+    },
 }
-UNFIT = {"renamed parameter": "modules.util.create.create_trainer",
-         "removed function": "modules.modelSetup.BaseModelSetup.BaseModelSetup.report_to_tensorboard"}
+UNFIT = {
+    "renamed parameter": "modules.util.create.create_trainer",
+    "removed function": "modules.modelSetup.BaseModelSetup.BaseModelSetup.report_to_tensorboard",
+}
 ENV = {"PYTHONPATH": str(MGDS_DIR / "src")}
 
 
 @pytest.fixture(scope="module")
 def trees(ot, tmp_path_factory):
-    return {how: drifted_copy(OT_DIR, tmp_path_factory.mktemp("drift") / "OneTrainer", edits) for how, edits in DRIFTS.items()}
+    return {
+        how: drifted_copy(OT_DIR, tmp_path_factory.mktemp("drift") / "OneTrainer", edits)
+        for how, edits in DRIFTS.items()
+    }
 
 
 @pytest.mark.parametrize("how", list(DRIFTS))
@@ -45,11 +67,16 @@ def test_a_plain_run_is_exactly_stock(trees, how):
 
 
 # (TensorBoard's report is not needed by a cosine-only run: that run works, tested below)
-REFUSED = [("renamed parameter", LOLI, "LOLI_CLUSTERED"), ("renamed parameter", COSINE, "Cosine Strength"),
-           ("removed function", LOLI, "LOLI_CLUSTERED")]
+REFUSED = [
+    ("renamed parameter", LOLI, "LOLI_CLUSTERED"),
+    ("renamed parameter", COSINE, "Cosine Strength"),
+    ("removed function", LOLI, "LOLI_CLUSTERED"),
+]
 
 
-@pytest.mark.parametrize("how, config, asked", REFUSED, ids=["renamed-optimizer", "renamed-cosine", "removed-optimizer"])
+@pytest.mark.parametrize(
+    "how, config, asked", REFUSED, ids=["renamed-optimizer", "renamed-cosine", "removed-optimizer"]
+)
 def test_a_loli_run_is_refused_before_any_work(trees, how, config, asked):
     proc, message = refusal(DRIVER, trees[how], config, UNFIT[how], PIN, extra_env=ENV)
     assert asked in message
@@ -79,7 +106,9 @@ def test_an_unservable_config_is_never_silently_adamw(ot, monkeypatch):
     from loli_plugin.patches.base import LoliUnsupportedTrainerError
 
     version = ot.TrainConfig.default_values().to_settings_dict(secrets=False)["__version"]
-    cfg = ot.TrainConfig.default_values().from_dict({"__version": version, "optimizer": {"optimizer": "LOLI_CLUSTERED"}, "cos_strength": 0.3})
+    cfg = ot.TrainConfig.default_values().from_dict(
+        {"__version": version, "optimizer": {"optimizer": "LOLI_CLUSTERED"}, "cos_strength": 0.3}
+    )
     assert cfg.__dict__["_loli_requested"] == {"optimizer", "loss"}
     cfg.optimizer.optimizer, cfg.cos_strength = ot.Optimizer.ADAMW, 0.0  # what OneTrainer's fallback would leave
     enum_patch = "modules.util.enum.Optimizer.Optimizer"

@@ -44,44 +44,83 @@ STARTED = f"loli-plugin: LOLI_CLUSTERED(inner=ADAMW, clusters={K}"
 def assets(tmp_path_factory):
     """The tiny SD 1.5 diffusers folder (cached per version of its writer: ~10 s to build) and four captioned images."""
     writer = HERE / "tiny_sd15.py"
-    version = hashlib.sha256(writer.read_bytes() + (HERE.parent / "kohya" / "sd1_assets.py").read_bytes()).hexdigest()[:8]
+    version = hashlib.sha256(writer.read_bytes() + (HERE.parent / "kohya" / "sd1_assets.py").read_bytes()).hexdigest()[
+        :8
+    ]
     cache = Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser()
     model = cache / f"tiny-sd15-{version}" / "model"
     data = tmp_path_factory.mktemp("data") / "thing"
-    proc = subprocess.run([sys.executable, str(writer), str(model), str(data)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(writer), str(model), str(data)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return model, data
 
 
-def write_config(path: Path, root: Path, model: Path, data: Path, epochs: int, continue_last_backup: bool, **changes) -> Path:
+def write_config(
+    path: Path, root: Path, model: Path, data: Path, epochs: int, continue_last_backup: bool, **changes
+) -> Path:
     config = {
         "__version": 11,  # no migrations for a hand-written config
-        "training_method": "LORA", "model_type": "STABLE_DIFFUSION_15", "base_model_name": str(model),
-        "workspace_dir": str(root / "workspace"), "cache_dir": str(root / "cache"),
-        "output_model_destination": str(root / "out"), "output_model_format": "INTERNAL",
+        "training_method": "LORA",
+        "model_type": "STABLE_DIFFUSION_15",
+        "base_model_name": str(model),
+        "workspace_dir": str(root / "workspace"),
+        "cache_dir": str(root / "cache"),
+        "output_model_destination": str(root / "out"),
+        "output_model_format": "INTERNAL",
         "offline_mode": True,
         # GenericTrainer.__init__ creates the SummaryWriter under workspace/tensorboard whatever this says;
         # `tensorboard: true` would only also start a tensorboard server subprocess
         "tensorboard": False,
-        "train_device": "cpu", "temp_device": "cpu",
-        "train_dtype": "FLOAT_32", "fallback_train_dtype": "FLOAT_32", "output_dtype": "FLOAT_32", "lora_weight_dtype": "FLOAT_32",
-        "unet": {"weight_dtype": "FLOAT_32"}, "text_encoder": {"weight_dtype": "FLOAT_32", "train": False},
+        "train_device": "cpu",
+        "temp_device": "cpu",
+        "train_dtype": "FLOAT_32",
+        "fallback_train_dtype": "FLOAT_32",
+        "output_dtype": "FLOAT_32",
+        "lora_weight_dtype": "FLOAT_32",
+        "unet": {"weight_dtype": "FLOAT_32"},
+        "text_encoder": {"weight_dtype": "FLOAT_32", "train": False},
         "vae": {"weight_dtype": "FLOAT_32"},
-        "resolution": "64", "batch_size": 1, "gradient_accumulation_steps": GA, "epochs": epochs, "dataloader_threads": 1,
-        "learning_rate": 1e-3, "learning_rate_warmup_steps": 0, "lora_rank": 4,
-        "sample_after_unit": "NEVER", "save_every_unit": "NEVER",
-        "backup_after": 4, "backup_after_unit": "STEP", "backup_before_save": True,  # mid-run backups and one at the end
+        "resolution": "64",
+        "batch_size": 1,
+        "gradient_accumulation_steps": GA,
+        "epochs": epochs,
+        "dataloader_threads": 1,
+        "learning_rate": 1e-3,
+        "learning_rate_warmup_steps": 0,
+        "lora_rank": 4,
+        "sample_after_unit": "NEVER",
+        "save_every_unit": "NEVER",
+        "backup_after": 4,
+        "backup_after_unit": "STEP",
+        "backup_before_save": True,  # mid-run backups and one at the end
         "continue_last_backup": continue_last_backup,
-        "mse_strength": 0.4, "mae_strength": 0.4, "cos_strength": 0.2,
+        "mse_strength": 0.4,
+        "mae_strength": 0.4,
+        "cos_strength": 0.2,
         # validation after every epoch: its deterministic draws and no-grad losses must stay out of the clusters
-        "validation": True, "validate_after": 1, "validate_after_unit": "EPOCH",
-        "concepts": [{"name": "thing", "path": str(data), "seed": 0},
-                     {"name": "held_out", "path": str(data), "seed": 1, "type": "VALIDATION"}],
+        "validation": True,
+        "validate_after": 1,
+        "validate_after_unit": "EPOCH",
+        "concepts": [
+            {"name": "thing", "path": str(data), "seed": 0},
+            {"name": "held_out", "path": str(data), "seed": 1, "type": "VALIDATION"},
+        ],
         "samples": [],
-        "optimizer": {"optimizer": "LOLI_CLUSTERED", "loli_inner": "ADAMW", "loli_clusters": K, "loli_schedule": "shuffle",
-                      "fused": False, "foreach": False, "stochastic_rounding": False},
+        "optimizer": {
+            "optimizer": "LOLI_CLUSTERED",
+            "loli_inner": "ADAMW",
+            "loli_clusters": K,
+            "loli_schedule": "shuffle",
+            "fused": False,
+            "foreach": False,
+            "stochastic_rounding": False,
+        },
         # the progress probe after every update, on the first training image
-        "loli_probe": "auto", "loli_probe_every": 1, "loli_probe_samples": 1,
+        "loli_probe": "auto",
+        "loli_probe_every": 1,
+        "loli_probe_samples": 1,
     }
     config.update(changes)
     path.write_text(json.dumps(config, indent=1))
@@ -89,14 +128,28 @@ def write_config(path: Path, root: Path, model: Path, data: Path, epochs: int, c
 
 
 def train(config: Path, log: Path) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(
-        [str(OT_DIR), str(MGDS_DIR / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(
+            [str(OT_DIR), str(MGDS_DIR / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        ),
+    )
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "scripts/train.py", "--config-path", str(config)], cwd=OT_DIR, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config-path", str(config)],
+        cwd=OT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     text = proc.stdout + proc.stderr
     log.write_text(text)
-    print(f"\n{config.name}: scripts/train.py exited {proc.returncode} after {time.monotonic() - start:.1f} s (log: {log})")
+    print(
+        f"\n{config.name}: scripts/train.py exited {proc.returncode} "
+        f"after {time.monotonic() - start:.1f} s (log: {log})"
+    )
     assert proc.returncode == 0, text[-6000:]
     return text
 
@@ -126,7 +179,10 @@ def show(title: str, logs: dict, saved: dict) -> None:
         print(f"  {tag:29s} " + ", ".join(f"({s}, {v:.4f})" for s, v in logs[tag]))
     print(f"  optimizer.pt loli: {saved['loli']}")
     print(f"  optimizer.pt loli_monitor: {saved['loli_monitor']}")
-    print(f"  param_group_mapping={saved['param_group_mapping']} param_group_optimizer_mapping={saved['param_group_optimizer_mapping']}")
+    print(
+        f"  param_group_mapping={saved['param_group_mapping']} "
+        f"param_group_optimizer_mapping={saved['param_group_optimizer_mapping']}"
+    )
 
 
 def check_run(logs: dict, saved: dict, updates: int) -> list[int]:
@@ -221,13 +277,16 @@ def test_continue_from_last_backup_continues_the_schedule(first_run, resumed_run
     assert logs["loss/train_step"][0][0] > logs1["loss/train_step"][-1][0]
     step1, step2 = saved1["loli"]["schedule"]["step"], saved["loli"]["schedule"]["step"]
     banks1, banks2 = saved1["loli"]["bank_steps"], saved["loli"]["bank_steps"]
-    print(f"  schedule step {step1} -> {step2}; bank_steps {banks1} -> {banks2}; "
-          f"loss counts {saved1['loli_monitor']['count']} -> {saved['loli_monitor']['count']}; clusters of the new updates {clusters}")
+    print(
+        f"  schedule step {step1} -> {step2}; bank_steps {banks1} -> {banks2}; "
+        f"loss counts {saved1['loli_monitor']['count']} -> {saved['loli_monitor']['count']}; "
+        f"clusters of the new updates {clusters}"
+    )
     assert step2 == step1 + more
     assert [b - a for a, b in zip(banks1, banks2)] == [Counter(clusters)[k] for k in range(K)]
     # shuffle: updates 4..7 are one permutation of the clusters, split over the two runs
     first_clusters = [int(v) for _, v in logs1["loli/cluster"]]
-    assert sorted((first_clusters + clusters)[K:2 * K]) == list(range(K))
+    assert sorted((first_clusters + clusters)[K : 2 * K]) == list(range(K))
     # a bank no update of the continued run touched is saved again exactly as it was loaded
     untouched = [k for k in range(K) if banks1[k] == banks2[k]]
     for idx, per_cluster in saved["state"].items():
@@ -251,11 +310,16 @@ def test_lr_report_of_an_adaptive_inner_is_its_effective_lr(ot):
     def build(name, inner):
         cfg = ot.TrainConfig.default_values()
         cfg.optimizer.optimizer = ot.Optimizer[name]
-        cfg.optimizer.from_dict({"loli_inner": inner, "loli_clusters": 2, "fused": False, "foreach": False,
-                                 "stochastic_rounding": False})
+        cfg.optimizer.from_dict(
+            {"loli_inner": inner, "loli_clusters": 2, "fused": False, "foreach": False, "stochastic_rounding": False}
+        )
         cfg.learning_rate = 1.0
         coll = NamedParameterGroupCollection()
-        coll.add_group(NamedParameterGroup("unet", [torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)))], 1.0))
+        coll.add_group(
+            NamedParameterGroup(
+                "unet", [torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)))], 1.0
+            )
+        )
         opt = ot.create.create_optimizer(coll, None, cfg)
         for s in range(3):
             for p in opt.param_groups[0]["params"]:
@@ -288,7 +352,11 @@ def test_the_probe_reaches_tensorboard_and_moves_with_training(first_run):
     assert logs["probe/normalized"][0][1] == 1.0 and all(len(set(v)) == K for _, v in rows)
     assert rows[0][1] != rows[1][1]  # one optimizer step on the probe's sample changed it
     state = saved["loli_probe"]  # rides in the backup's optimizer.pt
-    assert state["clusters"] == K and state["reference"] == pytest.approx(rows[0][1], rel=1e-6) and len(state["batches"]) == 1
+    assert (
+        state["clusters"] == K
+        and state["reference"] == pytest.approx(rows[0][1], rel=1e-6)
+        and len(state["batches"]) == 1
+    )
 
 
 def test_continuing_from_a_backup_continues_the_probe_curves(first_run, resumed_run):
@@ -298,12 +366,17 @@ def test_continuing_from_a_backup_continues_the_probe_curves(first_run, resumed_
     # the reference and the kept sample came back with the backup: no new start at 1.0
     assert saved["loli_probe"]["reference"] == saved1["loli_probe"]["reference"]
     assert all(v != 1.0 for _, v in logs["probe/normalized"])
-    assert torch.equal(saved["loli_probe"]["batches"][0]["latent_image"], saved1["loli_probe"]["batches"][0]["latent_image"])
+    assert torch.equal(
+        saved["loli_probe"]["batches"][0]["latent_image"], saved1["loli_probe"]["batches"][0]["latent_image"]
+    )
 
 
 def test_two_probes_with_unchanged_weights_are_bit_identical(assets, tmp_path):
     model, data = assets
-    train(write_config(tmp_path / "config.json", tmp_path, model, data, 2, False, learning_rate=0.0, validation=False), tmp_path / "train.log")
+    train(
+        write_config(tmp_path / "config.json", tmp_path, model, data, 2, False, learning_rate=0.0, validation=False),
+        tmp_path / "train.log",
+    )
     (tb,) = (tmp_path / "workspace" / "tensorboard").iterdir()
     rows = probe_rows(scalars(tb))
     assert len(rows) == 4 and all(values == rows[0][1] for _, values in rows)

@@ -18,7 +18,7 @@ K = 5
 
 
 @pytest.mark.parametrize("distribution, values", CASES, ids=[f"{d}-{v}" for d, v in CASES])
-def test_probe_timesteps_are_the_cluster_midpoints(ot, setups, distribution, values):
+def test_probe_timesteps_are_the_cluster_midpoints(ot, setups, distribution, values):  # noqa: F811 - the fixture
     cfg = timestep_config(ot, distribution, values)
     cfg.optimizer.optimizer = ot.Optimizer.ADAMW  # a probe-only run: the probe with OneTrainer's own optimizer
     cfg.loli_probe, cfg.loli_probe_clusters = "on", K
@@ -66,14 +66,15 @@ class TinyUnet(torch.nn.Module):
 
 
 @pytest.fixture
-def harness(ot, setups):
+def harness(ot, setups):  # noqa: F811 - setups: the fixture imported above
     """A model setup built on OneTrainer's own mixins whose predict does what OneTrainer's do: a noise
     generator seeded from the TrainProgress step, the timestep sampler, a draw from the global RNG
     (OneTrainer's caption and text-encoder dropout use it), the forward; calculate_loss is
     _diffusion_losses. report_to_tensorboard is OneTrainer's own (the probe runs in it)."""
+    from types import SimpleNamespace
+
     from modules.modelSetup.BaseModelSetup import BaseModelSetup
     from modules.util.TrainProgress import TrainProgress
-    from types import SimpleNamespace
 
     class Setup(setups):
         train_device = torch.device("cpu")
@@ -85,7 +86,12 @@ def harness(ot, setups):
             noise = torch.randn(x0.shape, generator=generator)
             keep = (torch.rand(x0.shape[0]) > 0.1).float().view(-1, 1, 1, 1)  # like a caption dropout draw
             noisy = x0 + noise * t.float().view(-1, 1, 1, 1) / 1000
-            return {"predicted": model.unet(noisy, t) * keep, "target": noise * keep, "loss_type": "target", "timestep": t}
+            return {
+                "predicted": model.unet(noisy, t) * keep,
+                "target": noise * keep,
+                "loss_type": "target",
+                "timestep": t,
+            }
 
         def calculate_loss(self, model, batch, data, config):
             return self._diffusion_losses(batch, data, config, self.train_device).mean()

@@ -164,8 +164,9 @@ def test_cosine_strength_matches_the_direct_formula(ot, setups, masked):
     got = setups()._diffusion_losses(batch, data, cfg, torch.device("cpu"))
     cos = 1 - F.cosine_similarity(pred, target, dim=1, eps=0.0).nan_to_num(0.0)  # (B, H, W); 0 where a vector is 0
     weight = torch.clamp(mask, 0.1, 1) if masked else torch.ones_like(mask)
-    want = (((pred - target) ** 2 * 0.4 + (pred - target).abs() * 0.4) * weight).mean((1, 2, 3)) \
-        + (cos[:, None] * weight).expand(2, 4, 8, 8).mean((1, 2, 3)) * 0.2
+    want = (((pred - target) ** 2 * 0.4 + (pred - target).abs() * 0.4) * weight).mean((1, 2, 3)) + (
+        cos[:, None] * weight
+    ).expand(2, 4, 8, 8).mean((1, 2, 3)) * 0.2
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
     cfg.cos_strength = 0.0  # without it the result is OneTrainer's own
     base = setups()._diffusion_losses(batch, data, cfg, torch.device("cpu"))

@@ -152,9 +152,8 @@ def test_qt_optimizer_window_without_loli_has_no_plugin_rows(ot, qapp):
 
 
 def test_qt_optimizer_window_loli_clustered(ot, qapp):
-    from PySide6.QtWidgets import QComboBox, QLineEdit
-
     from modules.util.optimizer_util import OPTIMIZER_DEFAULT_PARAMETERS
+    from PySide6.QtWidgets import QComboBox, QLineEdit
 
     config = optimizer_config(ot, "LOLI_CLUSTERED")
     assert config.optimizer.loli_inner == "ADAMW" and config.optimizer.loli_clusters == 10
@@ -199,7 +198,9 @@ def test_qt_optimizer_window_loli_clustered(ot, qapp):
         qt_assert_no_overlap(window._dynamic_frame)
         prodigy = OPTIMIZER_DEFAULT_PARAMETERS[ot.Optimizer.PRODIGY]
         d_coef = qt_beside(qt_label(window, "D Coefficient"))
-        assert isinstance(d_coef, QLineEdit) and d_coef.text() == str(prodigy["d_coef"]), "Prodigy's defaults not applied"
+        assert isinstance(d_coef, QLineEdit) and d_coef.text() == str(prodigy["d_coef"]), (
+            "Prodigy's defaults not applied"
+        )
         assert config.optimizer.d_coef == prodigy["d_coef"]
         assert config.optimizer.weight_decay == prodigy["weight_decay"]
         assert config.optimizer_defaults["LOLI_CLUSTERED"].loli_inner == "PRODIGY"  # remembered by OneTrainer
@@ -218,12 +219,11 @@ def test_qt_optimizer_window_loli_clustered(ot, qapp):
 
 @pytest.mark.parametrize("model_type", ["STABLE_DIFFUSION_15", "FLUX_DEV_1", "PIXART_ALPHA"])
 def test_qt_training_tab_cosine_strength(ot, qapp, model_type):
-    from PySide6.QtWidgets import QLineEdit
-
     from modules.ui.PySide6TrainingTabView import PySide6TrainingTabView
     from modules.ui.TrainingTabController import TrainingTabController
     from modules.util.enum.ModelType import ModelType
     from modules.util.ui.PySide6UIState import PySide6UIState
+    from PySide6.QtWidgets import QLineEdit
 
     config = ot.TrainConfig.default_values()
     config.model_type = ModelType[model_type]
@@ -252,7 +252,9 @@ def xvfb(timeout: float = 15.0):
     read_fd, write_fd = os.pipe()
     server = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     os.close(write_fd)
     try:
@@ -262,7 +264,9 @@ def xvfb(timeout: float = 15.0):
             chunk = os.read(read_fd, 64) if ready else b""
             if not chunk:
                 server.kill()
-                raise RuntimeError(f"Xvfb did not start: {server.communicate(timeout=5)[1].decode(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"Xvfb did not start: {server.communicate(timeout=5)[1].decode(errors='replace')[-2000:]}"
+                )
             number += chunk
         yield f":{int(number)}"
     finally:
@@ -282,9 +286,19 @@ def test_ctk_optimizer_window_and_training_tab_under_xvfb(ot, tmp_path):
     report = tmp_path / "ctk.json"
     with xvfb() as display:
         child = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--ctk-probe", str(report), str(artifacts_dir()),
-             str(ot.mgds_dir / "src")],
-            cwd=ot.dir, env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=180,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--ctk-probe",
+                str(report),
+                str(artifacts_dir()),
+                str(ot.mgds_dir / "src"),
+            ],
+            cwd=ot.dir,
+            env={**os.environ, "DISPLAY": display},
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
     failed = f"ctk probe failed (rc {child.returncode}):\n{child.stdout[-4000:]}\n{child.stderr[-8000:]}"
     data = json.loads(report.read_text()) if report.exists() else {}  # written as far as the probe got
@@ -296,7 +310,9 @@ def test_ctk_optimizer_window_and_training_tab_under_xvfb(ot, tmp_path):
     assert not set(PRODIGY_ROWS) & set(loli["labels"]), loli["labels"]
     assert {title: tuple(cell) for title, cell in loli["cells"].items()} == PLUGIN_SLOTS
     assert not loli["overlaps"], loli["overlaps"]
-    assert loli["inner"] == "ADAMW" and "PRODIGY" in loli["inner_values"] and "LOLI_CLUSTERED" not in loli["inner_values"]
+    assert (
+        loli["inner"] == "ADAMW" and "PRODIGY" in loli["inner_values"] and "LOLI_CLUSTERED" not in loli["inner_values"]
+    )
     assert loli["clusters"] == "10"
     assert child.returncode == 0, failed
 
@@ -315,8 +331,11 @@ def test_ctk_optimizer_window_and_training_tab_under_xvfb(ot, tmp_path):
     assert tab["cosine_cell"] == [COSINE_ROW, 0] and tab["same_frame_as_mse"]
     assert float(tab["cosine_entry"]) == 0.0 and tab["cos_strength_after_set"] == 0.2
 
-    for name in ("onetrainer_ctk_optimizer_window.png", "onetrainer_ctk_optimizer_window_prodigy.png",
-                 "onetrainer_ctk_training_tab.png"):
+    for name in (
+        "onetrainer_ctk_optimizer_window.png",
+        "onetrainer_ctk_optimizer_window_prodigy.png",
+        "onetrainer_ctk_training_tab.png",
+    ):
         assert_not_blank(artifacts_dir() / name)
 
 
@@ -326,8 +345,6 @@ def _ctk_probe(report: Path, artifacts: Path, mgds_src: str) -> None:
         if path not in sys.path:
             sys.path.insert(0, path)
     import customtkinter as ctk
-    from PIL import ImageGrab
-
     from modules.ui.CtkOptimizerParamsWindowView import CtkOptimizerParamsWindowView
     from modules.ui.CtkTrainingTabView import CtkTrainingTabView
     from modules.ui.OptimizerParamsWindowController import OptimizerParamsWindowController
@@ -336,6 +353,7 @@ def _ctk_probe(report: Path, artifacts: Path, mgds_src: str) -> None:
     from modules.util.enum.Optimizer import Optimizer
     from modules.util.optimizer_util import OPTIMIZER_DEFAULT_PARAMETERS, change_optimizer
     from modules.util.ui.CtkUIState import CtkUIState
+    from PIL import ImageGrab
 
     display = os.environ["DISPLAY"]
 
@@ -386,13 +404,19 @@ def _ctk_probe(report: Path, artifacts: Path, mgds_src: str) -> None:
         inner = beside(label(window, "Inner Optimizer")) if "Inner Optimizer" in labels(window) else None
         top = beside(label(window, "Optimizer"))
         result = {
-            "labels": labels(window), "optimizer": top.get(), "optimizer_values": list(top.cget("values")),
-            "overlaps": overlaps(window.frame), "loli_inner": config.optimizer.loli_inner,
+            "labels": labels(window),
+            "optimizer": top.get(),
+            "optimizer_values": list(top.cget("values")),
+            "overlaps": overlaps(window.frame),
+            "loli_inner": config.optimizer.loli_inner,
             "cells": {t: cell(label(window, t)) for t in PLUGIN_ROWS if t in labels(window)},
         }
         if inner is not None:
-            result |= {"inner": inner.get(), "inner_values": list(inner.cget("values")),
-                       "clusters": beside(label(window, "Timestep Clusters")).get()}
+            result |= {
+                "inner": inner.get(),
+                "inner_values": list(inner.cget("values")),
+                "clusters": beside(label(window, "Timestep Clusters")).get(),
+            }
         return result, top, inner
 
     report_data = {}
@@ -435,7 +459,8 @@ def _ctk_probe(report: Path, artifacts: Path, mgds_src: str) -> None:
         cosine = label(holder, "Cosine Strength")
         entry = beside(cosine)
         report_data["training_tab"] = {
-            "cosine_cell": cell(cosine), "same_frame_as_mse": cosine.master is label(holder, "MSE Strength").master,
+            "cosine_cell": cell(cosine),
+            "same_frame_as_mse": cosine.master is label(holder, "MSE Strength").master,
             "cosine_entry": entry.get(),
         }
         ui_state.get_var("cos_strength").set("0.2")
