@@ -13,6 +13,11 @@ Design (why it is exact and cheap):
   ``initial_lr`` are never banked: schedulers must keep control of them.
 - Between steps the optimizer is *positioned* on ``current_cluster`` (the cluster of the next
   step): ``state`` and the banked group values are that cluster's.
+- A host may step the param groups one at a time: DeepSpeed ZeRO-1/2 (``DeepSpeedZeroOptimizer.
+  _optimizer_step``) sets ``param_groups`` to a one-group list, calls ``step()``, and puts the full
+  list back, once per group. Each such call steps only the groups it shows, all on the same bank; the
+  optimizer step is complete, and the schedule advances, when every group has been stepped. A step the
+  host skips (DeepSpeed's fp16 overflow) calls nothing and so advances nothing.
 
 - An inner optimizer may declare per-parameter state entries that are ONE quantity for all clusters
   (class attribute ``loli_shared_state``, e.g. AdamWClusteredSecondMoment's shared first moment).
@@ -170,6 +175,7 @@ class LoliClustered(torch.optim.Optimizer):
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self.inner = optimizer
         self.param_groups = optimizer.param_groups
+        self._stepped_groups: set[int] = set()  # groups stepped so far in an optimizer step taken group by group
         self._banks: list[defaultdict] = [defaultdict(dict) for _ in range(clusters)]
         self._banks[self.schedule.current] = optimizer.state
         self._bank_steps = [0] * clusters
@@ -192,6 +198,36 @@ class LoliClustered(torch.optim.Optimizer):
         from .host import optimizer_created
 
         optimizer_created(self)
+
+    # ------------------------------------------------------------------ param groups
+    @property
+    def param_groups(self) -> list[dict]:
+        """The inner optimizer's own list of group dicts, or the part of it a host is stepping now."""
+        return self.__dict__["_shown_groups"]
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict]) -> None:
+        inner = self.__dict__.get("inner")
+        if inner is None or groups is inner.param_groups:  # torch's __init__; a host putting the full list back
+            self.__dict__["_shown_groups"] = groups
+            return
+        own = {id(g) for g in inner.param_groups}
+        if groups and len(groups) < len(inner.param_groups) and all(id(g) in own for g in groups):
+            self.__dict__["_shown_groups"] = groups  # a host stepping some groups (DeepSpeed ZeRO-1/2)
+            return
+        inner.param_groups = groups  # new groups: they are the inner's from now on
+        self.__dict__["_shown_groups"] = groups
+
+    @property
+    def _groups(self) -> list[dict]:
+        """All param groups, whatever part of them a host shows."""
+        return self.inner.param_groups
+
+    @property
+    def mid_step(self) -> bool:
+        """True between the calls of an optimizer step that a host takes group by group (DeepSpeed ZeRO-1/2):
+        some groups are stepped, the schedule has not advanced yet."""
+        return bool(self._stepped_groups)
 
     # ------------------------------------------------------------------ public properties
     @property
@@ -217,17 +253,35 @@ class LoliClustered(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ stepping
     def step(self, closure: Callable | None = None):
+        groups = self._groups
+        shown = self.param_groups
+        if shown is groups:
+            stepping = list(range(len(groups)))
+        else:  # a host stepping some groups: find them in the full list
+            index = {id(g): i for i, g in enumerate(groups)}
+            stepping = [index[id(g)] for g in shown]
+        self._check_group_count()
         k = self.schedule.current
-        if self.warm_start and self._bank_steps[k] == 0 and self._last_stepped is not None:
-            self._warm_start(k, self._last_stepped)
-        self._position(k)
-        if self._shared_keys:
-            self._link_shared(self._banks[k])
-        before = [self._group_values(g) for g in self.param_groups]
-        loss = self.inner.step() if closure is None else self.inner.step(closure)
+        if not self._stepped_groups:  # the first (or only) call of this optimizer step
+            if self.warm_start and self._bank_steps[k] == 0 and self._last_stepped is not None:
+                self._warm_start(k, self._last_stepped)
+            self._position(k)
+            if self._shared_keys:
+                self._link_shared(self._banks[k])
+        before = {i: self._group_values(groups[i]) for i in stepping}
+        if shown is not groups:
+            self.inner.param_groups = shown
+        try:
+            loss = self.inner.step() if closure is None else self.inner.step(closure)
+        finally:
+            self.inner.param_groups = groups
         if self._shared_keys:
             self._collect_shared(self._banks[k])
         self._record_group_values(k, before)
+        self._stepped_groups.update(stepping)
+        if len(self._stepped_groups) < len(groups):
+            return loss  # the host steps the other groups next; the schedule waits for them
+        self._stepped_groups.clear()
         self._bank_steps[k] += 1
         self._last_stepped = k
         self.schedule.advance()
@@ -237,6 +291,21 @@ class LoliClustered(torch.optim.Optimizer):
             self._offloader.park(k, self._banks[k])
         self._position(self.schedule.current, wait=False)
         return loss
+
+    def _check_group_count(self) -> None:
+        """A host may drop empty groups before the first step (DeepSpeed's engine does); later the banked
+        group values would no longer line up with the groups."""
+        n = len(self._groups)
+        if n == len(self._initial):
+            return
+        if any(self._bank_steps) or self._stepped_groups:
+            raise LoliStateError(
+                f"the optimizer's param groups changed from {len(self._initial)} to {n} after it stepped; "
+                "LoliClustered banks values per group, so groups can only be added with add_param_group"
+            )
+        self._initial = [{} for _ in range(n)]
+        self._banked_keys = [set() for _ in range(n)]
+        self._bank_values = [[{} for _ in range(n)] for _ in range(self.clusters)]
 
     def _warm_start(self, k: int, source: int) -> None:
         """Start bank k from a copy of the bank stepped last (its moments, step counts and group values),
@@ -304,8 +373,11 @@ class LoliClustered(torch.optim.Optimizer):
     def _group_values(self, group: dict) -> dict:
         return {key: _snap(v) for key, v in group.items() if key not in HOST_OWNED_KEYS}
 
-    def _record_group_values(self, k: int, before: list[dict]) -> None:
-        for i, group in enumerate(self.param_groups):
+    def _record_group_values(self, k: int, before: dict[int, dict]) -> None:
+        """After bank k stepped the groups in ``before`` (index -> their values before the step)."""
+        groups = self._groups
+        for i in before:
+            group = groups[i]
             keys = self._banked_keys[i]
             for key, value in group.items():
                 if key not in HOST_OWNED_KEYS and key not in keys and not _same(before[i].get(key, _MISSING), value):
@@ -322,7 +394,7 @@ class LoliClustered(torch.optim.Optimizer):
             self._offloader.fetch(k, self._banks[k], wait=wait)
         self.inner.state = self._banks[k]
         self.state = self._banks[k]
-        for i, group in enumerate(self.param_groups):
+        for i, group in enumerate(self._groups):
             values, initial = self._bank_values[k][i], self._initial[i]
             for key in self._banked_keys[i]:
                 if key in values:
@@ -502,6 +574,7 @@ class LoliClustered(torch.optim.Optimizer):
         self._banked_keys = [set(init) | {key for b in bg.values() for key in b} for init, bg in zip(initial, banked)]
         self._initial = initial
         self._bank_steps = [int(n) for n in meta.get("bank_steps", [0] * self.clusters)]
+        self._stepped_groups.clear()
         self._position(current)
 
     def __repr__(self) -> str:

@@ -102,9 +102,12 @@ def attach_monitor_state(optimizer, monitor, key: str = "loli_monitor") -> None:
 
 def count_steps(optimizer, probe, after_step) -> None:
     """Count the optimizer's steps for the probe (a step skipped by a GradScaler is not one) and call
-    ``after_step()`` after each."""
+    ``after_step()`` after each. A LoliClustered that a host steps group by group (DeepSpeed ZeRO-1/2)
+    runs this hook after every group; only the call that completes the step counts."""
 
     def hook(opt, args, kwargs):
+        if getattr(opt, "mid_step", False):
+            return
         probe.steps += 1
         after_step()
 

@@ -511,3 +511,70 @@ def test_failed_load_restores_and_only_mismatches_are_relabelled(error, offload,
         assert opt._offloader.resident == {opt.current_cluster}  # the active bank came home, the rest stay parked
     set_grads(4, params)
     opt.step()  # still usable
+
+
+def _group_by_group(opt) -> list[bool]:
+    """One optimizer step the way DeepSpeed ZeRO-1/2 takes it (DeepSpeedZeroOptimizer._optimizer_step): the
+    basic optimizer is shown one param group at a time and stepped; returns ``mid_step`` after each call."""
+    full, mid = opt.param_groups, []
+    for group in full:
+        opt.param_groups = [group]
+        opt.step()
+        mid.append(getattr(opt, "mid_step", False))
+        opt.param_groups = full
+    return mid
+
+
+def test_a_step_taken_group_by_group_equals_one_step():
+    """All the per-group calls are one optimizer step: one bank, one schedule advance, the same result."""
+    whole_params, split_params = make_params(), make_params()
+    whole = LoliClustered(groups_of(whole_params), clusters=3, weight_decay=0.01)
+    split = LoliClustered(groups_of(split_params), clusters=3, weight_decay=0.01)
+    counted = []
+    split.register_step_post_hook(lambda o, a, k: counted.append(o.mid_step))
+    for step in range(STEPS):
+        set_grads(step, whole_params)
+        set_grads(step, split_params)
+        assert split.current_cluster == whole.current_cluster
+        assert _group_by_group(split) == [True, False]  # the schedule waits for the last group
+        whole.step()
+        assert split.param_groups is split.inner.param_groups
+        assert split.schedule.step == whole.schedule.step == step + 1
+        assert split.bank_steps == whole.bank_steps
+    assert all(torch.equal(a, b) for a, b in zip(whole_params, split_params))
+    for k in range(3):
+        for pa, pb in zip(whole_params, split_params):
+            sa, sb = whole.bank(k).get(pa, {}), split.bank(k).get(pb, {})
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[x], sb[x]) for x in sa)
+    assert counted == [True, False] * STEPS  # step post-hooks see mid_step until the last group
+
+
+def test_group_by_group_banks_group_values_like_the_inner_stepped_the_same_way():
+    """Prodigy keeps its running d, k in the groups and computes d over all the groups it is shown, so
+    DeepSpeed's per-group calls change what it computes; K=1 must still equal Prodigy stepped the same way."""
+    prodigy = pytest.importorskip("prodigyopt").Prodigy
+    ref_params, ours_params = make_params(), make_params()
+    ref = prodigy(groups_of(ref_params, 1.0), lr=1.0, weight_decay=0.01)
+    ours = LoliClustered(groups_of(ours_params, 1.0), inner="Prodigy", clusters=1, lr=1.0, weight_decay=0.01)
+    for step in range(STEPS):
+        set_grads(step, ref_params)
+        set_grads(step, ours_params)
+        _group_by_group(ref)
+        _group_by_group(ours)
+    assert all(torch.equal(a, b) for a, b in zip(ref_params, ours_params))
+    for g_ref, g_ours in zip(ref.param_groups, ours.param_groups):
+        assert g_ref["d"] == g_ours["d"] and g_ref["k"] == g_ours["k"]
+    assert ours.schedule.step == STEPS
+
+
+def test_a_host_that_drops_empty_groups_before_the_first_step():
+    """deepspeed.initialize removes param groups without params from the basic optimizer (in place)."""
+    params = make_params()
+    opt = LoliClustered([{"params": params[:2]}, {"params": []}, {"params": params[2:]}], clusters=2, lr=1e-2)
+    opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+    set_grads(0, params)
+    opt.step()
+    assert opt.bank_steps == [1, 0] or opt.bank_steps == [0, 1]
+    opt.param_groups[:] = opt.param_groups[:1]
+    with pytest.raises(LoliStateError, match="param groups changed from 2 to 1"):
+        opt.step()
