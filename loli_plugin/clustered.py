@@ -16,8 +16,11 @@ Design (why it is exact and cheap):
 - A host may step the param groups one at a time: DeepSpeed ZeRO-1/2 (``DeepSpeedZeroOptimizer.
   _optimizer_step``) sets ``param_groups`` to a one-group list, calls ``step()``, and puts the full
   list back, once per group. Each such call steps only the groups it shows, all on the same bank; the
-  optimizer step is complete, and the schedule advances, when every group has been stepped. A step the
-  host skips (DeepSpeed's fp16 overflow) calls nothing and so advances nothing.
+  optimizer step is complete, and the schedule advances, when every group has been stepped. DeepSpeed
+  ZeRO-3 steps it once per parameter sub-group, which nothing in the calls tells apart from separate
+  steps: ``one_step()`` makes every call inside it one optimizer step (``loli_plugin.deepspeed.bind``
+  wraps ZeRO's step in it); unbound, ZeRO-3 is refused at its first call. A step the host skips
+  (DeepSpeed's fp16 overflow) calls nothing and so advances nothing.
 
 - An inner optimizer may declare per-parameter state entries that are ONE quantity for all clusters
   (class attribute ``loli_shared_state``, e.g. AdamWClusteredSecondMoment's shared first moment).
@@ -35,8 +38,9 @@ tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -176,6 +180,8 @@ class LoliClustered(torch.optim.Optimizer):
         self.inner = optimizer
         self.param_groups = optimizer.param_groups
         self._stepped_groups: set[int] = set()  # groups stepped so far in an optimizer step taken group by group
+        self._in_one_step = False  # inside one_step(): calls do not complete the step
+        self._step_complete_hooks: OrderedDict[int, Callable] = OrderedDict()  # RemovableHandle needs a weakref
         self._banks: list[defaultdict] = [defaultdict(dict) for _ in range(clusters)]
         self._banks[self.schedule.current] = optimizer.state
         self._bank_steps = [0] * clusters
@@ -261,6 +267,8 @@ class LoliClustered(torch.optim.Optimizer):
             index = {id(g): i for i, g in enumerate(groups)}
             stepping = [index[id(g)] for g in shown]
         self._check_group_count()
+        if not self._in_one_step:
+            _refuse_unbound_zero3(shown)
         k = self.schedule.current
         if not self._stepped_groups:  # the first (or only) call of this optimizer step
             if self.warm_start and self._bank_steps[k] == 0 and self._last_stepped is not None:
@@ -279,8 +287,37 @@ class LoliClustered(torch.optim.Optimizer):
             self._collect_shared(self._banks[k])
         self._record_group_values(k, before)
         self._stepped_groups.update(stepping)
-        if len(self._stepped_groups) < len(groups):
-            return loss  # the host steps the other groups next; the schedule waits for them
+        if not self._in_one_step and len(self._stepped_groups) == len(groups):
+            self._finish_step()
+        # else: the host steps the other groups (or sub-groups) next; the schedule waits for them
+        return loss
+
+    @contextlib.contextmanager
+    def one_step(self):
+        """Every ``step()`` call inside is part of ONE optimizer step: one bank, one schedule advance at the
+        end (none if nothing stepped). For a host that steps the optimizer once per parameter sub-group:
+        DeepSpeed ZeRO-3 (``loli_plugin.deepspeed.bind`` wraps its step in this)."""
+        if self._in_one_step:  # nested: the outer window decides
+            yield self
+            return
+        self._in_one_step = True
+        try:
+            yield self
+        finally:
+            self._in_one_step = False
+            if self._stepped_groups:
+                self._finish_step()
+
+    def register_step_complete_hook(self, hook: Callable) -> torch.utils.hooks.RemovableHandle:
+        """``hook(optimizer)`` runs when an optimizer step is complete: at the end of ``step()``, or after
+        the last call of a step a host takes group by group or inside ``one_step()``. (torch's step post-hooks
+        run after every call.)"""
+        handle = torch.utils.hooks.RemovableHandle(self._step_complete_hooks)
+        self._step_complete_hooks[handle.id] = hook
+        return handle
+
+    def _finish_step(self) -> None:
+        k = self.schedule.current
         self._stepped_groups.clear()
         self._bank_steps[k] += 1
         self._last_stepped = k
@@ -290,7 +327,8 @@ class LoliClustered(torch.optim.Optimizer):
             # waiting) and overlap the next forward/backward; the next step() waits for them
             self._offloader.park(k, self._banks[k])
         self._position(self.schedule.current, wait=False)
-        return loss
+        for hook in list(self._step_complete_hooks.values()):
+            hook(self)
 
     def _check_group_count(self) -> None:
         """A host may drop empty groups before the first step (DeepSpeed's engine does); later the banked
@@ -585,6 +623,20 @@ class LoliClustered(torch.optim.Optimizer):
 
 
 _MISSING = object()
+
+
+def _refuse_unbound_zero3(groups: list[dict]) -> None:
+    """DeepSpeed ZeRO-3 steps the basic optimizer once per parameter sub-group, each time showing it only
+    that sub-group's flat fp32 partition (which carries ZeRO-3's ``ds_id``); nothing in those calls says
+    which one is the last. Without ``loli_plugin.deepspeed.bind(engine)`` each call would count as an
+    optimizer step: refuse before anything is updated."""
+    if any(hasattr(p, "ds_id") for g in groups for p in g["params"]):
+        raise LoliConfigError(
+            "LoliClustered is being stepped by DeepSpeed ZeRO-3 (zero_optimization.stage=3) without "
+            "loli_plugin.deepspeed.bind(engine): ZeRO-3 steps it once per parameter sub-group, and the cluster "
+            "schedule would advance on each. Call loli_plugin.deepspeed.bind(engine) right after "
+            "deepspeed.initialize (sd-scripts runs do it themselves), or use ZeRO stage 1 or 2"
+        )
 
 
 def _check_offload(offload) -> bool:

@@ -101,14 +101,15 @@ def attach_monitor_state(optimizer, monitor, key: str = "loli_monitor") -> None:
 
 
 def count_steps(optimizer, probe, after_step) -> None:
-    """Count the optimizer's steps for the probe (a step skipped by a GradScaler is not one) and call
-    ``after_step()`` after each. A LoliClustered that a host steps group by group (DeepSpeed ZeRO-1/2)
-    runs this hook after every group; only the call that completes the step counts."""
+    """Count the optimizer's steps for the probe (a step skipped by a GradScaler or by DeepSpeed is not one)
+    and call ``after_step()`` after each. A LoliClustered says itself when a step is complete (DeepSpeed
+    ZeRO calls its ``step()`` once per param group or sub-group); any other optimizer, after its ``step()``."""
 
-    def hook(opt, args, kwargs):
-        if getattr(opt, "mid_step", False):
-            return
+    def done(*_):
         probe.steps += 1
         after_step()
 
-    optimizer.register_step_post_hook(hook)
+    if hasattr(optimizer, "register_step_complete_hook"):
+        optimizer.register_step_complete_hook(done)
+    else:
+        optimizer.register_step_post_hook(done)

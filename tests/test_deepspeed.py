@@ -1,6 +1,7 @@
 """LoliClustered as DeepSpeed ZeRO's basic optimizer, 2 gloo ranks on CPU, through accelerate's DeepSpeed plugin
 (as sd-scripts' ``--deepspeed`` builds it). ``multiprocess/zero_loop.py`` is the training loop; each test launches
-it with ``torch.distributed.run`` and reads rank 0's verdict.
+it with ``torch.distributed.run`` and reads rank 0's verdict. ZeRO-1/2 need nothing but LoliClustered; ZeRO-3
+needs ``loli_plugin.deepspeed.bind(engine)``.
 
 Tolerances: ZeRO and DDP reduce gradients in a different order (ZeRO averages flat buckets, DDP its own
 buckets), so their weights and banks agree to float32 rounding, not bit for bit; measured on this machine
@@ -35,11 +36,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out: Path, *args: str) -> dict:
+def run_loop(out: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_port", str(_free_port()), str(LOOP), str(out), *args]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out.parent, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out.parent, env=env)
+
+
+def launch(out: Path, *args: str) -> dict:
+    proc = run_loop(out, *args)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads(out.read_text())
     result["tensors"] = torch.load(str(out) + ".pt", weights_only=True)
@@ -87,6 +92,25 @@ def test_each_rank_keeps_its_share_of_every_bank(zero_and_ddp, stage):
     # every bank (K=3, all stepped): AdamW's exp_avg and exp_avg_sq (fp32) of each flat partition, and its step
     assert result["bank_bytes_per_rank"] == [3 * (2 * 4 * sum(parts) + 4 * len(parts))] * 2
     assert result["ddp"]["bank_bytes"] == 3 * (2 * 4 * full + 4 * 4)  # DDP: the whole model's, four tensors
+
+
+def test_zero3_bound_steps_every_sub_group_on_one_bank_and_equals_ddp(tmp_path):
+    """ZeRO-3 steps the basic optimizer once per parameter sub-group (here 4: sub_group_size=100), with nothing
+    to tell the last one; loli_plugin.deepspeed.bind(engine) makes all of them one step."""
+    result = launch(tmp_path / "zero3.json", "--stage", "3", "--bind", "--sub-group-size", "100", "--ddp")
+    assert result["optimizer_class"] == "DeepSpeedZeroOptimizer_Stage3"
+    assert len(result["partition_numel"]) == 4  # four flat sub-groups per rank, so four calls per step
+    _same_schedule_everywhere(result, 8)
+    assert result["bank_steps"] == result["ddp"]["bank_steps"]
+    diff = result["zero_vs_ddp"]
+    assert diff["params_max_rel"] < TOLERANCE and diff["banks_max_rel"] < TOLERANCE, diff
+
+
+def test_zero3_unbound_is_refused_at_its_first_call(tmp_path):
+    out = tmp_path / "unbound.json"
+    proc = run_loop(out, "--stage", "3", "--steps", "1")
+    assert proc.returncode != 0 and not out.exists()
+    assert "without loli_plugin.deepspeed.bind(engine)" in proc.stdout + proc.stderr
 
 
 def test_resume_through_deepspeed_checkpoints_with_optimizer_offload(zero_and_ddp, tmp_path):

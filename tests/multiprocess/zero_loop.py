@@ -6,7 +6,7 @@ inside ``backward`` at the end of each gradient-accumulation window), with one-c
 the Loli loss. Optionally the same training under plain torch DDP in the same processes, for comparison.
 
 ``zero_loop.py OUT --stage S [--steps N] [--from-step N] [--load DIR] [--save DIR] [--ddp] [--fp16] [--offload]
-[--clusters K]`` writes rank 0's JSON verdict to OUT:
+[--clusters K] [--bind] [--sub-group-size N]`` writes rank 0's JSON verdict to OUT:
 
 * every micro-batch, all ranks check (all_gather) that they draw from the same cluster;
 * at the end, each rank's banks are gathered into full-length tensors (ZeRO keeps 1/N of each on a rank);
@@ -47,6 +47,8 @@ def parse():
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--offload", action="store_true")
     p.add_argument("--clusters", type=int, default=3)
+    p.add_argument("--sub-group-size", type=int, default=0)
+    p.add_argument("--bind", action="store_true", help="loli_plugin.deepspeed.bind(engine) after prepare")
     return p.parse_args()
 
 
@@ -100,6 +102,8 @@ def loss_of(model, x, target):
 
 def ds_config(args) -> dict:
     zero = {"stage": args.stage}
+    if args.sub_group_size:
+        zero["sub_group_size"] = args.sub_group_size  # ZeRO-3: split each param group into several flat sub-groups
     if args.offload:
         # keep LoliClustered: accelerate would otherwise swap in DeepSpeedCPUAdam (map_pytorch_optim_to_deepspeed)
         zero["offload_optimizer"] = {"device": "cpu"}
@@ -115,20 +119,53 @@ def ds_config(args) -> dict:
     return config
 
 
-def gathered_banks(opt, world) -> list[torch.Tensor]:
-    """Each bank's tensors (exp_avg, exp_avg_sq per param of the basic optimizer, flattened in order) gathered
-    over the ranks: ZeRO's partitions concatenate to the padded flat group; DDP's are identical copies."""
+def _all_gather(local: torch.Tensor, world: int) -> list[torch.Tensor]:
+    parts = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(parts, local.contiguous())
+    return parts
+
+
+def gathered_banks(engine, opt, world) -> list[torch.Tensor]:
+    """Per (bank, param group, key): exp_avg / exp_avg_sq of the group's weights, in order, gathered over the
+    ranks. ZeRO-1/2: each rank's flat partition of the group; they concatenate to the (padded) flat group.
+    ZeRO-3: each rank's flat sub-group holds its piece of each of its weights; the weights are put back
+    together, and the sub-groups of a param group joined."""
     out = []
+    zero3 = hasattr(engine.optimizer, "fp32_partitioned_groups_flat")
     for k in range(opt.clusters):
-        for group in opt.param_groups:
-            for p in group["params"]:
-                state = opt.bank(k).get(p, {})
-                for key in ("exp_avg", "exp_avg_sq"):
-                    local = state[key].detach().float().flatten() if key in state else torch.zeros(p.numel())
-                    parts = [torch.empty_like(local) for _ in range(world)]
-                    torch.distributed.all_gather(parts, local)
-                    out.append(torch.cat(parts))
+        if not zero3:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    state = opt.bank(k).get(p, {})
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        local = state[key].detach().float().flatten() if key in state else torch.zeros(p.numel())
+                        out.append(torch.cat(_all_gather(local, world)))
+            continue
+        zero = engine.optimizer
+        per_group: dict[int, dict[str, list[torch.Tensor]]] = {}
+        for sub, (flat, weights) in enumerate(zip(zero.fp32_partitioned_groups_flat, zero.fp16_groups)):
+            state = opt.bank(k).get(flat, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                local = state[key].detach().float() if key in state else torch.zeros(flat.numel())
+                parts, offset = _all_gather(local, world), 0
+                pieces = per_group.setdefault(zero.sub_group_to_group_id[sub], {}).setdefault(key, [])
+                for w in weights:
+                    n = w.partition_numel()
+                    pieces.append(torch.cat([part[offset : offset + n] for part in parts])[: w.ds_numel])
+                    offset += n
+        for group in sorted(per_group):
+            out += [torch.cat(per_group[group][key]) for key in ("exp_avg", "exp_avg_sq")]
     return out
+
+
+def full_weights(engine) -> list[torch.Tensor]:
+    params = list(engine.module.parameters())
+    if not hasattr(params[0], "ds_id"):
+        return [p.detach().float().clone() for p in params]
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):  # ZeRO-3 keeps only a piece of each weight on a rank
+        return [p.detach().float().clone() for p in params]
 
 
 def bank_bytes(opt) -> int:
@@ -151,6 +188,10 @@ def run_zero(args, rank, world):
     opt = build_optimizer(model, args.clusters)
     engine, wrapped = accelerator.prepare(model, opt)
     assert engine.basic_optimizer is opt, f"DeepSpeed steps {type(engine.basic_optimizer).__name__}, not LoliClustered"
+    if args.bind:
+        from loli_plugin.deepspeed import bind
+
+        bind(engine)
     if args.load:
         accelerator.load_state(args.load)
     dtype = torch.float16 if args.fp16 else torch.float32
@@ -173,14 +214,18 @@ def run_zero(args, rank, world):
                 windows.append({"cluster": k, "skipped": bool(wrapped.step_was_skipped)})
     if args.save:
         accelerator.save_state(args.save)
-    flat = [p.detach().float().clone() for p in engine.module.parameters()]
-    partition = [p.numel() for g in opt.param_groups for p in g["params"]]
-    full = sum(p.numel() for p in engine.module.parameters())
+    flat = full_weights(engine)
+    # the basic optimizer's flat partitions (ZeRO-3 shows them to it only while stepping)
+    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or [
+        p for g in opt.param_groups for p in g["params"]
+    ]
+    partition = [p.numel() for p in flats]
+    full = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     return {
         "engine": engine,
         "opt": opt,
         "params": flat,
-        "banks": gathered_banks(opt, world),
+        "banks": gathered_banks(engine, opt, world),
         "mismatches": mismatches,
         "clusters": clusters,
         "windows": windows,
