@@ -159,7 +159,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "logdir",
-        help="a kohya --logging_dir, a OneTrainer workspace or workspace/tensorboard folder, or one run's folder",
+        help="a trainer's TensorBoard folder (its --logging_dir, or its workspace or workspace/tensorboard), "
+        "or one run's folder",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -186,7 +187,7 @@ def run(args) -> int:
     if not runs:
         raise LoliConfigError(
             f"{logdir}: no TensorBoard event files in it or up to {DEPTH} folder levels below; "
-            "give a kohya --logging_dir, a OneTrainer workspace/tensorboard folder or one run's folder"
+            "give the trainer's --logging_dir or workspace/tensorboard folder, or one run's folder"
         )
     scalars = {run_dir: read_scalars(run_dir) for run_dir in runs}
     drawable = [r for r in runs if has_loss(scalars[r])]

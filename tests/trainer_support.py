@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,12 +75,24 @@ def venv_problem(required: tuple[str, ...], trainer: str, how_to: str) -> str | 
 
 
 def skip_items_below(folder: Path, reason: str | None, items) -> None:
-    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one)."""
+    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one), except the
+    ``standin`` ones: those run against a stand-in of the trainer that they write themselves."""
     if reason is None:
         return
     for item in items:
-        if folder in Path(str(item.fspath)).parents:
+        if folder in Path(str(item.fspath)).parents and item.get_closest_marker("standin") is None:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def run_python(code, path, env_extra=None, args=()):
+    """Run ``python -c code`` (or ``python ARGS``) in ``path`` with ``path`` on PYTHONPATH, the way a trainer
+    starts: LOLI_PLUGIN_DISABLE unset unless ``env_extra`` sets it."""
+    env = {**os.environ, "PYTHONPATH": str(path), **(env_extra or {})}
+    if "LOLI_PLUGIN_DISABLE" not in (env_extra or {}):
+        env.pop("LOLI_PLUGIN_DISABLE", None)
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True, env=env, cwd=path
+    )
 
 
 def fresh_run_fixture(adapter_module: str):
