@@ -62,4 +62,5 @@ def loli_log(step, logs):
 @hookspec
 def loli_optimizer_created(optimizer):
     """Called once when a ``LoliClustered`` is built, before it steps; for observers (a logger, a
-    checkpoint tool). Trainer adapters are told through ``TrainerAdapter.on_optimizer_created``."""
+    checkpoint tool). The trainer adapters get it first, through this same call
+    (``TrainerAdapter.on_optimizer_created``): an observer sees the optimizer with its run started."""
