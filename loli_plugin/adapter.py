@@ -310,8 +310,8 @@ def on_watched_import(module) -> None:
 
 
 def optimizer_created(optimizer) -> None:
-    """Called once by every new ``LoliClustered``: one ``loli_optimizer_created`` hook call, which tells
-    the trainer adapters first, then the observers (``plugins._AdapterEvents``)."""
+    """The one announcement of a new ``LoliClustered`` (which makes it itself): one ``loli_optimizer_created``
+    hook call, which tells the trainer adapters first, then the observers (``plugins._AdapterEvents``)."""
     from .plugins import get_plugin_manager
 
     get_plugin_manager().hook.loli_optimizer_created(optimizer=optimizer)
