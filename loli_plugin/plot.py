@@ -94,13 +94,7 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
         "the drawn samples and noise",
         fontsize=9,
     )
-    top.legend(
-        fontsize=7,
-        title="cluster 00 = lowest timesteps\n(least noise)",
-        title_fontsize=7,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1),
-    )
+    _legend_right(top, "cluster 00 = lowest timesteps\n(least noise)")
 
     if probes:
         middle = axes[1]
@@ -112,13 +106,7 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
             "cluster's midpoint timestep: only the weights change",
             fontsize=9,
         )
-        middle.legend(
-            fontsize=7,
-            title="probe at the midpoint\nof cluster",
-            title_fontsize=7,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1),
-        )
+        _legend_right(middle, "probe at the midpoint\nof cluster")
 
     if "loss/normalized" in scalars:
         bottom.plot(
@@ -143,12 +131,17 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
     bottom.set_ylabel("relative to start")
     bottom.set_title("each cluster relative to its own start, averaged over clusters (below 1 = progress)", fontsize=9)
     if bottom.get_legend_handles_labels()[0]:
-        bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        _legend_right(bottom)
     bottom.set_xlabel("optimizer step")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _legend_right(axes, title: str | None = None) -> None:
+    """A small legend outside the plot, to its right (the lines stay visible)."""
+    axes.legend(fontsize=7, title=title, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
 def add_parser(sub) -> None:

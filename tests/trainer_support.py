@@ -95,6 +95,23 @@ def run_python(code, path, env_extra=None, args=()):
     )
 
 
+def run_logged(cmd: list[str], cwd: Path, out: Path) -> subprocess.CompletedProcess:
+    """Run a trainer's script from its folder; its output goes to ``out/train.log``, a failure shows its end."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    (out / "train.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def logged_scalars(log_dir: Path, run_glob: str = "*/network_train") -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars of the one run under ``log_dir`` that ``run_glob`` finds (read by
+    ``loli-plugin plot``'s reader); the default is where a LoRA script's ``--logging_dir`` run goes."""
+    from loli_plugin.plot import read_scalars
+
+    (run_dir,) = log_dir.glob(run_glob)
+    return read_scalars(run_dir)
+
+
 def fresh_run_fixture(adapter_module: str):
     """An autouse fixture for a trainer suite's conftest: each test starts without a run and with the
     adapter's drift record as it was (a test that monkeypatches a target to look drifted must not leave

@@ -153,11 +153,9 @@ def train(config: Path, log: Path) -> str:
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from loli_plugin.plot import read_scalars
 
-    ea = EventAccumulator(str(run_dir))
-    ea.Reload()
-    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+    return read_scalars(run_dir)
 
 
 def backup_step(backup: Path) -> int:
