@@ -48,7 +48,7 @@ def loli_trainer_adapters():
 
     An adapter declares the trainer modules it watches (a ``.watch`` manifest read at start-up), its
     patches (instrumentors with a scope), how a run activates and which features it needs; see
-    ``loli_plugin.adapter`` and the README's "Adding a trainer". The adapters this package ships are
+    ``loli_plugin.adapter`` and docs/development.md, "Adding a trainer". The adapters this package ships are
     registered through the same ``loli_plugin`` entry-point group as third-party ones.
     """
 
