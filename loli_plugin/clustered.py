@@ -471,7 +471,7 @@ def _refuse_unbound_zero3(groups: list[dict]) -> None:
             "LoliClustered is being stepped by DeepSpeed ZeRO-3 (zero_optimization.stage=3) without "
             "loli_plugin.deepspeed.bind(engine): ZeRO-3 steps it once per parameter sub-group, and the cluster "
             "schedule would advance on each. Call loli_plugin.deepspeed.bind(engine) right after "
-            "deepspeed.initialize (sd-scripts runs do it themselves), or use ZeRO stage 1 or 2"
+            "deepspeed.initialize (the trainer integrations do it themselves), or use ZeRO stage 1 or 2"
         )
 
 

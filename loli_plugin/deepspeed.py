@@ -14,8 +14,9 @@ seams (read in DeepSpeed 0.19.8, ``deepspeed/runtime/zero/stage_1_and_2.py`` and
 * Checkpoints: ``engine.save_checkpoint`` stores each rank's ``LoliClustered.state_dict()`` (its partition of
   every bank, the schedule) in ``zero_pp_rank_R_..._optim_states.pt``; ``load_checkpoint`` gives it back.
 
-``check_config`` refuses the DeepSpeed settings under which the banks cannot work (each names the setting,
-and the trainer's option for it when the caller passes them), before anything is trained.
+``check_config`` refuses the DeepSpeed settings under which the banks cannot work, before anything is trained;
+each message names the setting, and the trainer's option for it (``options`` maps DeepSpeed config keys to a
+trainer's command-line options).
 """
 
 from __future__ import annotations
@@ -25,13 +26,6 @@ from typing import Any
 
 from .clustered import LoliClustered
 from .errors import LoliConfigError
-
-#: DeepSpeed config keys -> how users of a trainer set them (sd-scripts' options by default)
-KOHYA_OPTIONS = {
-    "zero_optimization.stage": "--zero_stage",
-    "zero_optimization.offload_optimizer.device": "--offload_optimizer_device",
-    "fp16.fp16_master_weights_and_grads": "--full_fp16 / --fp16_master_weights_and_gradients",
-}
 
 
 def _get(config: dict, dotted: str, default: Any = None) -> Any:

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from loli_plugin import LoliClustered, LoliConfigError
-from loli_plugin.deepspeed import KOHYA_OPTIONS, bind, check_config
+from loli_plugin.deepspeed import bind, check_config
+
+#: a trainer's command-line options for some DeepSpeed settings, as an adapter passes them
+OPTIONS = {
+    "zero_optimization.stage": "--zero_stage",
+    "zero_optimization.offload_optimizer.device": "--offload_optimizer_device",
+    "fp16.fp16_master_weights_and_grads": "--full_fp16",
+}
 
 
 def _params():
@@ -43,12 +50,12 @@ def _grads(params, step):
 )
 def test_configs_the_banks_cannot_work_under_are_refused_with_the_setting_named(config, named):
     with pytest.raises(LoliConfigError, match=named.replace("(", r"\(")):
-        check_config(config, KOHYA_OPTIONS)
+        check_config(config, OPTIONS)
 
 
 def test_cpu_offload_keeps_loliclustered_by_setting_zero_force_ds_cpu_optimizer_false():
     config = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
-    notes = check_config(config, KOHYA_OPTIONS)
+    notes = check_config(config, OPTIONS)
     assert config["zero_force_ds_cpu_optimizer"] is False and "zero_force_ds_cpu_optimizer" in notes[0]
     assert check_config({"zero_optimization": {"stage": 1}}) == []  # nothing to adjust, nothing written
     explicit = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}, "zero_force_ds_cpu_optimizer": False}
