@@ -16,6 +16,13 @@ How a run starts (nothing in sd-scripts is edited):
    ``--save_state``/``--resume`` carry it). ``--loss_type loli`` with another optimizer activates the
    loss alone.
 
+4. ``--deepspeed`` (sd-scripts' ``library/deepspeed_utils.py``): LoliClustered becomes DeepSpeed ZeRO's basic
+   optimizer, each rank banking its 1/N partition (``loli_plugin.deepspeed``). At activation the DeepSpeed
+   config accelerate holds is checked (what cannot work is refused with the option named; a CPU optimizer
+   offload keeps LoliClustered); at the first training draw, after ``accelerator.prepare``, the engine is
+   checked to step this LoliClustered and bound to it, so that ZeRO's per-group (ZeRO-3: per-sub-group)
+   calls are one step and the step completes when DeepSpeed's does.
+
 Without the start-up hook (LOLI_PLUGIN_DISABLE=1, an editable install, ``python -S``) the dotted route
 would build a LoliClustered whose clusters sd-scripts' stock sampler does not follow; that is refused
 with an error that says how to enable the hook (``on_optimizer_created``).
@@ -105,6 +112,7 @@ class KohyaAdapter(TrainerAdapter):
 
         self.require(self.features_for(args) or self.features["optimizer"], self.asked(args))
         _check_args(args, optimizer)
+        deepspeed_notes = self._check_deepspeed(args) if optimizer is not None else []
         weights = None
         if kohya_ss.requests_loss(args):
             weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
@@ -115,12 +123,73 @@ class KohyaAdapter(TrainerAdapter):
         if patches.requests_probe(args):
             run.probe = _probe(args, optimizer)
             run.clusters = run.probe.clusters
+        if getattr(args, "deepspeed", False) and optimizer is not None:
+            run.before_first_draw = lambda: self._bind_deepspeed(optimizer)
         self.run = run
         if run.stratify:
             import accelerate.tracking  # noqa: F401 - the LOGS patches' module (accelerate imports it lazily)
         self.activate_run_patches()
         print(f"loli-plugin active: {self.describe(run)}", file=sys.stderr)
+        for note in deepspeed_notes:
+            print(f"loli-plugin: {note}", file=sys.stderr)
         return run
+
+    # ------------------------------------------------------------------ --deepspeed
+    def _deepspeed_config(self) -> dict | None:
+        """The DeepSpeed config accelerate will hand to deepspeed.initialize (library/deepspeed_utils.py
+        prepare_deepspeed_plugin built it from the options, or from accelerate's deepspeed_config_file)."""
+        state = getattr(self.accelerator, "state", None)
+        plugin = getattr(state, "deepspeed_plugin", None) if state is not None else None
+        return getattr(plugin, "deepspeed_config", None)
+
+    def _check_deepspeed(self, args) -> list[str]:
+        """Refuse a --deepspeed run LoliClustered cannot work under, before the model is prepared."""
+        if not getattr(args, "deepspeed", False):
+            return []
+        from ..deepspeed import check_config
+
+        config = self._deepspeed_config()
+        if config is None:  # the accelerator was not seen: the options say what the config will be
+            config = {
+                "zero_optimization": {
+                    "stage": getattr(args, "zero_stage", 2),
+                    "offload_optimizer": {"device": getattr(args, "offload_optimizer_device", None) or "none"},
+                }
+            }
+            if config["zero_optimization"]["offload_optimizer"]["device"] == "cpu":
+                raise LoliConfigError(
+                    "--offload_optimizer_device cpu: loli-plugin could not reach accelerate's DeepSpeed config to "
+                    "keep LoliClustered (accelerate would replace it with DeepSpeedCPUAdam); drop the offload, or "
+                    "use optimizer_args offload=cpu to park the inactive banks in CPU memory"
+                )
+        saves = getattr(args, "save_state", False) or getattr(args, "save_state_on_train_end", False)
+        processes = getattr(self.accelerator, "num_processes", None) or int(os.environ.get("WORLD_SIZE", "1"))
+        if saves and processes > 1 and _network_trainer():
+            raise LoliConfigError(
+                f"--save_state with --deepspeed on {processes} processes: sd-scripts' NetworkTrainer.train "
+                "(train_network.py and the other LoRA scripts) saves the state on the main process only, but "
+                "DeepSpeed's save_checkpoint must run on every rank, so the run would hang at its first save, whatever "
+                "the optimizer (sd-scripts issue #1247; its fix reached fine_tune.py, not NetworkTrainer). Drop "
+                "--save_state and --save_state_on_train_end (the LoRA is still saved), or train on one process"
+            )
+        return check_config(config, DEEPSPEED_OPTIONS)
+
+    def _bind_deepspeed(self, optimizer) -> None:
+        """First training draw: accelerate has built the engine. It must step this LoliClustered (nothing may
+        have replaced it); bound, its ZeRO calls make one step, complete when DeepSpeed's step is."""
+        from ..deepspeed import bind
+
+        wrapped = getattr(self.accelerator, "deepspeed_engine_wrapped", None)
+        if wrapped is None:
+            raise LoliConfigError(
+                "--deepspeed is set but accelerate prepared no DeepSpeed engine, so loli-plugin cannot check which "
+                "optimizer it steps; report this with your accelerate and DeepSpeed versions"
+            )
+        if bind(wrapped.engine) is not optimizer:
+            raise LoliConfigError(
+                "the DeepSpeed engine steps another LoliClustered than the one sd-scripts built for this run; "
+                "one accelerator must prepare one model and one optimizer"
+            )
 
     def deactivate(self) -> None:
         super().deactivate()
@@ -203,15 +272,23 @@ def _batch_size(batch) -> int:
     return 1
 
 
+def _network_trainer() -> bool:
+    """Is a NetworkTrainer script running (train_network.py itself, or a LoRA script importing it)?"""
+    return any(hasattr(sys.modules.get(name), "NetworkTrainer") for name in ("train_network", "__main__"))
+
+
+#: library/deepspeed_utils.py's options for the DeepSpeed settings loli_plugin.deepspeed.check_config names
+DEEPSPEED_OPTIONS = {
+    "zero_optimization.stage": "--zero_stage",
+    "zero_optimization.offload_optimizer.device": "--offload_optimizer_device",
+    "fp16.fp16_master_weights_and_grads": "--full_fp16 / --fp16_master_weights_and_gradients",
+}
+
+
 def _check_args(args, optimizer) -> None:
     """Refuse option combinations that cannot work, before the first step."""
     if optimizer is None or args is None:
         return
-    if getattr(args, "deepspeed", False):
-        raise LoliConfigError(
-            "--optimizer_type LoliClustered cannot run under --deepspeed: DeepSpeed owns and partitions the optimizer "
-            "state, so the K cluster banks cannot be kept. Remove --deepspeed or pick another --optimizer_type."
-        )
     if getattr(args, "min_timestep", None) is not None or getattr(args, "max_timestep", None) is not None:
         kohya_ss.check_timestep_range(optimizer.clusters, args)
     if getattr(args, "weighting_scheme", None) == "mode":

@@ -23,6 +23,7 @@ sampler does not follow; that is refused with an error that says how to enable t
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,17 @@ def _check_args(args, trainer) -> None:
             )
     if not kohya_ss.requests_optimizer(args):
         return
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # training/accelerator_setup.py prepare_accelerator: "DeepSpeed is not supported in this script currently";
+        # accelerate still builds a DeepSpeed plugin from its own config (Accelerator.__init__ reads this variable)
+        raise LoliConfigError(
+            "musubi-tuner does not offer DeepSpeed (its prepare_accelerator builds no DeepSpeed plugin), but "
+            "accelerate is set to use it (ACCELERATE_USE_DEEPSPEED=true: `accelerate config` answered yes to "
+            "DeepSpeed, or `accelerate launch --use_deepspeed`). loli-plugin does not run LoliClustered there: "
+            "nothing checks that configuration, and its optimizer offload would put DeepSpeedCPUAdam in "
+            "LoliClustered's place. Launch without DeepSpeed (plain multi-GPU works), or use optimizer_args "
+            "offload=cpu for the banks' memory"
+        )
     sampling = getattr(args, "timestep_sampling", "sigma")
     if sampling in patches.MIXTURES and getattr(args, "preserve_distribution_shape", False):
         raise LoliConfigError(

@@ -70,7 +70,8 @@ def check_config(config: dict, options: dict[str, str] | None = None, fix_offloa
             config["zero_force_ds_cpu_optimizer"] = False
             notes.append(
                 "optimizer offload to the CPU: zero_force_ds_cpu_optimizer set to false so that DeepSpeed keeps "
-                "LoliClustered (its banks then step on the CPU, with torch's CPU kernels, not DeepSpeedCPUAdam)"
+                "LoliClustered. Its banks step on the CPU with torch's kernels: for inner AdamW add fused=True to the "
+                "optimizer arguments, whose CPU kernel is about as fast as DeepSpeedCPUAdam (docs/deepspeed.md)"
             )
         elif force not in (False, "false", "False"):
             raise LoliConfigError(

@@ -29,6 +29,9 @@ class LoliRun:
     loss_weights: dict | None = None
     #: the trainer's options for this run (its parsed arguments or config object)
     config: object = field(default=None, repr=False)
+    #: called once, at the first training draw: after the trainer has prepared its model and optimizer (with
+    #: accelerate: after ``accelerator.prepare``), before the first step; for checks and bindings that need them
+    before_first_draw: object = field(default=None, repr=False)
 
     @classmethod
     def for_optimizer(cls, optimizer, **kwargs) -> LoliRun:
@@ -54,6 +57,9 @@ class LoliRun:
             raise LoliConfigError(
                 "the LoliClustered optimizer of this run is gone; timesteps cannot follow its clusters"
             )
+        if self.before_first_draw is not None:
+            first, self.before_first_draw = self.before_first_draw, None
+            first()
         self.drawn_cluster = opt.current_cluster
         return self.drawn_cluster
 

@@ -10,6 +10,8 @@ and runs them; without them every test here is skipped with the reason and the c
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,3 +73,22 @@ def parse(kohya):
         return p.parse_args(["--pretrained_model_name_or_path", "unused", "--learning_rate", "1e-3", *argv])
 
     return parse
+
+
+@pytest.fixture(scope="session")
+def sd1_assets(kohya):
+    """Random SD1 checkpoint, tokenizer and images; cached per sd-scripts commit (about 40 s to build)."""
+    commit = (
+        (KOHYA_DIR / ".exported-commit").read_text().strip()[:8]
+        if (KOHYA_DIR / ".exported-commit").exists()
+        else "checkout"
+    )
+    out = Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser() / f"sd1-{commit}"
+    print(f"building SD1 test assets in {out} (cached)", file=sys.stderr)
+    subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "sd1_assets.py"), str(out)],
+        cwd=KOHYA_DIR,
+        check=True,
+        capture_output=True,
+    )
+    return out

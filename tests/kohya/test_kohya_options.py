@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -113,13 +114,66 @@ def test_plain_runs_are_not_touched(kohya, parse):
         (["--optimizer_args", "inner=AdamWScheduleFree"], "schedule-free"),
         (["--loss_type", "loli", "--loli_loss_weights", "mse=-1"], "--loli_loss_weights"),
         (["--min_timestep", "100", "--max_timestep", "105"], "clusters=10 is larger than the 5 timesteps"),
-        (["--deepspeed"], "--deepspeed"),
+        (["--deepspeed", "--zero_stage", "3", "--offload_optimizer_device", "nvme"], "--offload_optimizer_device"),
+        (["--deepspeed", "--offload_optimizer_device", "cpu"], "could not reach accelerate's DeepSpeed config"),
     ],
 )
 def test_bad_options_fail_before_training(kohya, parse, argv, match):
     args = parse("--optimizer_type", "LoliClustered", *argv)
     with pytest.raises((LoliConfigError, ImportError, ValueError), match=match):
         kohya.train_util.get_optimizer(args, params())
+
+
+class _Accelerator:
+    """What the adapter reads of accelerate's Accelerator under --deepspeed: the DeepSpeed plugin's config
+    (library/deepspeed_utils.py prepare_deepspeed_plugin), and after prepare() the engine."""
+
+    def __init__(self, config, basic_optimizer=None, processes=1):
+        self.num_processes = processes
+        self.state = types.SimpleNamespace(deepspeed_plugin=types.SimpleNamespace(deepspeed_config=config))
+        engine = types.SimpleNamespace(basic_optimizer=basic_optimizer, optimizer=basic_optimizer)
+        self.deepspeed_engine_wrapped = types.SimpleNamespace(engine=engine)
+
+
+def test_deepspeed_configs_the_banks_cannot_work_under_are_refused_at_get_optimizer(kohya, parse, monkeypatch):
+    args = parse("--optimizer_type", "LoliClustered", "--deepspeed")
+    monkeypatch.setattr(adapter, "accelerator", _Accelerator({"optimizer": {"type": "AdamW"}}))
+    with pytest.raises(LoliConfigError, match="'optimizer' section"):
+        kohya.train_util.get_optimizer(args, params())
+    assert adapter.run is None
+    full_fp16 = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    full_fp16["fp16"] = {"enabled": True, "fp16_master_weights_and_grads": True}
+    monkeypatch.setattr(adapter, "accelerator", _Accelerator(full_fp16))
+    with pytest.raises(LoliConfigError, match="--full_fp16 / --fp16_master_weights_and_gradients"):
+        kohya.train_util.get_optimizer(args, params())
+
+
+def test_save_state_under_deepspeed_on_several_processes_is_refused_in_a_lora_script(kohya, parse, monkeypatch):
+    """NetworkTrainer.train calls accelerator.save_state on the main process only; DeepSpeed's save_checkpoint
+    waits for every rank (measured: tests/multiprocess/zero_loop.py saving on rank 0 alone hangs)."""
+    monkeypatch.setattr(adapter, "accelerator", _Accelerator({"zero_optimization": {"stage": 2}}, processes=2))
+    args = parse("--optimizer_type", "LoliClustered", "--deepspeed", "--save_state")
+    with pytest.raises(LoliConfigError, match="would hang at its first save"):
+        kohya.train_util.get_optimizer(args, params())
+    monkeypatch.setattr(adapter, "accelerator", _Accelerator({"zero_optimization": {"stage": 2}}, processes=1))
+    kohya.train_util.get_optimizer(args, params())  # one process: it saves on every rank there is
+    assert adapter.run is not None
+
+
+def test_deepspeed_cpu_offload_keeps_loliclustered_and_the_engine_is_checked_at_the_first_draw(
+    kohya, parse, monkeypatch
+):
+    config = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    accelerator = _Accelerator(config)
+    monkeypatch.setattr(adapter, "accelerator", accelerator)
+    args = parse("--optimizer_type", "LoliClustered", "--deepspeed", "--offload_optimizer_device", "cpu")
+    _, _, opt = kohya.train_util.get_optimizer(args, params())
+    assert config["zero_force_ds_cpu_optimizer"] is False  # accelerate keeps it (no DeepSpeedCPUAdam)
+    # the engine accelerate built steps something else: the first draw stops the run, before any step
+    accelerator.deepspeed_engine_wrapped.engine.basic_optimizer = torch.optim.AdamW(params())
+    with pytest.raises(LoliConfigError, match="steps AdamW, not LoliClustered"):
+        adapter.run.take_cluster()
+    assert opt.schedule.step == 0
 
 
 def test_unsupported_sd_scripts_version_fails_loudly(kohya, parse, monkeypatch):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,26 +18,9 @@ HERE = Path(__file__).parent
 K = 4
 
 
-@pytest.fixture(scope="session")
-def sd1_assets(kohya):
-    """Random SD1 checkpoint, tokenizer and images; cached per sd-scripts commit (about 40 s to build)."""
-    commit = (
-        (KOHYA_DIR / ".exported-commit").read_text().strip()[:8]
-        if (KOHYA_DIR / ".exported-commit").exists()
-        else "checkout"
-    )
-    out = Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser() / f"sd1-{commit}"
-    print(f"building SD1 test assets in {out} (cached)", file=sys.stderr)
-    subprocess.run(
-        [sys.executable, str(HERE / "sd1_assets.py"), str(out)], cwd=KOHYA_DIR, check=True, capture_output=True
-    )
-    return out
-
-
-def train(assets: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "train_network.py",
+def train_args(assets: Path, out: Path, *extra: str) -> list[str]:
+    """train_network.py's arguments for these tests (the DeepSpeed tests run the same)."""
+    return [
         "--pretrained_model_name_or_path",
         str(assets / "sd1-random.safetensors"),
         "--tokenizer_cache_dir",
@@ -88,7 +70,10 @@ def train(assets: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
         "1",  # the progress probe: before step 1, after steps 2 and 4
         *extra,
     ]
-    return run_logged(cmd, KOHYA_DIR, out)
+
+
+def train(assets: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_logged([sys.executable, "train_network.py", *train_args(assets, out, *extra)], KOHYA_DIR, out)
 
 
 @pytest.fixture(scope="module")

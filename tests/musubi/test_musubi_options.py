@@ -198,6 +198,16 @@ def test_bad_options_fail_before_training(musubi, parse, trainer, argv, match):
         trainer().get_optimizer(args, params())
 
 
+def test_accelerate_set_to_deepspeed_is_refused_before_loading_anything(musubi, parse, trainer, monkeypatch):
+    """musubi-tuner offers no DeepSpeed; accelerate turns it on from its own config (accelerate launch sets this)."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(LoliConfigError, match="musubi-tuner does not offer DeepSpeed"):
+        trainer().train(parse("--optimizer_type", "LoliClustered"))
+    plain = parse("--optimizer_type", "AdamW")  # not a Loli run: musubi-tuner's own first check
+    with pytest.raises(ValueError, match="dataset_config is required"):
+        trainer().train(plain)
+
+
 def test_train_checks_a_loli_run_before_loading_anything(musubi, parse, trainer):
     # musubi's own first check (no --dataset_config) comes after the plugin's
     bad = parse(
