@@ -291,8 +291,9 @@ class LoliClustered(torch.optim.Optimizer):
             yield self
         finally:
             self._in_one_step = False
-            if self._stepped_groups:
-                self._finish_step()
+        # not reached when the host's step raised: a step that did not finish is not counted
+        if self._stepped_groups:
+            self._finish_step()
 
     def register_step_complete_hook(self, hook: Callable) -> torch.utils.hooks.RemovableHandle:
         """``hook(optimizer)`` runs when an optimizer step is complete: at the end of ``step()``, or after
