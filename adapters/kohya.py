@@ -57,6 +57,7 @@ class KohyaAdapter(TrainerAdapter):
         super().__init__()
         self.accelerator = None
         self._measure = None  # (process_batch, its args, its kwargs) of the last training micro-batch
+        self._count_probe_steps = False  # --deepspeed, the probe with another optimizer: hook the engine's step
 
     def instrumentors(self):
         return [
@@ -101,10 +102,16 @@ class KohyaAdapter(TrainerAdapter):
         if self.run is None and (kohya_ss.requests_loss(args) or patches.requests_probe(args)):
             self.activate(args, optimizer=None)
         if self.run is not None and self.run.probe is not None and optimizer is not None:
+            from ..clustered import LoliClustered
             from ..run import attach_monitor_state, count_steps
 
             attach_monitor_state(optimizer, self.run.probe, key="loli_probe")
-            count_steps(optimizer, self.run.probe, self.after_step)
+            if getattr(args, "deepspeed", False) and not isinstance(optimizer, LoliClustered):
+                # DeepSpeed ZeRO steps this optimizer once per param group, inside its own step: count the engine's
+                # steps instead, from the first training micro-batch on (the engine exists then)
+                self._count_probe_steps = True
+            else:
+                count_steps(optimizer, self.run.probe, self.after_step)
 
     def activate(self, args, optimizer=None) -> LoliRun:
         """Start a Loli run for sd-scripts: validate, patch, carry the monitor in the optimizer's state."""
@@ -194,6 +201,7 @@ class KohyaAdapter(TrainerAdapter):
     def deactivate(self) -> None:
         super().deactivate()
         self._measure = None
+        self._count_probe_steps = False
 
     # ------------------------------------------------------------------ the progress probe
     def probe_batch(self, wrapped, args, kwargs) -> None:
@@ -202,6 +210,14 @@ class KohyaAdapter(TrainerAdapter):
         reference, before any step) as soon as the samples are there."""
         probe = self.run.probe
         bound = bind_arguments(wrapped, args, kwargs)
+        if self._count_probe_steps:
+            from ..deepspeed import after_engine_step
+            from ..run import count_probe_step
+
+            self._count_probe_steps = False
+            engine = getattr(getattr(self.accelerator, "deepspeed_engine_wrapped", None), "engine", None)
+            if engine is not None:
+                after_engine_step(engine, lambda: count_probe_step(probe, self.after_step))
         if probe.wants():
             probe.keep(bound["batch"], _batch_size(bound["batch"]))
         self._measure = (wrapped, args, kwargs)

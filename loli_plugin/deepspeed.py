@@ -137,3 +137,21 @@ def bind(engine) -> LoliClustered:
     step.__loli_bound__ = loli
     wrapper.step = step
     return loli
+
+
+def after_engine_step(engine, callback) -> None:
+    """Call ``callback()`` after each optimizer step the engine takes and does not skip (an fp16 overflow sets
+    the ZeRO/fp16 optimizer's ``overflow``): for step hooks of an optimizer DeepSpeed steps once per param
+    group inside its own step (the probe with a stock optimizer)."""
+    wrapper = engine.optimizer
+    original = wrapper.step
+
+    @functools.wraps(original)
+    def step(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if not getattr(wrapper, "overflow", False):
+            callback()
+        return result
+
+    step.__loli_bound__ = getattr(original, "__loli_bound__", None)
+    wrapper.step = step

@@ -140,10 +140,16 @@ def count_steps(optimizer, probe, after_step) -> None:
     ZeRO calls its ``step()`` once per param group or sub-group); any other optimizer, after its ``step()``."""
 
     def done(*_):
-        probe.steps += 1
-        after_step()
+        count_probe_step(probe, after_step)
 
     if hasattr(optimizer, "register_step_complete_hook"):
         optimizer.register_step_complete_hook(done)
     else:
         optimizer.register_step_post_hook(done)
+
+
+def count_probe_step(probe, after_step) -> None:
+    """One optimizer step for the probe: counted, then ``after_step()`` (from an optimizer's hook, or after a
+    DeepSpeed engine's own step: ``loli_plugin.deepspeed.after_engine_step``)."""
+    probe.steps += 1
+    after_step()

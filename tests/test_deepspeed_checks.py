@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loli_plugin import LoliClustered, LoliConfigError
-from loli_plugin.deepspeed import bind, check_config
+from loli_plugin.deepspeed import after_engine_step, bind, check_config
 
 #: a trainer's command-line options for some DeepSpeed settings, as an adapter passes them
 OPTIONS = {
@@ -133,8 +133,11 @@ class _Zero:
     def __init__(self, basic):
         self.optimizer = basic
         self.calls = 0
+        self.overflow = False
 
     def step(self):
+        if self.overflow:  # DeepSpeed's skipped step: the basic optimizer is not called
+            return
         group = self.optimizer.param_groups[0]
         everything = group["params"]
         for part in everything:
@@ -163,3 +166,19 @@ def test_bind_wraps_the_engines_optimizer_step_once():
     engine.basic_optimizer = torch.optim.AdamW(_params())
     with pytest.raises(LoliConfigError, match="steps AdamW, not LoliClustered"):
         bind(engine)
+
+
+def test_after_engine_step_runs_once_per_engine_step_and_not_on_a_skipped_one():
+    """A stock optimizer under ZeRO is stepped once per group inside the engine's step; hooks that must see
+    one step (the probe) follow the engine's step instead, skipping the ones DeepSpeed skipped."""
+    params = _params()
+    inner = torch.optim.AdamW(params, lr=1e-2)
+    engine = _Engine(inner)
+    seen = []
+    after_engine_step(engine, lambda: seen.append(engine.optimizer.calls))
+    _grads(params, 0)
+    engine.optimizer.step()
+    assert seen == [2]  # once, after both per-part calls
+    engine.optimizer.overflow = True  # DeepSpeed skips this one
+    engine.optimizer.step()
+    assert seen == [2] and engine.optimizer.calls == 2
