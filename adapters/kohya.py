@@ -179,7 +179,20 @@ class KohyaAdapter(TrainerAdapter):
                 "the optimizer (sd-scripts issue #1247; its fix reached fine_tune.py, not NetworkTrainer). Drop "
                 "--save_state and --save_state_on_train_end (the LoRA is still saved), or train on one process"
             )
-        return check_config(config, DEEPSPEED_OPTIONS)
+        accumulation = getattr(args, "gradient_accumulation_steps", 1) or 1
+        if processes > 1 and accumulation > 1 and _accumulate_enters_no_sync(self.accelerator):
+            raise LoliConfigError(
+                f"--gradient_accumulation_steps {accumulation} with --deepspeed on {processes} processes: this "
+                "accelerate's accumulate() enters the DeepSpeed engine's no_sync between accumulation boundaries and "
+                "steps the engine inside it, which this DeepSpeed (0.16.0 and later) refuses, so the run would stop at "
+                "its first micro-batch whatever the optimizer (accelerate issue #3481). Use "
+                "--gradient_accumulation_steps 1 (a larger --train_batch_size instead), or train on one process"
+            )
+        notes = check_config(config, DEEPSPEED_OPTIONS)
+        stage = (config.get("zero_optimization") or {}).get("stage", 0)
+        share = f"its 1/{processes} share of the weights" if stage and processes > 1 else "the weights"
+        mode = f"--deepspeed, ZeRO stage {stage}: LoliClustered is DeepSpeed's basic optimizer, each rank banks {share}"
+        return [mode, *notes]
 
     def _bind_deepspeed(self, optimizer) -> None:
         """First training draw: accelerate has built the engine. It must step this LoliClustered (nothing may
@@ -286,6 +299,26 @@ def _batch_size(batch) -> int:
         if isinstance(value, torch.Tensor):
             return int(value.shape[0])
     return 1
+
+
+def _accumulate_enters_no_sync(accelerator) -> bool:
+    """Would accelerate's ``Accelerator.accumulate`` enter DeepSpeed's ``DeepSpeedEngine.no_sync`` (DeepSpeed 0.16.0
+    on) between accumulation boundaries? accelerate 1.6.0 (sd-scripts' pin) does, unless its gradient accumulation
+    plugin has ``sync_each_batch``; releases whose ``DeepSpeedEngineWrapper.backward`` takes ``sync_gradients``
+    (1.16.0) tell the engine the boundary instead and skip no_sync for ZeRO-2/3."""
+    import inspect
+
+    try:
+        from accelerate.utils.deepspeed import DeepSpeedEngineWrapper
+        from deepspeed.runtime.engine import DeepSpeedEngine
+    except ImportError:
+        return False
+    if not hasattr(DeepSpeedEngine, "no_sync"):
+        return False
+    if "sync_gradients" in inspect.signature(DeepSpeedEngineWrapper.backward).parameters:
+        return False
+    state = getattr(accelerator, "gradient_state", None)
+    return not (getattr(state, "plugin_kwargs", None) or {}).get("sync_each_batch", False)
 
 
 def _network_trainer() -> bool:

@@ -160,6 +160,29 @@ def test_save_state_under_deepspeed_on_several_processes_is_refused_in_a_lora_sc
     assert adapter.run is not None
 
 
+def test_gradient_accumulation_under_deepspeed_on_several_processes_is_refused_where_accelerate_would_crash(
+    kohya, parse, monkeypatch
+):
+    """sd-scripts' accelerate 1.6.0 steps the engine inside DeepSpeed's no_sync (DeepSpeed 0.16.0 on), which
+    stops every stage at the first micro-batch (measured: tests/kohya/test_kohya_deepspeed_e2e.py's docstring)."""
+    pytest.importorskip(
+        "deepspeed", reason="DeepSpeed is not installed in this venv: DS_BUILD_OPS=0 pip install deepspeed"
+    )
+    adapter.deactivate()
+    accelerator = _Accelerator({"zero_optimization": {"stage": 1}}, processes=2)
+    monkeypatch.setattr(adapter, "accelerator", accelerator)
+    args = parse("--optimizer_type", "LoliClustered", "--deepspeed", "--gradient_accumulation_steps", "2")
+    with pytest.raises(LoliConfigError, match="--gradient_accumulation_steps 1"):
+        kohya.train_util.get_optimizer(args, params())
+    assert adapter.run is None
+    kohya.train_util.get_optimizer(parse("--optimizer_type", "LoliClustered", "--deepspeed"), params())  # 1: fine
+    adapter.deactivate()
+    # accelerate's sync_each_batch keeps accumulate() out of no_sync: nothing to refuse
+    accelerator.gradient_state = types.SimpleNamespace(plugin_kwargs={"sync_each_batch": True})
+    kohya.train_util.get_optimizer(args, params())
+    assert adapter.run is not None
+
+
 def test_deepspeed_cpu_offload_keeps_loliclustered_and_the_engine_is_checked_at_the_first_draw(
     kohya, parse, monkeypatch
 ):
