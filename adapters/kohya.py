@@ -171,6 +171,14 @@ class KohyaAdapter(TrainerAdapter):
                 )
         saves = getattr(args, "save_state", False) or getattr(args, "save_state_on_train_end", False)
         processes = getattr(self.accelerator, "num_processes", None) or int(os.environ.get("WORLD_SIZE", "1"))
+        if saves and _end_training_destroys_process_group():
+            raise LoliConfigError(
+                "--save_state with --deepspeed: sd-scripts saves the last state after accelerator.end_training(), "
+                "which in this accelerate destroys the process group, so DeepSpeed's save_checkpoint fails there and "
+                "the run stops before it writes the final model, whatever the optimizer (measured with "
+                "train_network.py on one process). Drop --save_state and --save_state_on_train_end (the model is "
+                "still saved, --save_every_n_steps/--save_every_n_epochs too), or train without --deepspeed"
+            )
         if saves and processes > 1 and _network_trainer():
             raise LoliConfigError(
                 f"--save_state with --deepspeed on {processes} processes: sd-scripts' NetworkTrainer.train "
@@ -272,6 +280,11 @@ class KohyaAdapter(TrainerAdapter):
         if getattr(accelerator, "num_processes", 1) > 1:  # every rank probes its own samples; the log is their mean
             reduce = lambda values: accelerator.reduce(values, reduction="mean")  # noqa: E731
         run.probe.run(evaluate, modules, reduce)
+        if not getattr(accelerator, "is_main_process", True):
+            # sd-scripts' trackers live on the main process only, so no other rank ever logs (takes) the probe's
+            # values; left pending, its probe would never be due again while the main process waits for it in the
+            # next probe's all-reduce: every multi-process run with the probe hung at its second probe
+            run.probe.take_logs()
 
 
 def _probe(args, optimizer):
@@ -319,6 +332,19 @@ def _accumulate_enters_no_sync(accelerator) -> bool:
         return False
     state = getattr(accelerator, "gradient_state", None)
     return not (getattr(state, "plugin_kwargs", None) or {}).get("sync_each_batch", False)
+
+
+def _end_training_destroys_process_group() -> bool:
+    """Does accelerate's ``Accelerator.end_training`` destroy the process group (1.6.0, sd-scripts' pin)? Every
+    sd-scripts training script calls it before ``train_util.save_state_on_train_end``."""
+    import inspect
+
+    try:
+        from accelerate import Accelerator
+
+        return "destroy_process_group" in inspect.getsource(Accelerator.end_training)
+    except (ImportError, OSError, TypeError):
+        return False
 
 
 def _network_trainer() -> bool:

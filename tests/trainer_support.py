@@ -95,9 +95,12 @@ def run_python(code, path, env_extra=None, args=()):
     )
 
 
-def run_logged(cmd: list[str], cwd: Path, out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a trainer's script from its folder; its output goes to ``out/train.log``, a failure shows its end."""
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+def run_logged(
+    cmd: list[str], cwd: Path, out: Path, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """Run a trainer's script from its folder; its output goes to ``out/train.log``, a failure shows its end.
+    ``timeout`` (seconds): a multi-process run whose ranks wait for each other forever fails instead of hanging."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc

@@ -148,16 +148,28 @@ def test_deepspeed_configs_the_banks_cannot_work_under_are_refused_at_get_optimi
         kohya.train_util.get_optimizer(args, params())
 
 
-def test_save_state_under_deepspeed_on_several_processes_is_refused_in_a_lora_script(kohya, parse, monkeypatch):
-    """NetworkTrainer.train calls accelerator.save_state on the main process only; DeepSpeed's save_checkpoint
-    waits for every rank (measured: tests/multiprocess/zero_loop.py saving on rank 0 alone hangs)."""
-    monkeypatch.setattr(adapter, "accelerator", _Accelerator({"zero_optimization": {"stage": 2}}, processes=2))
+def test_save_state_under_deepspeed_is_refused(kohya, parse, monkeypatch):
+    """Every sd-scripts script saves the last state after ``accelerator.end_training()``, which accelerate 1.6.0
+    ends with the process group destroyed: measured, ``train_network.py --deepspeed --save_state`` on one process
+    stops in DeepSpeed's save_checkpoint (its barrier) before writing the final LoRA. With a later accelerate,
+    NetworkTrainer.train still saves on the main process only, while DeepSpeed's save_checkpoint waits for every
+    rank (tests/multiprocess/zero_loop.py saving on rank 0 alone hangs)."""
+    from loli_plugin.adapters import kohya as kohya_adapter
+
+    adapter.deactivate()
     args = parse("--optimizer_type", "LoliClustered", "--deepspeed", "--save_state")
-    with pytest.raises(LoliConfigError, match="would hang at its first save"):
-        kohya.train_util.get_optimizer(args, params())
     monkeypatch.setattr(adapter, "accelerator", _Accelerator({"zero_optimization": {"stage": 2}}, processes=1))
+    assert kohya_adapter._end_training_destroys_process_group()  # sd-scripts' accelerate 1.6.0
+    with pytest.raises(LoliConfigError, match="destroys the process group"):
+        kohya.train_util.get_optimizer(args, params())
+    assert adapter.run is None
+    monkeypatch.setattr(kohya_adapter, "_end_training_destroys_process_group", lambda: False)  # a later accelerate
     kohya.train_util.get_optimizer(args, params())  # one process: it saves on every rank there is
     assert adapter.run is not None
+    adapter.deactivate()
+    monkeypatch.setattr(adapter, "accelerator", _Accelerator({"zero_optimization": {"stage": 2}}, processes=2))
+    with pytest.raises(LoliConfigError, match="would hang at its first save"):
+        kohya.train_util.get_optimizer(args, params())
 
 
 def test_gradient_accumulation_under_deepspeed_on_several_processes_is_refused_where_accelerate_would_crash(
