@@ -133,6 +133,7 @@ class Architecture:
     source: str
     #: class names of the blocks whose Linear / 1x1 Conv2d layers a LoRA targets
     lora_blocks: tuple[str, ...]
+    #: what the LoRA wraps, in words (the trainer module it follows is cited beside each entry)
     lora_source: str
     fuse: dict = field(default_factory=dict)
 
@@ -144,7 +145,7 @@ ARCHITECTURES = {
         SD15_UNET,
         "stable-diffusion-v1-5/stable-diffusion-v1-5 unet/config.json",
         ("Transformer2DModel",),
-        "sd-scripts networks/lora.py",
+        "LoRA on every Linear and 1x1 Conv2d of its Transformer2DModels",  # sd-scripts networks/lora.py
     ),
     "sdxl": Architecture(
         "SDXL UNet",
@@ -152,7 +153,7 @@ ARCHITECTURES = {
         SDXL_UNET,
         "stabilityai/stable-diffusion-xl-base-1.0 unet/config.json",
         ("Transformer2DModel",),
-        "sd-scripts networks/lora.py",
+        "LoRA on every Linear and 1x1 Conv2d of its Transformer2DModels",  # sd-scripts networks/lora.py
     ),
     "flux": Architecture(
         "FLUX.1-dev transformer",
@@ -160,7 +161,7 @@ ARCHITECTURES = {
         FLUX_DEV,
         "black-forest-labs/FLUX.1-dev transformer/config.json",
         ("FluxTransformerBlock", "FluxSingleTransformerBlock"),
-        "sd-scripts networks/lora_flux.py (BFL layout)",
+        "LoRA on every Linear of its double and single blocks in BFL's layout",  # sd-scripts networks/lora_flux.py
         FLUX_FUSE,
     ),
     "wan14b": Architecture(
@@ -169,7 +170,7 @@ ARCHITECTURES = {
         WAN21_T2V_14B,
         "Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json",
         ("WanTransformerBlock",),
-        "musubi-tuner networks/lora_wan.py",
+        "LoRA on every Linear of its blocks",  # musubi-tuner networks/lora_wan.py
     ),
 }
 
@@ -243,7 +244,7 @@ def preset_tensors(name: str, rank: int | None = None) -> tuple[str, list[int]]:
     sizes = []
     for _, fan_in, fan_out in lora_targets(model, arch):
         sizes += [rank * fan_in, fan_out * rank]
-    return f"{preset.title} rank {rank} ({arch.title}, {arch.lora_source} targets)", sizes
+    return f"{preset.title} rank {rank} ({arch.title}; {arch.lora_source})", sizes
 
 
 # --------------------------------------------------------------------------- state bytes
@@ -374,7 +375,7 @@ def add_parser(sub) -> None:
         help="optimizer-state memory (GiB) of AdamW and each LoliClustered choice, for a parameter count or a preset",
         description="Optimizer-state memory in GiB of AdamW against each LoliClustered choice. Presets count the "
         "trained tensors of real architectures (diffusers classes with the published configs, built on the meta "
-        "device; LoRA targets as sd-scripts and musubi-tuner pick them).",
+        "device; LoRA targets as the trainers' LoRA modules pick them).",
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--params", type=parse_count, help="trained parameters, e.g. 85M, 2.6B or 20e6")
@@ -393,8 +394,8 @@ def add_parser(sub) -> None:
         "--dtype",
         choices=list(DTYPE_BYTES),
         default="fp32",
-        help="dtype of the trained weights, which torch's AdamW state follows (default fp32: sd-scripts, OneTrainer "
-        "and musubi-tuner train LoRA weights in fp32 unless told otherwise, e.g. --full_bf16)",
+        help="dtype of the trained weights, which torch's AdamW state follows (default fp32: the trainers keep LoRA "
+        "weights in fp32 unless told otherwise, e.g. with a full-bf16 option)",
     )
     p.set_defaults(func=run)
 
