@@ -189,12 +189,13 @@ def test_skip_messages_and_readme_name_the_script_and_the_pinned_commits():
         text = how_to_get(names[0], names, "LOLI_X_DIR", ".venv-x")
         assert f"python scripts/get-trainers {' '.join(names)}" in text
         assert all(read[n].short in text for n in names)
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Testing against the real trainers") :]
+    development = (ROOT / "docs" / "development.md").read_text()
+    section = development[development.index("## Testing against the real trainers") :]
     section = section[: section.index("\n## ")]
     assert "scripts/get-trainers" in section and all(read[n].short in section for n in TRAINERS)
     for text in (
-        readme,
+        (ROOT / "README.md").read_text(),
+        *(p.read_text() for p in (ROOT / "docs").rglob("*.md")),
         *(p.read_text() for p in (ROOT / "tests").glob("*/conftest.py")),
         (ROOT / "tests" / "trainer_support.py").read_text(),
     ):
