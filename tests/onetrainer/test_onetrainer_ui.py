@@ -337,7 +337,7 @@ def test_ctk_optimizer_window_and_training_tab_under_xvfb(ot, tmp_path):
             env={**os.environ, "DISPLAY": display},
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=600,  # a hang guard: the child takes ~20 s of CPU, minutes on a loaded machine
         )
     failed = f"ctk probe failed (rc {child.returncode}):\n{child.stdout[-4000:]}\n{child.stderr[-8000:]}"
     data = json.loads(report.read_text()) if report.exists() else {}  # written as far as the probe got
