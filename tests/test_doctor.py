@@ -97,7 +97,7 @@ def test_disabled_hook_is_reported_off(monkeypatch):
 def fake_checkouts(root: Path, body: str) -> list[tuple[object, Path]]:
     """For every installed adapter whose checkout a tree of its patch modules passes for: (adapter, that
     tree), every module its patches name holding ``body``."""
-    from loli_plugin.host import adapters
+    from loli_plugin.adapter import adapters
 
     found = []
     for adapter in adapters():
