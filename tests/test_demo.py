@@ -45,7 +45,7 @@ def test_demo_prints_both_runs_side_by_side(demo_run):
     assert "| FD |" in out and "| share labelled 9 |" in out
     assert "| band | t | base model | AdamW | LoliClustered | LoliClustered vs AdamW |" in out
     assert all(f"\n| {band} | " in out for band in range(10)) and "| geometric mean |" in out
-    assert "| cluster | t | AdamW step 0 | AdamW step 3 | LoliClustered step 3 | LoliClustered vs AdamW |" in out
+    assert "| cluster | t | both at step 0 | AdamW step 3 | LoliClustered step 3 | LoliClustered vs AdamW |" in out
     assert "What to look at:" in out
 
 
