@@ -32,8 +32,8 @@ def build_parser() -> OneLineParser:
 
     parser = OneLineParser(
         prog="loli-plugin",
-        description="loli-plugin tools: timestep-clustered optimizer states for sd-scripts, OneTrainer and "
-        "musubi-tuner. Start with `loli-plugin demo`; `loli-plugin COMMAND --help` explains each command.",
+        description="loli-plugin tools: timestep-clustered optimizer states for your diffusion trainer. Start with "
+        "`loli-plugin demo`; `loli-plugin COMMAND --help` explains each command.",
     )
     parser.add_argument("--version", action="version", version=f"loli-plugin {version()}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to run")
