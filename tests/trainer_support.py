@@ -13,13 +13,18 @@ import pytest
 PINS_MODULE = Path(__file__).resolve().parents[1] / "scripts" / "trainer_pins.py"
 
 
-def pins_module():
-    """scripts/trainer_pins.py, the reader of scripts/trainers.toml (a script folder, not a package)."""
-    spec = importlib.util.spec_from_file_location("loli_trainer_pins", PINS_MODULE)
+def script_module(name: str):
+    """``scripts/<name>.py`` as a module (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"loli_{name}", PINS_MODULE.with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
+
+
+def pins_module():
+    """scripts/trainer_pins.py, the reader of scripts/trainers.toml."""
+    return script_module("trainer_pins")
 
 
 def how_to_get(tests: str, names: tuple[str, ...], dir_variables: str, venv: str) -> str:
