@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
+from ..adapter import TrainerAdapter, pushed
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter, pushed
 from ..options import DEFAULT_CLUSTERS
 from ..patches import kohya as patches
-from ..patches.base import bind_arguments, call_replacing
+from ..patches.instrument import bind_arguments, call_replacing
 from ..run import LoliRun
 
 

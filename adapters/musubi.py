@@ -28,11 +28,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LoliConfigError
+from ..adapter import TrainerAdapter, pushed
+from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter, pushed
 from ..patches import musubi as patches
-from ..patches.base import LoliUnsupportedTrainerError
 from ..run import LoliRun
 
 #: the modules the family overrides live in when reached through musubi-tuner's package

@@ -34,8 +34,8 @@ import torch
 
 from ..errors import LoliConfigError
 from ..options import DEFAULT_CLUSTERS
-from .base import FunctionPatch, Instrumentor, bind_arguments, call_replacing
 from .draws import StratifiedTorch, cluster_draw
+from .instrument import FunctionPatch, Instrumentor, bind_arguments, call_replacing
 
 SUPPORTED = "kohya-ss/sd-scripts v0.10.0 or newer (tested at commit 48d368f, v0.10.1-5)"
 LIBRARY = "kohya-ss/sd-scripts"

@@ -46,9 +46,9 @@ import sys
 
 import torch
 
-from ..errors import LoliConfigError
-from .base import FunctionPatch, Instrumentor, LoliUnsupportedTrainerError, bind_arguments, call_replacing
+from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from .draws import StratifiedTorch, cluster_draw
+from .instrument import FunctionPatch, Instrumentor, bind_arguments, call_replacing
 
 # musubi-tuner reads --optimizer_type / --optimizer_args exactly like sd-scripts (same author): one
 # `key=value` per argument, each value through ast.literal_eval, and the same dotted-class branch.
