@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from loli_plugin.errors import LoliUnsupportedTrainerError
-from loli_plugin.patches import kohya as kp
+from loli_plugin.patches import kohya_ss
 from loli_plugin.patches.draws import StratifiedTorch
 from loli_plugin.patches.instrument import (
     EnumMemberPatch,
@@ -382,10 +382,10 @@ def test_bind_arguments_and_call_replacing():
 
 
 def test_quote_name_args():
-    assert kp.quote_name_args(
+    assert kohya_ss.quote_name_args(
         ["inner=AdamW8bit", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner = Lion"]
     ) == ["inner='AdamW8bit'", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner='Lion'"]
-    assert kp.quote_name_args(None) == []
+    assert kohya_ss.quote_name_args(None) == []
 
 
 def test_stratified_torch_replaces_only_the_first_draw():
