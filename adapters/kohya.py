@@ -34,6 +34,7 @@ import torch
 from ..adapter import TrainerAdapter, pushed
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
+from ..layout import TrainerLayout
 from ..options import DEFAULT_CLUSTERS
 from ..patches import kohya as patches
 from ..patches import kohya_ss
@@ -54,6 +55,14 @@ class KohyaAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    # `library` is a common name: sd-scripts' is told by its files
+    layout = TrainerLayout(
+        "library",
+        patches.LIBRARY,
+        minimum="v0.10.0",
+        markers=("train_util.py", "config_util.py", "custom_train_functions.py", "model_util.py"),
+    )
+    activation = patches.GET_OPTIMIZER
 
     def __init__(self) -> None:
         super().__init__()
@@ -203,16 +212,14 @@ class KohyaAdapter(TrainerAdapter):
         run.probe.run(evaluate, modules, reduce)
 
     # ------------------------------------------------------------------ the optimizer's constructor
-    def on_optimizer_created(self, optimizer) -> None:
-        train_util = sys.modules.get(patches.TRAIN_UTIL)
-        if train_util is None or not self.recognises(train_util):
-            return  # not inside sd-scripts
-        if self._building:
-            self.activate(self._building[-1], optimizer)
-            return
-        if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
-            return  # built by the user's own code, outside sd-scripts' get_optimizer: not a kohya run
-        raise self.not_integrated_error("sd-scripts")
+    def adopt(self, optimizer) -> bool:
+        if not self._building:
+            return False
+        self.activate(self._building[-1], optimizer)
+        return True
+
+    def asked_in_argv(self, argv: list[str]) -> str:
+        return kohya_ss.asked_in_argv(argv)
 
 
 def _probe(args, optimizer):

@@ -31,6 +31,7 @@ from pathlib import Path
 from ..adapter import TrainerAdapter, pushed
 from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from ..hookspecs import hookimpl
+from ..layout import OldLayout, TrainerLayout
 from ..patches import kohya_ss
 from ..patches import musubi as patches
 from ..run import LoliRun
@@ -54,6 +55,21 @@ class MusubiAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    layout = TrainerLayout(
+        "musubi_tuner",
+        patches.LIBRARY,
+        minimum="v0.3.4",
+        roots=("src", "."),
+        distribution="musubi-tuner",
+        old=(
+            OldLayout(
+                "NetworkTrainer in hv_train_network.py (musubi-tuner before v0.3.0)",
+                present=("hv_train_network.py",),
+                absent=("training/trainer_base.py",),
+            ),
+        ),
+    )
+    activation = patches.GET_OPTIMIZER
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,15 +189,14 @@ class MusubiAdapter(TrainerAdapter):
         self._script_overrides.clear()
 
     # ------------------------------------------------------------------ the optimizer's constructor
-    def on_optimizer_created(self, optimizer) -> None:
-        if patches.TRAINER_BASE not in sys.modules:
-            return  # not inside musubi-tuner
-        if self._building:
-            self.activate(*self._building[-1], optimizer)
-            return
-        if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
-            return  # built by the user's own code, outside NetworkTrainer.get_optimizer: not a musubi run
-        raise self.not_integrated_error("musubi-tuner")
+    def adopt(self, optimizer) -> bool:
+        if not self._building:
+            return False
+        self.activate(*self._building[-1], optimizer)
+        return True
+
+    def asked_in_argv(self, argv: list[str]) -> str:
+        return kohya_ss.asked_in_argv(argv)
 
 
 def _asked(args) -> str:

@@ -29,6 +29,7 @@ import torch
 from ..adapter import TrainerAdapter
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
+from ..layout import TrainerLayout
 from ..options import DEFAULT_CLUSTERS
 from ..patches import onetrainer as patches
 from ..run import LoliRun
@@ -49,6 +50,14 @@ class OneTrainerAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    # `modules` is a common name: OneTrainer's is told by its files
+    layout = TrainerLayout(
+        "modules",
+        patches.LIBRARY,
+        minimum="commit 23df383 (2026-08-19)",
+        markers=("util/create.py", "util/enum/Optimizer.py", "util/config/TrainConfig.py", "trainer/GenericTrainer.py"),
+    )
+    activation = patches.CREATE_OPTIMIZER
 
     def instrumentors(self):
         return [
@@ -171,9 +180,10 @@ class OneTrainerAdapter(TrainerAdapter):
         modules = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
         run.probe.run(evaluate, modules)
 
-    def build_optimizer(self, create_optimizer, bound: dict):
-        """Build LoliClustered for ``create_optimizer``'s arguments (``create_optimizer`` is the original):
-        OneTrainer's own branch builds the inner optimizer, LoliClustered wraps it, a backup is loaded."""
+    def build_optimizer(self, create_inner, bound: dict):
+        """Build LoliClustered for ``create_optimizer``'s arguments ``bound``: OneTrainer's own branch builds
+        the inner optimizer (``create_inner(config)``: the original with the caller's other arguments, as
+        they came), LoliClustered wraps it, a backup is loaded."""
         from modules.util.enum.Optimizer import Optimizer
 
         from .. import LoliClustered
@@ -223,7 +233,7 @@ class OneTrainerAdapter(TrainerAdapter):
             inner_optimizer_config.optimizer = inner_member
             inner_config = copy.copy(config)
             inner_config.optimizer = inner_optimizer_config
-            inner = create_optimizer(bound["parameter_group_collection"], None, inner_config, bound.get("layer_key_fn"))
+            inner = create_inner(inner_config)
         if inner is None:
             raise LoliConfigError(f"OneTrainer built no optimizer for Inner Optimizer {inner_name}")
         optimizer = LoliClustered.wrap(

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ENV_DISABLE, LoliUnsupportedTrainerError
+from .layout import TrainerLayout, package_folder
 from .patches.instrument import Instrumentor, Patch, unsupported_message
 
 
@@ -56,6 +57,11 @@ class TrainerAdapter:
     supported: str = ""
     #: the manifest file listing the watched modules (``Path(__file__).with_suffix(".watch")``)
     manifest: Path | None = None
+    #: the trainer's package, the supported minimum and the layouts known unsupported (``loli_plugin.layout``):
+    #: a LoliClustered built while this package is imported, but not through ``activation``, is refused
+    layout: TrainerLayout | None = None
+    #: the patch of the trainer's optimizer factory, through which every Loli run of this trainer starts
+    activation: Patch | None = None
 
     def __init__(self) -> None:
         self.run = None
@@ -103,7 +109,11 @@ class TrainerAdapter:
     # ------------------------------------------------------------------ policy
     def on_import(self, module) -> None:
         """A watched module was imported: check its patches, apply the import-scope ones that fit (and
-        the run-scope ones when a run is active), record the rest."""
+        the run-scope ones when a run is active), record the rest. The trainer's top-level package (watched
+        where the adapter knows older layouts) is checked for its layout instead."""
+        if self.layout is not None and module.__name__ == self.layout.package:
+            self.check_layout(module)
+            return
         if not self.recognises(module):
             return
         name = module.__name__
@@ -151,22 +161,61 @@ class TrainerAdapter:
                 unsupported_message(self.library, self.supported, {n: r for n, (p, r) in self.problems.items()}, asked)
             )
 
-    def not_integrated_error(self, trainer: str) -> LoliUnsupportedTrainerError:
-        """For ``on_optimizer_created``: a LoliClustered is being built inside ``trainer`` (a short name,
-        e.g. "sd-scripts") but this adapter's entry patch is not in place, so the trainer would draw its
-        stock timesteps while the cluster banks assume one cluster per step. Says why and how to fix it."""
+    def check_layout(self, package) -> None:
+        """The trainer's package was imported: a layout this adapter does not fit (``layout.old``, or no
+        module of ``activation``) is said once, in one line, and blocks Loli runs; a plain run goes on."""
+        if not self.layout.recognises(package) or self.activation is None:
+            return
+        folder = package_folder(package)
+        problem = self.layout.layout_problem(folder, self.activation.module)
+        if problem is None or f"{self.name}:layout" in self.problems:
+            return
+        self.problems[f"{self.name}:layout"] = (None, f"{self.layout.describe(folder)}: {problem}")
+        asked = self.asked_in_argv(sys.argv[1:])
+        warn(
+            f"{self.layout.describe(folder)}: {problem} (supported: {self.layout.minimum} or later). "
+            + (
+                f"This run asks for {asked}, which loli-plugin cannot serve here; the trainer's own error about it "
+                f"may follow. Update {self.layout.library} to {self.layout.minimum} or later, or train without it."
+                if asked
+                else "Plain runs are unaffected; runs with Loli options are refused."
+            )
+        )
+
+    def asked_in_argv(self, argv: list[str]) -> str:
+        """The Loli options a command line asks for ("--optimizer_type LoliClustered", ...; "" for none),
+        for the one line said at the import of a layout this adapter does not fit."""
+        return ""
+
+    def not_integrated_error(self, folder: Path | None = None) -> LoliUnsupportedTrainerError:
+        """For ``on_optimizer_created``: a LoliClustered is being built inside this trainer (whose package
+        is at ``folder``) while its optimizer factory is imported but not patched, so the trainer would draw
+        its stock timesteps while the cluster banks assume one cluster per step. Says why and how to fix it."""
+        trainer = self.layout.describe(folder) if self.layout is not None and folder is not None else self.library
         return LoliUnsupportedTrainerError(
             f"loli_plugin.LoliClustered is being built inside {trainer}, "
-            f"but loli-plugin's {trainer} integration is not "
+            f"but loli-plugin's {self.library} integration is not "
             + (
                 "installed: " + "; ".join(r for _, r in self.problems.values())
                 if self.problems
                 else f"active (the start-up hook did not run: {ENV_DISABLE} is set, "
                 "loli-plugin is an editable install, or Python runs without site)"
             )
-            + f". Without it {trainer} would draw its stock timesteps and the cluster banks would not match them. "
-            f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
+            + f". Without it {self.library} would draw its stock timesteps and the cluster banks would not match "
+            f"them. Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
             "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
+        )
+
+    def layout_error(self, folder: Path, problem: str) -> LoliUnsupportedTrainerError:
+        """For ``on_optimizer_created``: a LoliClustered is being built inside a layout of this trainer that
+        no patch of this adapter reaches (``problem`` says why)."""
+        layout = self.layout
+        return LoliUnsupportedTrainerError(
+            f"loli_plugin.LoliClustered is being built inside {layout.describe(folder)}, but {problem}. "
+            f"loli-plugin cannot make this {layout.library} draw one cluster's timesteps per step, so it would "
+            f"train with its stock timesteps under the cluster banks. Supported: {layout.minimum} or later "
+            f"({self.supported}). Update {layout.library} to {layout.minimum} or later, or train without "
+            f"loli_plugin.LoliClustered; in a training loop of your own, do not import {layout.package}."
         )
 
     def _patch(self, name: str) -> Patch | None:
@@ -177,8 +226,35 @@ class TrainerAdapter:
         return None
 
     # ------------------------------------------------------------------ run lifecycle
+    def adopt(self, optimizer) -> bool:
+        """A ``LoliClustered`` was built: if the trainer's optimizer factory built it (its patch is running),
+        start this adapter's run with it and return True."""
+        return False
+
+    def is_applied(self, patch: Patch) -> bool:
+        return any(inst.is_applied(patch) for inst, _ in self.instrumentors())
+
     def on_optimizer_created(self, optimizer) -> None:
-        """A ``LoliClustered`` was built (any route); adapters attach to their trainer's run here."""
+        """A ``LoliClustered`` was built, by any route. Never the stock sampler under it: when this
+        trainer's package is imported, either its optimizer factory built it (``adopt``: the run starts),
+        or the user's own code did, beside a trainer whose factory is patched or not even imported. Any
+        other way (a layout no patch reaches: older, newer, a fork; the start-up hook off) the trainer would
+        train with its stock timesteps under the cluster banks, so it is refused here, before any step.
+        Without a package of this trainer (a plain PyTorch loop) nothing happens."""
+        package = self.layout.imported() if self.layout is not None else None
+        if package is None or self.activation is None:
+            return
+        if self.adopt(optimizer):
+            return
+        folder = package_folder(package)
+        if self.activation.module in sys.modules:
+            if self.is_applied(self.activation):
+                return  # the user's own code, outside the trainer's (patched) optimizer factory
+            raise self.not_integrated_error(folder)
+        problem = self.layout.layout_problem(folder, self.activation.module)
+        if problem is not None:
+            raise self.layout_error(folder, problem)
+        # the trainer's optimizer factory is not imported: the user's own loop beside the trainer's helpers
 
     def deactivate(self) -> None:
         """Forget the run and undo the run-scope patches (tests; a second run in one process)."""

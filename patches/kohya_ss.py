@@ -52,6 +52,21 @@ def asked(args, probe: bool = False) -> str:
     return " and ".join(parts) or "a Loli run"
 
 
+def asked_in_argv(argv: list[str]) -> str:
+    """``asked`` for a command line read without the trainer's parser (for the one line said at the import
+    of a layout loli-plugin cannot serve), or "" when it asks for no Loli option."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--optimizer_type", default="")
+    parser.add_argument("--loss_type", default=None)
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except SystemExit:  # an option given without its value: the trainer's parser says so
+        return ""
+    return asked(args) if requests_optimizer(args) or requests_loss(args) else ""
+
+
 def add_loss_options(parser, new_loss_type: dict | None = None) -> None:
     """``loli`` among the ``--loss_type`` choices and the ``--loli_loss_weights`` option. A parser without
     ``--loss_type`` gets one made of ``new_loss_type`` (``add_argument``'s keywords), when given."""

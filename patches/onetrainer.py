@@ -2,7 +2,7 @@
 version number, so support is decided by the presence and signatures of the targets below).
 
 Wrappers receive the adapter as ``context`` (handed over at instrument time) and use ``context.run``,
-``context.check_request(config)``, ``context.build_optimizer(create_optimizer, bound)`` and
+``context.check_request(config)``, ``context.build_optimizer(create_inner, bound)`` and
 ``context.activate_loss(config)``. Every wrapper passes through unless the run uses a Loli option.
 
 Instrumentors (scope ``import``: applied when the module is imported; ``run``: when a run asks for a
@@ -27,7 +27,14 @@ import torch
 from ..errors import LoliConfigError
 from ..options import DEFAULT_CLUSTERS
 from .draws import cluster_draw
-from .instrument import EnumMemberPatch, FunctionPatch, Instrumentor, MappingEntryPatch, bind_arguments
+from .instrument import (
+    EnumMemberPatch,
+    FunctionPatch,
+    Instrumentor,
+    MappingEntryPatch,
+    bind_arguments,
+    call_replacing,
+)
 
 SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one with the same functions"
 LIBRARY = "Nerogar/OneTrainer"
@@ -111,7 +118,7 @@ def maybe_adjust_lrs(context, wrapped, instance, args, kwargs):
     if member._name_ == MEMBER:
         inner = type(member)._member_map_.get(str(getattr(optimizer, "inner_name", "")))
         if inner is not None and inner._name_ != MEMBER:
-            return getattr(wrapped, "__func__", wrapped)(inner, bound["lrs"], optimizer)
+            return call_replacing(wrapped, args, kwargs, self=inner)  # every other argument as it came
     return wrapped(*args, **kwargs)
 
 
@@ -199,6 +206,7 @@ REGISTRATION = Instrumentor(
             "lr/<group> shows d*lr for adaptive inner optimizers",
             "logs",
             params=["self", "lrs", "optimizer"],
+            reads=["self", "optimizer"],
             wrapper=maybe_adjust_lrs,
             optional=True,
         ),
@@ -251,12 +259,18 @@ def create_optimizer(context, wrapped, instance, args, kwargs):
     """modules/util/create.py ``create_optimizer(parameter_group_collection, state_dict, config, layer_key_fn)``:
     for LOLI_CLUSTERED, OneTrainer's own branch builds the inner optimizer (so every inner parameter
     keeps working), LoliClustered wraps it, and the backup state is loaded into the wrapper; a run with
-    only a cosine strength activates the loss."""
+    only a cosine strength activates the loss. The inner call gets the caller's arguments with only
+    ``state_dict`` and ``config`` replaced: the last parameter (``layer_key_fn`` here, ``model`` in
+    OneTrainer pull requests #1344 and #1557) is passed on as it came, whatever its name."""
     bound = bind_arguments(wrapped, args, kwargs)
     config = bound["config"]
     context.check_request(config)
     if str(config.optimizer.optimizer) == MEMBER:
-        return context.build_optimizer(wrapped, bound)
+
+        def create_inner(inner_config):
+            return call_replacing(wrapped, args, kwargs, state_dict=None, config=inner_config)
+
+        return context.build_optimizer(create_inner, bound)
     saved = bound["state_dict"]
     # the probe's saved state: taken out before OneTrainer's own load, which knows nothing of it
     probe_state = saved.pop("loli_probe", None) if isinstance(saved, dict) else None
@@ -265,6 +279,17 @@ def create_optimizer(context, wrapped, instance, args, kwargs):
     return optimizer
 
 
+#: where every Loli run activates (feature "activation"); it reads and replaces only the first three
+#: parameters and forwards the fourth (``layer_key_fn``, or ``model`` in OneTrainer PRs #1344/#1557) untouched
+CREATE_OPTIMIZER = FunctionPatch(
+    CREATE,
+    "create_optimizer",
+    "builds LOLI_CLUSTERED around the inner optimizer; activates Loli runs",
+    "activation",
+    params=["parameter_group_collection", "state_dict", "config", "layer_key_fn"],
+    reads=["parameter_group_collection", "state_dict", "config"],
+    wrapper=create_optimizer,
+)
 ENTRY = Instrumentor(
     LIBRARY,
     SUPPORTED,
@@ -278,14 +303,7 @@ ENTRY = Instrumentor(
             reads=["config"],
             wrapper=create_trainer,
         ),
-        FunctionPatch(
-            CREATE,
-            "create_optimizer",
-            "builds LOLI_CLUSTERED around the inner optimizer; activates Loli runs",
-            "activation",
-            params=["parameter_group_collection", "state_dict", "config", "layer_key_fn"],
-            wrapper=create_optimizer,
-        ),
+        CREATE_OPTIMIZER,
     ],
 )
 
@@ -439,6 +457,7 @@ def report_to_tensorboard(context, wrapped, instance, args, kwargs):
 
 
 _LOSS_PARAMS = ["self", "batch", "data", "config"]
+_LOSS_READS = ["batch", "data", "config"]
 
 TRAINING = Instrumentor(
     LIBRARY,
@@ -459,6 +478,7 @@ TRAINING = Instrumentor(
             "cosine strength (unmasked)",
             "loss",
             params=_LOSS_PARAMS,
+            reads=_LOSS_READS,
             wrapper=unmasked_losses,
         ),
         FunctionPatch(
@@ -467,6 +487,7 @@ TRAINING = Instrumentor(
             "cosine strength (masked training)",
             "loss",
             params=_LOSS_PARAMS,
+            reads=_LOSS_READS,
             wrapper=masked_losses,
         ),
         FunctionPatch(
