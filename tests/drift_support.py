@@ -4,11 +4,12 @@ the test's temporary folder, never committed."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+from .trainer_support import script_module
+
+_checks = script_module("compat_checks")
 
 
 def drifted_copy(src: Path, dest: Path, edits: dict[str, list[tuple[str, str]]]) -> Path:
@@ -36,27 +37,13 @@ def drifted_copy(src: Path, dest: Path, edits: dict[str, list[tuple[str, str]]])
     return dest
 
 
-def run_driver(driver: Path, tree: Path, argv: list[str], disable: bool = False, extra_env: dict | None = None):
+def run_driver(driver: Path, tree: Path, argv, disable: bool = False, extra_env: dict | None = None):
     """Run ``driver`` (a script printing one JSON line last) in a fresh interpreter of this venv, from
-    ``tree``; returns (completed process, parsed JSON or None)."""
-    env = {**os.environ, **(extra_env or {})}
-    env.pop("LOLI_PLUGIN_DISABLE", None)
-    if disable:
-        env["LOLI_PLUGIN_DISABLE"] = "1"
-    proc = subprocess.run(
-        [sys.executable, str(driver), str(tree), json.dumps(argv)],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return proc, (json.loads(lines[-1]) if lines and proc.returncode == 0 else None)
+    ``tree``; returns (completed process, parsed JSON or None). (scripts/compat_checks.py, as the matrix.)"""
+    return _checks.run_driver(sys.executable, driver, tree, argv, disable=disable, env=extra_env)
 
 
-def plugin_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "loli-plugin" in line]
+plugin_lines = _checks.plugin_lines
 
 
 def check_plain_run_is_stock(

@@ -141,7 +141,7 @@ def toy(tmp_path):
     git("clone", "-q", "--bare", str(work), str(mirror), cwd=tmp_path)
     checkout = tmp_path / "checkout"
     (checkout / "scripts").mkdir(parents=True)
-    for name in ("compat-matrix", "compat_checks.py", "trainer_pins.py", "get-trainers"):
+    for name in ("compat-matrix", "compat_checks.py", "trainer_list.py", "get-trainers"):
         shutil.copy(ROOT / "scripts" / name, checkout / "scripts")
     (checkout / "docs").mkdir()
     (checkout / "tests" / "toy").mkdir(parents=True)
@@ -151,23 +151,19 @@ def toy(tmp_path):
     (checkout / "scripts" / "trainers.toml").write_text(
         textwrap.dedent(f"""
         [toy]
-        repo = "owner/toy"
-        commit = "{commit}"
+        library = "owner/toy"
         tests = "tests/toy"
         venv = ".venv-toy"
+        install = "tree"
+        check = "import toy"
+        versions = ["v1: previous release", "v2: release before", "dev: development branch"]
+        short = ["v1"]
 
-        [[toy.refs]]
-        ref = "v1"
-        kind = "previous release"
-        short = true
-
-        [[toy.refs]]
-        ref = "v2"
-        kind = "release before"
-
-        [[toy.refs]]
-        ref = "dev"
-        kind = "development branch"
+        [toy.sources.toy]
+        repo = "owner/toy"
+        commit = "{commit}"
+        marker = "behaviour.json"
+        dir_variable = "LOLI_TOY_DIR"
         """)
     )
 
@@ -209,7 +205,7 @@ def test_the_full_list_writes_the_table_and_fails_on_a_stock_run(toy):
 
 def test_a_ref_that_cannot_be_had_is_reported_not_hidden(toy):
     data = toy.checkout / "scripts" / "trainers.toml"
-    data.write_text(data.read_text() + '\n[[toy.refs]]\nref = "v9"\nkind = "missing"\n')
+    data.write_text(data.read_text().replace('"dev: development branch"', '"dev: development branch", "v9: missing"'))
     out = toy.run(
         "--mirrors", str(toy.mirrors), "--python", f"toy={sys.executable}", "--out", str(toy.checkout / "m.md")
     )
@@ -221,8 +217,11 @@ def test_a_ref_that_cannot_be_had_is_reported_not_hidden(toy):
 
 def test_bad_data_and_arguments_are_errors_that_say_what_to_fix(toy):
     out = toy.run("nosuch", "--mirrors", str(toy.mirrors))
-    assert out.returncode == 2 and "no refs listed for nosuch; listed: toy" in out.stderr
+    assert out.returncode == 2 and "no versions listed for nosuch; listed: toy" in out.stderr
     data = toy.checkout / "scripts" / "trainers.toml"
-    data.write_text(data.read_text().replace('tests = "tests/toy"\n', ""))
+    data.write_text(data.read_text().replace('short = ["v1"]', 'short = ["v7"]'))
     out = toy.run("--short")
-    assert out.returncode != 0 and "[toy] lists refs but no tests" in out.stderr
+    assert out.returncode == 2 and "short names v7, not in versions" in out.stderr
+    data.write_text(data.read_text().replace('"v1: previous release"', '"v1 previous release"'))
+    out = toy.run("--short")
+    assert out.returncode == 2 and 'versions must read "REF: what it is"' in out.stderr

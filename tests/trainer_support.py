@@ -49,6 +49,23 @@ def missing_export(name: str, how_to: str) -> str | None:
     return None
 
 
+def version_tree(name: str, ref: str) -> tuple[Path, str | None]:
+    """(folder, why it cannot be used or None) of another version of trainer ``name``'s own source, one of
+    its ``test_versions`` in scripts/trainers.toml (scripts/get-trainers NAME@REF writes it)."""
+    t = trainer(name)
+    if ref not in t.test_versions:
+        raise ValueError(f"{ref} is not in [{name}] test_versions of scripts/trainers.toml")
+    source = t.sources[0]
+    folder = trainer_list().version_dir(source, ref, trainer_list().read_pins())
+    if (folder / ".exported-commit").is_file():
+        return folder, None
+    return folder, (
+        f"{source.repo} {ref} not found at {folder}; `python scripts/get-trainers {source.name}@{ref}` exports it "
+        "from GitHub (offline: add `--mirrors DIR` for bare clones at DIR/<owner>+<name>/repo); "
+        f"`LOLI_TRAINERS={name} bash .ci/run` does it from the mirrors it finds"
+    )
+
+
 def how_to_get(name: str) -> str:
     """The instructions a skipped trainer test gives: the script, the pinned commits, the venv."""
     t = trainer(name)

@@ -3,8 +3,9 @@ before and at its first step, through musubi-tuner's own code: parse with Qwen-I
 ``NetworkTrainer.train`` (which stops at musubi's own "dataset_config is required"), build the optimizer
 and step it once, draw timesteps, compute the loss. Prints "stage ..." lines as it goes and, last, one
 JSON line with exact (hex) values, so two runs can be compared bit for bit. Used by
-test_musubi_drift.py on drifted copies of the pinned tree (its ``src`` goes first on sys.path, ahead of
-the musubi-tuner installed in the venv)."""
+test_musubi_drift.py on drifted copies of the pinned tree and by scripts/compat-matrix and
+test_musubi_old_layout.py on other versions (its ``src`` goes first on sys.path, ahead of the
+musubi-tuner installed in the venv); a version without compute_loss (before v0.3.0) skips the loss."""
 
 import json
 import sys
@@ -15,7 +16,11 @@ sys.path.insert(0, f"{tree}/src")
 import torch  # noqa: E402
 from musubi_tuner import qwen_image_train_network as script  # noqa: E402
 from musubi_tuner.modules.scheduling_flow_match_discrete import FlowMatchDiscreteScheduler  # noqa: E402
-from musubi_tuner.training.trainer_base import DiTOutput  # noqa: E402
+
+try:
+    from musubi_tuner.training.trainer_base import DiTOutput
+except ImportError:  # musubi-tuner before v0.3.0 (NetworkTrainer in hv_train_network.py): no compute_loss
+    DiTOutput = None
 
 assert script.__file__.startswith(tree), script.__file__  # the drifted copy, not the venv's
 
@@ -58,11 +63,18 @@ out["timesteps"] = hexes(timesteps)
 out["noisy"] = hexes(noisy[:, 0, 0, 0, 0])
 print("stage timesteps", flush=True)
 
-torch.manual_seed(3)
-pred, target = torch.randn(2, 16, 1, 8, 8), torch.randn(2, 16, 1, 8, 8)
-loss, _ = trainer.compute_loss(
-    args, DiTOutput(pred=pred, target=target), torch.tensor([100.0, 900.0]), scheduler, torch.float32, torch.float32, 0
-)
-out["loss"] = hexes(loss)
-print("stage loss", flush=True)
+if DiTOutput is not None:
+    torch.manual_seed(3)
+    pred, target = torch.randn(2, 16, 1, 8, 8), torch.randn(2, 16, 1, 8, 8)
+    loss, _ = trainer.compute_loss(
+        args,
+        DiTOutput(pred=pred, target=target),
+        torch.tensor([100.0, 900.0]),
+        scheduler,
+        torch.float32,
+        torch.float32,
+        0,
+    )
+    out["loss"] = hexes(loss)
+    print("stage loss", flush=True)
 print(json.dumps(out))
