@@ -77,7 +77,7 @@ def check(adapter, path: Path) -> int:
 
 def _unfit_layout(adapter, path: Path) -> Path | None:
     """The trainer's package folder when ``path`` holds that trainer in a layout the adapter does not fit
-    (an old one it knows, e.g. musubi-tuner's hv_train_network.py era, or one it does not know)."""
+    (an old one it knows, ``TrainerLayout.old``, or one it does not know)."""
     layout, activation = getattr(adapter, "layout", None), getattr(adapter, "activation", None)
     if layout is None or activation is None:
         return None

@@ -1,10 +1,10 @@
 """Which trainer a process runs, told from its package's files: the data behind "never the stock sampler
 under LoliClustered".
 
-Each adapter declares a ``TrainerLayout``: the trainer's top-level package (``musubi_tuner``, sd-scripts'
-``library``, OneTrainer's ``modules``), the files that make a package of that name the trainer's (the
-generic names are shared with other projects), the supported minimum, where the package sits in a
-checkout, and the older layouts loli-plugin knows it does not support. With it the adapter layer
+Each adapter declares a ``TrainerLayout``: the trainer's top-level package, the files that make a
+package of that name the trainer's (some trainers use generic names, shared with other projects), the
+supported minimum, where the package sits in a checkout, and the older layouts loli-plugin knows it does
+not support (``adapters/*.py`` hold the declarations). With it the adapter layer
 (``TrainerAdapter.on_optimizer_created``) can tell, when a LoliClustered is built:
 
 * no package of this trainer is imported: a plain PyTorch loop, which keeps working;
@@ -31,7 +31,7 @@ from pathlib import Path
 class OldLayout:
     """A layout of the trainer that loli-plugin knows and does not support."""
 
-    #: what it is, e.g. "NetworkTrainer in hv_train_network.py (musubi-tuner before v0.3.0)"
+    #: what it is, as a user would recognise it: where its main class lived, which versions had it
     what: str
     #: files (relative to the package folder) this layout has, and files it lacks
     present: tuple[str, ...] = ()
@@ -45,7 +45,7 @@ class OldLayout:
 class TrainerLayout:
     #: the trainer's top-level package
     package: str
-    #: the trainer as users know it, e.g. "kohya-ss/musubi-tuner"
+    #: the trainer as users know it (its GitHub owner/name)
     library: str
     #: the oldest version loli-plugin supports, as users name versions ("v0.3.4", "commit 23df383 (2026-08-19)")
     minimum: str
@@ -97,7 +97,7 @@ class TrainerLayout:
 
     # ------------------------------------------------------------------ what a user is told
     def version(self, folder: Path) -> str:
-        """ "0.2.15, commit 8ec9577", "commit 23df383", ... or "" when nothing tells."""
+        """The version and commit, e.g. "1.2.3, commit 1234567", "commit 1234567", or "" when nothing tells."""
         root = tree_root(folder, self.roots)
         parts = []
         version = _pyproject_version(root, self.distribution) if root is not None else None
@@ -111,7 +111,7 @@ class TrainerLayout:
         return ", ".join(parts)
 
     def describe(self, folder: Path) -> str:
-        """The trainer, its version and where it is: "kohya-ss/musubi-tuner 0.2.15, commit 8ec9577 (at PATH)"."""
+        """The trainer, its version and where it is: "owner/name 1.2.3, commit 1234567 (at PATH)"."""
         version = self.version(folder)
         return f"{self.library}{' ' + version if version else ''} (at {folder})"
 
