@@ -225,3 +225,27 @@ def test_bad_data_and_arguments_are_errors_that_say_what_to_fix(toy):
     data.write_text(data.read_text().replace('"v1: previous release"', '"v1 previous release"'))
     out = toy.run("--short")
     assert out.returncode == 2 and 'versions must read "REF: what it is"' in out.stderr
+
+
+def test_runs_saved_as_json_make_one_document(toy):
+    """Each trainer's versions can run on their own (each in its venv) and be put in one table after."""
+    python = f"toy={sys.executable}"
+    first = toy.run(
+        "--mirrors",
+        str(toy.mirrors),
+        "--python",
+        python,
+        "--out",
+        str(toy.checkout / "a.md"),
+        "--json",
+        str(toy.checkout / "a.json"),
+    )
+    assert first.returncode == 1  # dev trains stock
+    again = toy.run("--from-json", str(toy.checkout / "a.json"), "--out", str(toy.checkout / "b.md"))
+    assert again.returncode == 1 and "from 1 saved run(s)" in again.stdout
+
+    def rows(name):
+        return [line for line in (toy.checkout / name).read_text().splitlines() if line.startswith("| toy |")]
+
+    assert rows("a.md") == rows("b.md") and len(rows("a.md")) == 3
+    assert f"Written by `python scripts/compat-matrix --mirrors {toy.mirrors}" in (toy.checkout / "b.md").read_text()
