@@ -7,8 +7,9 @@ hook of a module registered under the ``loli_plugin`` entry-point group. It decl
   interpreter start by ``_loli_plugin_autoload`` without importing anything);
 * its patches: ``instrumentors()``, each with a scope: ``"import"`` (applied when the module is
   imported; passes through for plain runs) or ``"run"`` (applied only when a run uses a Loli feature);
-* its activation: the trainer's own entry points (its patches) call ``require`` and start a
-  ``LoliRun``; ``features_for`` says which patch features a run needs;
+* its activation: the trainer's own entry points (its patches) call ``check_request`` and start a
+  ``LoliRun``; which Loli features a run asks for (``requests``) and, declared once in ``FEATURES``,
+  which patch features each of them needs;
 * its logs and state: the ``LoliRun`` it keeps in ``run`` (per-cluster monitor carried in the
   optimizer's state_dict).
 
@@ -45,9 +46,20 @@ def warn(message: str) -> None:
 ANY = "*"
 
 
+#: what a Loli run may ask for, and the patch features (``Patch.features``) each request needs
+FEATURES = {
+    "optimizer": frozenset({"activation", "sampler", "logs"}),  # LoliClustered: its clusters drive the sampler
+    "loss": frozenset({"activation", "loss"}),  # the Loli loss with the trainer's own optimizer
+    "probe": frozenset({"activation", "sampler", "logs", "probe"}),  # the progress probe
+}
+
+
 class TrainerAdapter:
-    """Base class of the trainer adapters (subclass it, set the class attributes, implement
-    ``instrumentors``)."""
+    """Base class of the trainer adapters: subclass it, set the class attributes, implement
+    ``instrumentors`` and ``requests`` (which Loli features a run's options ask for), and ``activate`` when
+    the trainer builds its optimizer through ``entry_patch``. The rest (which patches a run needs, the
+    refusal before the first step, attaching to a ``LoliClustered`` built inside the trainer, the
+    run's one-line description) is here, once."""
 
     #: short name (launcher, doctor, logs): "kohya", "onetrainer", ...
     name: str = ""
@@ -57,15 +69,19 @@ class TrainerAdapter:
     supported: str = ""
     #: the manifest file listing the watched modules (``Path(__file__).with_suffix(".watch")``)
     manifest: Path | None = None
+    #: the patch features of each request (``FEATURES``; an adapter whose every run needs more adds them)
+    features: dict[str, frozenset] = FEATURES
+    #: the patch of the trainer's function that builds its optimizer, which pushes that call's arguments
+    #: (``building_optimizer``); None: the adapter builds the optimizer itself
+    entry_patch: Patch | None = None
     #: the trainer's package, the supported minimum and the layouts known unsupported (``loli_plugin.layout``):
-    #: a LoliClustered built while this package is imported, but not through ``activation``, is refused
+    #: a LoliClustered built while this package is imported, but not through ``entry_patch``, is refused
     layout: TrainerLayout | None = None
-    #: the patch of the trainer's optimizer factory, through which every Loli run of this trainer starts
-    activation: Patch | None = None
 
     def __init__(self) -> None:
         self.run = None
         self.problems: dict[str, tuple[Patch | None, str]] = {}
+        self._building: list[tuple] = []  # arguments of the optimizer-building calls in progress (innermost last)
 
     # ------------------------------------------------------------------ what subclasses declare
     def instrumentors(self) -> list[tuple[Instrumentor, str]]:
@@ -77,9 +93,17 @@ class TrainerAdapter:
         shared with other projects.)"""
         return True
 
-    def run_features(self) -> set[str]:
-        """The patch features the active run needs (checked again when a module is imported mid-run)."""
+    def requests(self, config) -> set[str]:
+        """Which Loli features (keys of ``features``) a run with these options asks for; empty: a plain run."""
         return set()
+
+    def asked(self, config) -> str:
+        """The run's Loli options as its user wrote them, for refusals ("--optimizer_type LoliClustered")."""
+        return " and ".join(sorted(self.requests(config))) or "a Loli run"
+
+    def activate(self, *call, optimizer=None):
+        """Start the run of the optimizer-building call ``call`` (``building_optimizer``'s arguments)."""
+        raise NotImplementedError
 
     def find_checkout(self, path: Path) -> bool:
         """Does ``path`` hold this trainer's source tree? (``loli-plugin doctor``)"""
@@ -97,6 +121,33 @@ class TrainerAdapter:
         except Exception:
             self.deactivate()
             raise
+
+    # ------------------------------------------------------------------ what a run needs
+    def features_for(self, config) -> set[str]:
+        """The patch features a run with these options needs (empty: not a Loli run)."""
+        return set().union(*(self.features[r] for r in self.requests(config)))
+
+    def run_requests(self) -> set[str]:
+        """What the active run asked for, read from its state."""
+        run = self.run
+        if run is None:
+            return set()
+        return (
+            ({"optimizer"} if run.stratify else set())
+            | ({"loss"} if getattr(run, "loss_weights", None) else set())
+            | ({"probe"} if run.probe is not None else set())
+        )
+
+    def run_features(self) -> set[str]:
+        """The patch features the active run needs (checked again when a module is imported mid-run)."""
+        return set().union(*(self.features[r] for r in self.run_requests()))
+
+    def check_request(self, config) -> None:
+        """At the trainer's first entry point: refuse a Loli run before any work if a patch it needs did
+        not fit this trainer."""
+        features = self.features_for(config)
+        if features:
+            self.require(features, self.asked(config))
 
     # ------------------------------------------------------------------ watched names
     @property
@@ -163,11 +214,11 @@ class TrainerAdapter:
 
     def check_layout(self, package) -> None:
         """The trainer's package was imported: a layout this adapter does not fit (``layout.old``, or no
-        module of ``activation``) is said once, in one line, and blocks Loli runs; a plain run goes on."""
-        if not self.layout.recognises(package) or self.activation is None:
+        module of ``entry_patch``) is said once, in one line, and blocks Loli runs; a plain run goes on."""
+        if not self.layout.recognises(package) or self.entry_patch is None:
             return
         folder = package_folder(package)
-        problem = self.layout.layout_problem(folder, self.activation.module)
+        problem = self.layout.layout_problem(folder, self.entry_patch.module)
         if problem is None or f"{self.name}:layout" in self.problems:
             return
         self.problems[f"{self.name}:layout"] = (None, f"{self.layout.describe(folder)}: {problem}")
@@ -185,23 +236,30 @@ class TrainerAdapter:
     def asked_in_argv(self, argv: list[str]) -> str:
         """The Loli options a command line asks for ("--optimizer_type LoliClustered", ...; "" for none),
         for the one line said at the import of a layout this adapter does not fit."""
-        return ""
+        config = self.config_from_argv(argv)
+        return self.asked(config) if config is not None and self.requests(config) else ""
+
+    def config_from_argv(self, argv: list[str]):
+        """The options of a command line, read without the trainer's parser, as ``requests`` takes them
+        (None: this trainer's options are not on its command line)."""
+        return None
 
     def not_integrated_error(self, folder: Path | None = None) -> LoliUnsupportedTrainerError:
         """For ``on_optimizer_created``: a LoliClustered is being built inside this trainer (whose package
         is at ``folder``) while its optimizer factory is imported but not patched, so the trainer would draw
         its stock timesteps while the cluster banks assume one cluster per step. Says why and how to fix it."""
-        trainer = self.layout.describe(folder) if self.layout is not None and folder is not None else self.library
+        short = self.library.rpartition("/")[2]
+        trainer = self.layout.describe(folder) if self.layout is not None and folder is not None else short
         return LoliUnsupportedTrainerError(
             f"loli_plugin.LoliClustered is being built inside {trainer}, "
-            f"but loli-plugin's {self.library} integration is not "
+            f"but loli-plugin's {short} integration is not "
             + (
                 "installed: " + "; ".join(r for _, r in self.problems.values())
                 if self.problems
                 else f"active (the start-up hook did not run: {ENV_DISABLE} is set, "
                 "loli-plugin is an editable install, or Python runs without site)"
             )
-            + f". Without it {self.library} would draw its stock timesteps and the cluster banks would not match "
+            + f". Without it {short} would draw its stock timesteps and the cluster banks would not match "
             f"them. Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
             "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
         )
@@ -226,35 +284,46 @@ class TrainerAdapter:
         return None
 
     # ------------------------------------------------------------------ run lifecycle
-    def adopt(self, optimizer) -> bool:
-        """A ``LoliClustered`` was built: if the trainer's optimizer factory built it (its patch is running),
-        start this adapter's run with it and return True."""
-        return False
+    def building_optimizer(self, *call):
+        """The entry patch's block around the trainer's optimizer-building call: a ``LoliClustered`` built
+        inside it starts the run of ``call`` (``activate(*call, optimizer=...)``)."""
+        return pushed(self._building, call)
+
+    def inside_trainer(self) -> bool:
+        """Is this trainer's package imported in this process (and really the trainer's)? A ``LoliClustered``
+        built then belongs to it."""
+        return self.layout is not None and self.layout.imported() is not None
 
     def is_applied(self, patch: Patch) -> bool:
         return any(inst.is_applied(patch) for inst, _ in self.instrumentors())
 
     def on_optimizer_created(self, optimizer) -> None:
         """A ``LoliClustered`` was built, by any route. Never the stock sampler under it: when this
-        trainer's package is imported, either its optimizer factory built it (``adopt``: the run starts),
-        or the user's own code did, beside a trainer whose factory is patched or not even imported. Any
-        other way (a layout no patch reaches: older, newer, a fork; the start-up hook off) the trainer would
-        train with its stock timesteps under the cluster banks, so it is refused here, before any step.
-        Without a package of this trainer (a plain PyTorch loop) nothing happens."""
+        trainer's package is imported, either its optimizer-building call built it (inside
+        ``building_optimizer``: that call's run starts), or the user's own code did, beside a trainer whose
+        ``entry_patch`` is in place or whose entry module is not even imported. Any other way (a layout no
+        patch reaches: older, newer, a fork; the start-up hook off) the trainer would train with its stock
+        timesteps under the cluster banks, so it is refused here, before any step. Without a package of
+        this trainer (a plain PyTorch loop) nothing happens."""
+        if self.entry_patch is None or not self.inside_trainer():
+            return
+        if self._building:
+            self.activate(*self._building[-1], optimizer=optimizer)
+            return
         package = self.layout.imported() if self.layout is not None else None
-        if package is None or self.activation is None:
-            return
-        if self.adopt(optimizer):
-            return
-        folder = package_folder(package)
-        if self.activation.module in sys.modules:
-            if self.is_applied(self.activation):
+        folder = package_folder(package) if package is not None else None
+        if self.entry_patch.module in sys.modules:
+            if self.is_applied(self.entry_patch):
                 return  # the user's own code, outside the trainer's (patched) optimizer factory
             raise self.not_integrated_error(folder)
-        problem = self.layout.layout_problem(folder, self.activation.module)
+        problem = self.layout.layout_problem(folder, self.entry_patch.module) if folder is not None else None
         if problem is not None:
             raise self.layout_error(folder, problem)
         # the trainer's optimizer factory is not imported: the user's own loop beside the trainer's helpers
+
+    def describe(self, run) -> str:
+        """The run in one line, printed when it starts ("loli-plugin active: ...")."""
+        return "; ".join(run.describe()) or "nothing"
 
     def deactivate(self) -> None:
         """Forget the run and undo the run-scope patches (tests; a second run in one process)."""
@@ -273,14 +342,9 @@ class TrainerAdapter:
 # --------------------------------------------------------------------------- registry and dispatch
 def adapters() -> list[TrainerAdapter]:
     """Every registered trainer adapter (the ``loli_trainer_adapters`` hook)."""
-    from .plugins import get_plugin_manager
+    from .plugins import trainer_adapters
 
-    found: list[TrainerAdapter] = []
-    for result in get_plugin_manager().hook.loli_trainer_adapters():
-        for adapter in result or ():
-            if adapter not in found:
-                found.append(adapter)
-    return found
+    return trainer_adapters()
 
 
 def adapter(name: str) -> TrainerAdapter:
@@ -312,12 +376,11 @@ def on_watched_import(module) -> None:
 
 
 def optimizer_created(optimizer) -> None:
-    """Called once by every new ``LoliClustered``: third-party hooks, then each adapter."""
+    """The one announcement of a new ``LoliClustered`` (which makes it itself): one ``loli_optimizer_created``
+    hook call, which tells the trainer adapters first, then the observers (``plugins._AdapterEvents``)."""
     from .plugins import get_plugin_manager
 
     get_plugin_manager().hook.loli_optimizer_created(optimizer=optimizer)
-    for a in adapters():
-        a.on_optimizer_created(optimizer)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ def trainer_commit(path: Path) -> str:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "doctor", help="check a trainer checkout (sd-scripts, OneTrainer, ...) against loli-plugin's patches"
+        "doctor", help="check a trainer's checkout (any an installed adapter knows) against loli-plugin's patches"
     )
     p.add_argument("path", help="folder of a trainer checkout (run this in the trainer's own venv)")
     p.set_defaults(func=run)
@@ -78,11 +78,11 @@ def check(adapter, path: Path) -> int:
 def _unfit_layout(adapter, path: Path) -> Path | None:
     """The trainer's package folder when ``path`` holds that trainer in a layout the adapter does not fit
     (an old one it knows, ``TrainerLayout.old``, or one it does not know)."""
-    layout, activation = getattr(adapter, "layout", None), getattr(adapter, "activation", None)
-    if layout is None or activation is None:
+    layout, entry = getattr(adapter, "layout", None), getattr(adapter, "entry_patch", None)
+    if layout is None or entry is None:
         return None
     folder = layout.find_package(path)
-    return folder if folder is not None and layout.layout_problem(folder, activation.module) else None
+    return folder if folder is not None and layout.layout_problem(folder, entry.module) else None
 
 
 def run(args) -> int:
@@ -96,7 +96,7 @@ def run(args) -> int:
             print(f"{a.library} at {path}")
             print(f"commit: {trainer_commit(path)}")
             print(f"supported: {a.supported}")
-            print(f"layout: {a.layout.describe(folder)}: {a.layout.layout_problem(folder, a.activation.module)}")
+            print(f"layout: {a.layout.describe(folder)}: {a.layout.layout_problem(folder, a.entry_patch.module)}")
         print(
             "result: a layout loli-plugin does not support; plain runs are unaffected, runs with Loli options are "
             f"refused. Update the trainer to {', '.join(a.layout.minimum for a, _ in unfit)} or later to use them"

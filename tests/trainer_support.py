@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,12 +97,119 @@ def venv_problem(required: tuple[str, ...], trainer: str, how_to: str) -> str | 
 
 
 def skip_items_below(folder: Path, reason: str | None, items) -> None:
-    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one)."""
+    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one), except the
+    ``standin`` ones: those run against a stand-in of the trainer that they write themselves."""
     if reason is None:
         return
     for item in items:
-        if folder in Path(str(item.fspath)).parents:
+        if folder in Path(str(item.fspath)).parents and item.get_closest_marker("standin") is None:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def run_python(code, path, env_extra=None, args=()):
+    """Run ``python -c code`` (or ``python ARGS``) in ``path`` with ``path`` on PYTHONPATH, the way a trainer
+    starts: LOLI_PLUGIN_DISABLE unset unless ``env_extra`` sets it."""
+    env = {**os.environ, "PYTHONPATH": str(path), **(env_extra or {})}
+    if "LOLI_PLUGIN_DISABLE" not in (env_extra or {}):
+        env.pop("LOLI_PLUGIN_DISABLE", None)
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True, env=env, cwd=path
+    )
+
+
+#: the core venv installs loli-plugin editable (no .pth): a stand-in test's process installs the start-up
+#: finder as the .pth line would (it does nothing under LOLI_PLUGIN_DISABLE=1)
+STARTUP = "import _loli_plugin_autoload as a; a.install(); "
+
+#: A trainer script in the style of the kohya-ss trainers, for stand-in layouts (put in whatever package a
+#: test writes): it reads --optimizer_type and --optimizer_args as they do (a dotted name is imported, any
+#: other is torch.optim's; each value through ast.literal_eval), then steps with its own, stock, timesteps.
+#: Written here: no trainer code is copied.
+STANDIN_TRAINER = """
+import argparse, ast, importlib, sys
+import torch
+
+
+def setup_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--optimizer_type", default="AdamW")
+    parser.add_argument("--optimizer_args", nargs="*", default=[])
+    return parser
+
+
+class NetworkTrainer:
+    def get_optimizer(self, args, params):
+        kwargs = {}
+        for arg in args.optimizer_args:
+            key, value = arg.split("=", 1)
+            kwargs[key] = ast.literal_eval(value)
+        if "." in args.optimizer_type:
+            module, name = args.optimizer_type.rsplit(".", 1)
+            cls = getattr(importlib.import_module(module), name)
+        else:
+            cls = getattr(torch.optim, args.optimizer_type)
+        return cls(params, lr=1e-2, **kwargs)
+
+    def train(self, args):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4))]
+        optimizer = self.get_optimizer(args, params)
+        print("optimizer", type(optimizer).__name__, flush=True)
+        for step in range(3):
+            t = torch.randint(0, 1000, (4,))  # the trainer's stock timesteps
+            ((params[0] ** 2).sum() * t.float().mean() / 1000).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            print("step", step, flush=True)
+        print("final", [float(x).hex() for x in params[0].detach()], flush=True)
+
+
+def main():
+    NetworkTrainer().train(setup_parser().parse_args())
+"""
+#: the command lines of the stand-in trainer that ask for LoliClustered by its dotted class path and by its
+#: short name, and a plain one
+DOTTED = ["--optimizer_type", "loli_plugin.LoliClustered", "--optimizer_args", "inner='AdamW'", "clusters=4"]
+SHORT = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4"]
+PLAIN = ["--optimizer_type", "AdamW"]
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """A stand-in tree: ``{relative path: text}`` written under ``root``."""
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@functools.cache
+def compat_checks():
+    """scripts/compat_checks.py: runs a driver with and without the plugin and reads what it printed
+    (scripts/compat-matrix uses it too)."""
+    return script_module("compat_checks")
+
+
+def plugin_lines(stderr: str) -> list[str]:
+    """What loli-plugin printed: the lines that start with its name."""
+    return compat_checks().plugin_lines(stderr)
+
+
+def run_logged(cmd: list[str], cwd: Path, out: Path) -> subprocess.CompletedProcess:
+    """Run a trainer's script from its folder; its output goes to ``out/train.log``, a failure shows its end."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    (out / "train.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def logged_scalars(log_dir: Path, run_glob: str = "*/network_train") -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars of the one run under ``log_dir`` that ``run_glob`` finds (read by
+    ``loli-plugin plot``'s reader); the default is where a LoRA script's ``--logging_dir`` run goes."""
+    from loli_plugin.plot import read_scalars
+
+    (run_dir,) = log_dir.glob(run_glob)
+    return read_scalars(run_dir)
 
 
 def fresh_run_fixture(adapter_module: str):

@@ -9,12 +9,16 @@ import inspect
 import json
 import sys
 import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 tree, config = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, tree)
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for drift_support
+
 import torch  # noqa: E402
+from drift_support import hexes, step_once  # noqa: E402
 from modules.modelSetup.mixin.ModelSetupDiffusionLossMixin import ModelSetupDiffusionLossMixin  # noqa: E402
 from modules.modelSetup.mixin.ModelSetupNoiseMixin import ModelSetupNoiseMixin  # noqa: E402
 from modules.util import create  # noqa: E402
@@ -22,10 +26,6 @@ from modules.util.callbacks.TrainCallbacks import TrainCallbacks  # noqa: E402
 from modules.util.commands.TrainCommands import TrainCommands  # noqa: E402
 from modules.util.config.TrainConfig import TrainConfig  # noqa: E402
 from modules.util.NamedParameterGroup import NamedParameterGroup, NamedParameterGroupCollection  # noqa: E402
-
-
-def hexes(t):
-    return [float(v).hex() for v in t.detach().double().flatten().tolist()]
 
 
 class Setup(ModelSetupNoiseMixin, ModelSetupDiffusionLossMixin):  # what every model setup mixes in
@@ -54,10 +54,7 @@ last = list(inspect.signature(create.create_optimizer).parameters)[3:]
 extra = {"model": SimpleNamespace(name="the caller's model")} if last == ["model"] else {}
 optimizer = create.create_optimizer(collection, None, cfg, **extra)
 out["optimizer"] = type(optimizer).__name__
-for p in params:
-    p.grad = torch.sin(p.detach() * 3) + 0.1
-optimizer.step()
-out["params_after_step"] = hexes(torch.cat([p.flatten() for p in params]))
+out["params_after_step"] = step_once(optimizer, params)
 print("stage optimizer", flush=True)
 
 setup = Setup()
