@@ -13,6 +13,8 @@ from pathlib import Path
 
 tree, argv = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, f"{tree}/src")
+# the command line a LoRA script sees (what loli-plugin reads at musubi_tuner's import on a layout it cannot serve)
+sys.argv = [f"{tree}/src/musubi_tuner/qwen_image_train_network.py", "--dit", "unused", "--learning_rate", "1e-3", *argv]
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for drift_support
 
@@ -31,7 +33,7 @@ assert script.__file__.startswith(tree), script.__file__  # the drifted copy, no
 
 out = {}
 parser = script.qwen_image_setup_parser(script.setup_parser_common())
-args = parser.parse_args(["--dit", "unused", "--learning_rate", "1e-3", *argv])
+args = parser.parse_args(sys.argv[1:])
 print("stage parsed", flush=True)
 trainer = script.QwenImageNetworkTrainer()
 try:
