@@ -79,9 +79,14 @@ def test_a_plain_run_is_stock_and_told_once(tree):
     assert plugin_lines(disabled.stderr) == []
 
 
-def test_doctor_reports_the_layout(tree):
+def test_doctor_reports_the_layout(tree, tmp_path):
+    # run from elsewhere: from the checkout, `-m loli_plugin.cli` would import its source, not the wheel
     out = subprocess.run(
-        [sys.executable, "-m", "loli_plugin.cli", "doctor", str(tree)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "loli_plugin.cli", "doctor", str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert out.returncode == 1, out.stderr
     assert f"layout: {WHO}" in out.stdout and LAYOUT in out.stdout and "v0.3.4 or later" in out.stdout
