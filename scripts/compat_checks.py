@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -76,6 +77,11 @@ def plugin_lines(stderr: str) -> list[str]:
     """What loli-plugin printed: its lines start with its name (a path such as ~/.cache/loli-plugin/... in
     another warning is not one of them)."""
     return [line for line in stderr.splitlines() if line.startswith("loli-plugin")]
+
+
+def without_paths(text: str) -> str:
+    """A message for the table: " (at /some/folder)" left out (the folder of an export says nothing there)."""
+    return re.sub(r" \(at /[^)]*\)", "", text)
 
 
 def last_error(stderr: str) -> str:
@@ -133,7 +139,7 @@ def loli_outcome(run, cluster_span: dict, plain_result: dict | None) -> Outcome:
             message = proc.stderr[proc.stderr.index(REFUSAL) :].splitlines()[0]
             if stepped:
                 return Outcome("STOCK", f"refused only after an optimizer step: {message[:200]}", bad=True)
-            return Outcome("refused", message[len(REFUSAL) + 2 :][:200])
+            return Outcome("refused", without_paths(message[len(REFUSAL) + 2 :])[:240])
         if plugin_lines(proc.stderr) and not stepped:
             return Outcome("refused by the trainer", f"after loli-plugin's line; its error: {last_error(proc.stderr)}")
         return Outcome("FAILED", last_error(proc.stderr), bad=True)
