@@ -248,4 +248,10 @@ def test_runs_saved_as_json_make_one_document(toy):
         return [line for line in (toy.checkout / name).read_text().splitlines() if line.startswith("| toy |")]
 
     assert rows("a.md") == rows("b.md") and len(rows("a.md")) == 3
-    assert f"Written by `python scripts/compat-matrix --mirrors {toy.mirrors}" in (toy.checkout / "b.md").read_text()
+    doc = (toy.checkout / "b.md").read_text()
+    saved = json.loads((toy.checkout / "a.json").read_text())
+    assert f"from `python scripts/compat-matrix --mirrors {toy.mirrors}" in doc
+    assert f"(loli-plugin at `{saved['plugin']}`)" in doc  # the commit the run was made at, saved with it
+    # CI's short form (v1 only), timed by the run's own per-version measurement
+    took = round(next(row["seconds"] for row in saved["rows"] if row["ref"] == "v1"))
+    assert f"CI's short form checks toy v1; in the run above their checks took {took} s together" in doc
