@@ -8,7 +8,8 @@ fresh interpreter of the trainer's venv, from the version's tree:
 
 * plain: with the plugin and with ``LOLI_PLUGIN_DISABLE=1``; "identical" when both results are equal
   bit for bit, "BROKEN" when only the plugin's run fails, "DIFFERS" when the results differ, "n/a" when
-  the trainer's own code fails in this venv (the venv does not fit this version);
+  the run fails without the plugin too (this venv, or the driver written for the pinned version, does
+  not fit this version: its error says which);
 * each Loli mode: "works" (LoliClustered built, the plugin's "active" line, and the step's timesteps
   inside one cluster), "refused" (the plugin's LoliUnsupportedTrainerError before any optimizer step),
   "refused by the trainer" (the trainer's own error before any step, after a ``loli-plugin:`` line that
@@ -90,16 +91,34 @@ def last_error(stderr: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+#: Runs a driver as ``python DRIVER TREE ARGV`` would, but with the venv's editable-install finders taken
+#: off ``sys.meta_path`` first. The pinned trainer may be installed editable (sd-scripts' requirements.txt
+#: ends with ``-e .``), and setuptools' finder resolves any submodule of its package that the version's tree
+#: lacks from the pinned tree: a version would then be checked half with the pin's code. Without it, the
+#: version's tree (first on sys.path) is the only source of the trainer's package.
+ONLY_THE_TREE = """\
+import runpy, sys
+from pathlib import Path
+def editable(finder):
+    return (getattr(finder, "__module__", "") or type(finder).__module__).startswith("__editable__")
+sys.meta_path[:] = [f for f in sys.meta_path if not editable(f)]
+sys.argv = sys.argv[1:]
+sys.path[0] = str(Path(sys.argv[0]).resolve().parent)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def run_driver(
     python: str, driver: Path, tree: Path, argv, disable: bool = False, env: dict | None = None, timeout: int = 600
 ):
-    """Run ``driver`` with ``python`` from ``tree``; (completed process, its last JSON line or None)."""
+    """Run ``driver`` with ``python`` from ``tree`` (``ONLY_THE_TREE``); (completed process, its last JSON
+    line or None)."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("LOLI_PLUGIN_DISABLE", None)
     if disable:
         full_env["LOLI_PLUGIN_DISABLE"] = "1"
     proc = subprocess.run(
-        [python, str(driver), str(tree), json.dumps(argv)],
+        [python, "-c", ONLY_THE_TREE, str(driver), str(tree), json.dumps(argv)],
         cwd=tree,
         env=full_env,
         capture_output=True,
@@ -119,7 +138,7 @@ def plain_outcome(stock, with_plugin) -> Outcome:
     """``stock``/``with_plugin``: (process, result) of the plain mode without and with the plugin."""
     (stock_proc, stock_result), (proc, result) = stock, with_plugin
     if stock_result is None:
-        return Outcome("n/a", f"the trainer's own code fails in this venv: {last_error(stock_proc.stderr)}")
+        return Outcome("n/a", f"fails without loli-plugin too: {last_error(stock_proc.stderr)}")
     if result is None:
         return Outcome("BROKEN", f"fails only with loli-plugin: {last_error(proc.stderr)}", bad=True)
     if result != stock_result:
@@ -184,7 +203,7 @@ def check_version(python: str, folder: Path, tree: Path, env: dict | None = None
         if name == "plain":
             continue
         if checked.outcomes["plain"].verdict == "n/a":
-            checked.outcomes[name] = Outcome("n/a", "the trainer's own code fails in this venv")
+            checked.outcomes[name] = Outcome("n/a", "the plain run could not run")
         else:
             checked.outcomes[name] = loli_outcome(run, compat.CLUSTER_SPAN, runs["plain"][1])
         say(f"  {name}: {checked.outcomes[name].cell()}")

@@ -5,6 +5,7 @@ each ref's tree says); the real trainers' rows are in docs/compatibility.md."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,47 @@ def test_plain_identical_differs_broken_and_na():
     assert broken.verdict == "BROKEN" and broken.bad and "TypeError: boom" in broken.detail
     na = checks.plain_outcome(ran(stderr="ModuleNotFoundError: No module named 'x'"), ran(stderr="same"))
     assert na.verdict == "n/a" and not na.bad and "No module named 'x'" in na.detail
+
+
+EDITABLE_FINDER = """\
+import importlib.util, sys
+from pathlib import Path
+PINNED = Path(__file__).with_name("pinned")
+class _EditableFinder:  # as setuptools' editable install writes it: any toy.* from the pinned tree
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.startswith("toy."):
+            return importlib.util.spec_from_file_location(name, PINNED / "toy" / (name.split(".")[1] + ".py"))
+sys.meta_path.append(_EditableFinder)
+"""
+
+
+def test_a_version_is_checked_with_its_own_tree_only(tmp_path):
+    """An editable install of the pinned trainer (sd-scripts' requirements end with ``-e .``) would fill in
+    any module a version's tree lacks from the pin; the checks run each version with its tree only."""
+    site = tmp_path / "site"
+    (site / "pinned" / "toy").mkdir(parents=True)
+    (site / "pinned" / "toy" / "extra.py").write_text("WHERE = 'pin'\n")
+    (site / "__editable___toy_0_finder.py").write_text(EDITABLE_FINDER)
+    (site / "sitecustomize.py").write_text("import __editable___toy_0_finder\n")
+    tree = tmp_path / "old"
+    (tree / "toy").mkdir(parents=True)
+    (tree / "toy" / "__init__.py").write_text("")  # no extra.py in this version
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import json, sys\nsys.path.insert(0, sys.argv[1])\nimport toy.extra\n"
+        "print(json.dumps({'where': toy.extra.WHERE}))\n"
+    )
+    env = {"PYTHONPATH": str(site)}
+    mixed = subprocess.run(
+        [sys.executable, str(driver), str(tree), "[]"], cwd=tree, env={**os.environ, **env}, capture_output=True
+    )
+    assert mixed.returncode == 0  # the finder works: a plain `python driver.py` would mix the versions
+    proc, result = checks.run_driver(sys.executable, driver, tree, [], env=env)
+    assert result is None and "No module named 'toy.extra'" in proc.stderr
+    (tree / "toy" / "extra.py").write_text("WHERE = 'tree'\n")
+    proc, result = checks.run_driver(sys.executable, driver, tree, [], env=env)
+    assert result == {"where": "tree"}, proc.stderr
 
 
 # --------------------------------------------------------------------------- Loli verdicts
