@@ -292,7 +292,8 @@ def test_runs_saved_as_json_make_one_document(toy):
     assert rows("a.md") == rows("b.md") and len(rows("a.md")) == 3
     doc = (toy.checkout / "b.md").read_text()
     saved = json.loads((toy.checkout / "a.json").read_text())
-    assert f"from `python scripts/compat-matrix --mirrors {toy.mirrors}" in doc
+    assert "from `python scripts/compat-matrix --mirrors DIR --python toy=PYTHON --out FILE --json FILE`" in doc
+    assert str(toy.mirrors) not in doc  # this machine's paths stay out of the document
     assert f"(loli-plugin at `{saved['plugin']}`)" in doc  # the commit the run was made at, saved with it
     # CI's short form (v1 only), timed by the run's own per-version measurement
     took = round(next(row["seconds"] for row in saved["rows"] if row["ref"] == "v1"))
