@@ -1,5 +1,6 @@
 """``loli-plugin`` command line: ``bench`` (speed, memory, quality, base models), ``doctor`` (trainer
-checks), ``plot`` (per-cluster loss picture from TensorBoard logs), ``demo``.
+checks), ``plot`` (per-cluster loss picture from TensorBoard logs), ``compare`` (runs side by side per
+cluster, from their validation logs), ``demo``.
 
 A bad argument, or a LoliError a command raises while checking its arguments, ends the command with
 ONE line on stderr and exit status 2, argparse-style (``loli-plugin bench optimizer: error: ...``):
@@ -16,7 +17,7 @@ from .errors import LoliError
 
 
 def build_parser() -> OneLineParser:
-    from . import doctor, plot
+    from . import compare, doctor, plot
     from .bench import add_bench_parsers, demo
 
     parser = OneLineParser(prog="loli-plugin", description="loli-plugin tools")
@@ -25,6 +26,7 @@ def build_parser() -> OneLineParser:
     add_bench_parsers(bench_parser.add_subparsers(dest="what", required=True, metavar="WHAT", help="which benchmark"))
     doctor.add_parser(top)
     plot.add_parser(top)
+    compare.add_parser(top)
     demo.add_parser(top)
     return parser
 
