@@ -199,3 +199,22 @@ def test_compare_uses_the_names_validation_logs():
     from loli_plugin import compare, validation
 
     assert (compare.PREFIX, compare.RECORD_TAG) == (validation.PREFIX, validation.RECORD_TAG)
+
+
+def test_the_run_tells_the_samplers_the_fixed_quantile_and_keeps_the_timestep_they_drew():
+    from loli_plugin.run import LoliRun
+
+    run = LoliRun(clusters=4)
+    run.note_timesteps(torch.tensor([5.0]))
+    assert run.probe_timestep is None  # a training draw is not noted
+    with run.probing(2, position=0.001):
+        assert run.fixed_quantile() == pytest.approx(2.001 / 4)
+        run.note_timesteps(torch.tensor([[700.0], [700.0]]))
+        assert run.probe_timestep == 700.0
+    assert run.probe_cluster is None and run.probe_position == 0.5
+    with run.probing(1):
+        assert run.fixed_quantile() == 0.375 and run.probe_timestep is None  # reset for each fixed draw
+    validation = Validation(4)
+    validation.pending = {"val/mean": 1.0}
+    run.validation = validation
+    assert run.logs() == {"val/mean": 1.0} and run.logs() == {}  # once
