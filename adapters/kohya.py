@@ -31,12 +31,13 @@ from pathlib import Path
 
 import torch
 
+from ..adapter import TrainerAdapter, pushed
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter, pushed
 from ..options import DEFAULT_CLUSTERS
 from ..patches import kohya as patches
-from ..patches.base import bind_arguments, call_replacing
+from ..patches import kohya_ss
+from ..patches.instrument import bind_arguments, call_replacing
 from ..run import LoliRun
 
 
@@ -83,9 +84,9 @@ class KohyaAdapter(TrainerAdapter):
     def features_for(args) -> set[str]:
         """The patch features a run with these arguments needs (empty: not a Loli run)."""
         features = set()
-        if patches.requests_optimizer(args):
+        if kohya_ss.requests_optimizer(args):
             features |= {"activation", "sampler", "logs"}
-        if patches.requests_loss(args):
+        if kohya_ss.requests_loss(args):
             features |= {"activation", "loss"}
         if patches.requests_probe(args):
             features |= {"activation", "sampler", "logs", "probe"}
@@ -117,7 +118,7 @@ class KohyaAdapter(TrainerAdapter):
     def optimizer_built(self, args, optimizer) -> None:
         """After get_optimizer (any route): a run with only the Loli loss or only the probe starts here,
         with the user's optimizer; the probe counts that optimizer's steps and rides in its state."""
-        if self.run is None and (patches.requests_loss(args) or patches.requests_probe(args)):
+        if self.run is None and (kohya_ss.requests_loss(args) or patches.requests_probe(args)):
             self.activate(args, optimizer=None)
         if self.run is not None and self.run.probe is not None and optimizer is not None:
             from ..run import attach_monitor_state, count_steps
@@ -132,7 +133,7 @@ class KohyaAdapter(TrainerAdapter):
         self.require(self.features_for(args) or {"activation", "sampler", "logs"}, _asked(args))
         _check_args(args, optimizer)
         weights = None
-        if patches.requests_loss(args):
+        if kohya_ss.requests_loss(args):
             weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         if optimizer is not None:
             run = KohyaRun.for_optimizer(optimizer, args=args, loss_weights=weights)
@@ -243,11 +244,11 @@ def _batch_size(batch) -> int:
 
 def _asked(args) -> str:
     parts = []
-    if patches.requests_optimizer(args):
+    if kohya_ss.requests_optimizer(args):
         parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
-    if patches.requests_loss(args):
+    if kohya_ss.requests_loss(args):
         parts.append("--loss_type loli")
-    if patches.requests_probe(args) and not patches.requests_optimizer(args):
+    if patches.requests_probe(args) and not kohya_ss.requests_optimizer(args):
         parts.append("--loli_probe on")
     return " and ".join(parts) or "a Loli run"
 
@@ -262,9 +263,9 @@ def _check_args(args, optimizer) -> None:
             "state, so the K cluster banks cannot be kept. Remove --deepspeed or pick another --optimizer_type."
         )
     if getattr(args, "min_timestep", None) is not None or getattr(args, "max_timestep", None) is not None:
-        patches.check_timestep_range(optimizer.clusters, args)
+        kohya_ss.check_timestep_range(optimizer.clusters, args)
     if getattr(args, "weighting_scheme", None) == "mode":
-        patches.check_mode_scale(args)
+        kohya_ss.check_mode_scale(args)
 
 
 def describe(run: KohyaRun) -> str:

@@ -28,11 +28,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LoliConfigError
+from ..adapter import TrainerAdapter, pushed
+from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter, pushed
+from ..patches import kohya_ss
 from ..patches import musubi as patches
-from ..patches.base import LoliUnsupportedTrainerError
 from ..run import LoliRun
 
 #: the modules the family overrides live in when reached through musubi-tuner's package
@@ -81,9 +81,9 @@ class MusubiAdapter(TrainerAdapter):
     def features_for(args) -> set[str]:
         """The patch features a run with these arguments needs (empty: not a Loli run)."""
         features = set()
-        if patches.requests_optimizer(args):
+        if kohya_ss.requests_optimizer(args):
             features |= {"activation", "sampler", "logs"}
-        if patches.requests_loss(args):
+        if kohya_ss.requests_loss(args):
             features |= {"activation", "loss"}
         return features
 
@@ -153,7 +153,7 @@ class MusubiAdapter(TrainerAdapter):
         self._check(trainer, args, features)
         _check_clusters(args, optimizer)
         weights = None
-        if patches.requests_loss(args):
+        if kohya_ss.requests_loss(args):
             weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         dim = patches.channel_dim(type(trainer), args)
         fields = dict(args=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
@@ -186,9 +186,9 @@ class MusubiAdapter(TrainerAdapter):
 
 def _asked(args) -> str:
     parts = []
-    if patches.requests_optimizer(args):
+    if kohya_ss.requests_optimizer(args):
         parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
-    if patches.requests_loss(args):
+    if kohya_ss.requests_loss(args):
         parts.append("--loss_type loli")
     return " and ".join(parts) or "a Loli run"
 
@@ -197,7 +197,7 @@ def _check_args(args, trainer) -> None:
     """Refuse option combinations that cannot work, before anything is loaded."""
     from ..loss import parse_loss_weights
 
-    if patches.requests_loss(args):
+    if kohya_ss.requests_loss(args):
         weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         if weights.get("cos", 0) > 0 and patches.channel_dim(type(trainer), args) is None:
             raise LoliConfigError(
@@ -205,7 +205,7 @@ def _check_args(args, trainer) -> None:
                 "predictions holds the latent channels, which its cosine term compares; give the cosine no weight "
                 '(--loli_loss_weights "mse=0.5,l1=0.5") or use a family this version supports'
             )
-    if not patches.requests_optimizer(args):
+    if not kohya_ss.requests_optimizer(args):
         return
     sampling = getattr(args, "timestep_sampling", "sigma")
     if sampling in patches.MIXTURES and getattr(args, "preserve_distribution_shape", False):
@@ -216,13 +216,13 @@ def _check_args(args, trainer) -> None:
             "[min, max]) or choose another --timestep_sampling"
         )
     if sampling == "sigma" and getattr(args, "weighting_scheme", "none") == "mode":
-        patches.check_mode_scale(args)
+        kohya_ss.check_mode_scale(args)
 
 
 def _check_clusters(args, optimizer) -> None:
     """ "sigma" sampling picks integer indices in [min_timestep, max_timestep): each cluster needs one."""
     if optimizer is not None and getattr(args, "timestep_sampling", "sigma") == "sigma":
-        patches.check_timestep_range(optimizer.clusters, args)
+        kohya_ss.check_timestep_range(optimizer.clusters, args)
 
 
 def describe(run: MusubiRun, trainer_cls: type) -> str:

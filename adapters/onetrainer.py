@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from ..adapter import TrainerAdapter
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter
 from ..options import DEFAULT_CLUSTERS
 from ..patches import onetrainer as patches
 from ..run import LoliRun

@@ -189,7 +189,7 @@ class LoliClustered(torch.optim.Optimizer):
         self._ready = True
         self._position(self.schedule.current)
         # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
-        from .host import optimizer_created
+        from .adapter import optimizer_created
 
         optimizer_created(self)
 

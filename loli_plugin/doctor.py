@@ -76,7 +76,7 @@ def check(adapter, path: Path) -> int:
 
 
 def run(args) -> int:
-    from .host import adapters
+    from .adapter import adapters
 
     path = Path(args.path).expanduser().resolve()
     found = [a for a in adapters() if a.find_checkout(path)]

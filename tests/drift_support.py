@@ -93,7 +93,7 @@ def refusal(driver: Path, tree: Path, argv: list[str], unfit: str, pin: str, ext
 def snapshot(patch) -> object:
     """What a patch changes, as identities and contents: the attribute object itself (a function, a
     staticmethod...), an enum's member names, a dict's keys."""
-    from loli_plugin.patches.base import EnumMemberPatch, MappingEntryPatch, _own_attribute, _owner
+    from loli_plugin.patches.instrument import EnumMemberPatch, MappingEntryPatch, _own_attribute, _owner
 
     owner, leaf = _owner(patch.module, patch.attr)
     value = _own_attribute(owner, leaf) if owner is not None else None

@@ -65,9 +65,9 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 def test_the_source_tree_is_what_pyproject_installs():
     assert (
-        "loli_plugin.host" in MODULES
+        "loli_plugin.adapter" in MODULES
         and "loli_plugin.adapters.kohya" in MODULES
-        and "loli_plugin.patches.base" in MODULES
+        and "loli_plugin.patches.instrument" in MODULES
     )
 
 
@@ -122,7 +122,7 @@ def test_no_stack_frame_inspection_at_start_up():
 
 def test_watch_manifests_are_the_adapters_watches():
     import _loli_plugin_autoload
-    from loli_plugin.host import adapters
+    from loli_plugin.adapter import adapters
 
     shipped = {a.name: set(a.watches) for a in adapters()}
     assert {"kohya", "onetrainer"} <= set(shipped)
@@ -150,3 +150,33 @@ def test_the_sdist_carries_the_start_up_hook_and_the_watch_manifests(tmp_path):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"loli_plugin.pth", "_loli_plugin_autoload.py", "setup.py"} <= names
     assert {f"adapters/{p.name}" for p in (REPO / "adapters").glob("*.watch")} <= names
+
+
+RENAMED = {
+    # old module -> (new module, names a third-party adapter may import from the old one)
+    "loli_plugin.host": ("loli_plugin.adapter", "TrainerAdapter, adapters, adapter, on_watched_import, pushed, warn"),
+    "loli_plugin.patches.base": (
+        "loli_plugin.patches.instrument",
+        "FunctionPatch, EnumMemberPatch, MappingEntryPatch, Instrumentor, Patch, bind_arguments, call_replacing, "
+        "signature_problem, unsupported_message, LoliUnsupportedTrainerError, ENV_DISABLE",
+    ),
+}
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_a_renamed_module_is_still_importable_by_its_old_name(old):
+    """The old path is the new module itself (one object: a monkeypatch through either name reaches both),
+    its names import from it, and it says once, as a DeprecationWarning, where they went."""
+    import subprocess
+    import sys
+
+    new, names = RENAMED[old]
+    code = (
+        f"import importlib; old = importlib.import_module({old!r}); new = importlib.import_module({new!r}); "
+        f"assert old is new, (old, new); from {old} import {names}; print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "always::DeprecationWarning", "-c", code], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert proc.stderr.count("DeprecationWarning") == 1 and f"{old} was renamed {new}" in proc.stderr, proc.stderr

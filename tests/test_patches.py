@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from loli_plugin.patches import kohya as kp
-from loli_plugin.patches.base import (
+from loli_plugin.errors import LoliUnsupportedTrainerError
+from loli_plugin.patches import kohya_ss
+from loli_plugin.patches.draws import StratifiedTorch
+from loli_plugin.patches.instrument import (
     EnumMemberPatch,
     FunctionPatch,
     Instrumentor,
-    LoliUnsupportedTrainerError,
     MappingEntryPatch,
     bind_arguments,
     call_replacing,
     signature_problem,
 )
-from loli_plugin.patches.draws import StratifiedTorch
 
 # Stand-in with sd-scripts' function *signatures* only (bodies are ours and trivial).
 FAKE_TRAIN_UTIL = """
@@ -360,7 +360,7 @@ def test_wrong_kinds_are_problems_not_crashes(fake_module):
 
 
 def test_bind_arguments_and_call_replacing():
-    from loli_plugin.patches import base
+    from loli_plugin.patches import instrument
 
     class Setup:
         def draw(self, n, deterministic=False, **extra):
@@ -370,7 +370,7 @@ def test_bind_arguments_and_call_replacing():
     assert bind_arguments(a.draw, (3,), {}) == {"self": a, "n": 3, "deterministic": False, "extra": {}}
     assert bind_arguments(b.draw, (), {"n": 4, "deterministic": True})["self"] is b
     assert bind_arguments(Setup.draw, (a, 5), {})["n"] == 5  # called through the class
-    cached = [k for k in base._SIGNATURES if getattr(k, "__qualname__", "").endswith("Setup.draw")]
+    cached = [k for k in instrument._SIGNATURES if getattr(k, "__qualname__", "").endswith("Setup.draw")]
     assert len(cached) == 1  # one entry for the function, none per instance
     # only the named argument changes; new keyword arguments of a newer trainer are forwarded
     assert call_replacing(a.draw, (3,), {"deterministic": True, "added": 1}, n=7) == (7, True, {"added": 1})
@@ -382,10 +382,10 @@ def test_bind_arguments_and_call_replacing():
 
 
 def test_quote_name_args():
-    assert kp.quote_name_args(
+    assert kohya_ss.quote_name_args(
         ["inner=AdamW8bit", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner = Lion"]
     ) == ["inner='AdamW8bit'", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner='Lion'"]
-    assert kp.quote_name_args(None) == []
+    assert kohya_ss.quote_name_args(None) == []
 
 
 def test_stratified_torch_replaces_only_the_first_draw():
