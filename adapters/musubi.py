@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..adapter import TrainerAdapter, pushed
 from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from ..hookspecs import hookimpl
@@ -61,6 +63,13 @@ class MusubiAdapter(TrainerAdapter):
         self._drawing = False
         #: OVERRIDES aimed at a family script that runs as another module (``__main__``), by module name
         self._script_overrides: dict = {}
+        self._reset_validation()
+
+    def _reset_validation(self) -> None:
+        self._held_out = None  # the validation's DatasetGroup, made from --loli_validation_dataset_config
+        self._call = None  # the arguments of the last training process_batch call
+        self._steps = 0  # optimizer steps of this process (musubi-tuner's own step count starts at 0 on resume)
+        self._passes = 0  # validation passes of this process
 
     def instrumentors(self):
         return [
@@ -85,14 +94,18 @@ class MusubiAdapter(TrainerAdapter):
             features |= {"activation", "sampler", "logs"}
         if kohya_ss.requests_loss(args):
             features |= {"activation", "loss"}
+        if patches.requests_validation(args):
+            features |= {"activation", "sampler", "validation"}
         return features
 
     def run_features(self) -> set[str]:
         run = self.run
         if run is None:
             return set()
-        return ({"activation", "sampler", "logs"} if run.stratify else set()) | (
-            {"activation", "loss"} if run.loss_weights else set()
+        return (
+            ({"activation", "sampler", "logs"} if run.stratify else set())
+            | ({"activation", "loss"} if run.loss_weights else set())
+            | ({"activation", "sampler", "validation"} if run.validation is not None else set())
         )
 
     # ------------------------------------------------------------------ the patches' context
@@ -113,10 +126,13 @@ class MusubiAdapter(TrainerAdapter):
             self._drawing = False
 
     def check_request(self, trainer, args) -> None:
-        """NetworkTrainer.train: refuse a Loli run before any work if it cannot be served."""
+        """NetworkTrainer.train: refuse a Loli run before any work if it cannot be served; the validation's
+        held-out set is read here, so a missing file or cache stops the run before a model is loaded."""
         features = self.features_for(args)
         if features:
             self._check(trainer, args, features)
+        if patches.requests_validation(args):
+            self._held_out = _held_out_set(trainer, args)
 
     def _check(self, trainer, args, features: set) -> None:
         self.require(features, _asked(args))
@@ -158,6 +174,11 @@ class MusubiAdapter(TrainerAdapter):
         dim = patches.channel_dim(type(trainer), args)
         fields = dict(args=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
         run = MusubiRun.for_optimizer(optimizer, **fields) if optimizer is not None else MusubiRun(**fields)
+        if patches.requests_validation(args):
+            if self._held_out is None:  # NetworkTrainer.train was not the entry (a test driving the trainer)
+                self._held_out = _held_out_set(trainer, args)
+            run.validation = _validation(args, optimizer)
+            run.clusters = run.validation.clusters
         self.run = run
         self.activate_run_patches()
         print(f"loli-plugin active: {describe(run, type(trainer))}", file=sys.stderr)
@@ -165,12 +186,92 @@ class MusubiAdapter(TrainerAdapter):
 
     def deactivate(self) -> None:
         super().deactivate()
+        self._reset_validation()
         self._drawing = False
         self._script_overrides.clear()  # undone above; made again for the next run's trainer
 
     def uninstrument(self) -> None:
         super().uninstrument()
         self._script_overrides.clear()
+
+    # ------------------------------------------------------------------ the validation
+    def optimizer_built(self, optimizer) -> None:
+        """After get_optimizer (any route): the validation's state rides in the optimizer's state_dict
+        (--save_state / --resume carry it) and a pass follows every ``--loli_validation_every`` steps."""
+        run = self.run
+        if run is None or run.validation is None or optimizer is None:
+            return
+        from ..run import attach_monitor_state
+
+        attach_monitor_state(optimizer, run.validation, key="loli_validation")
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step())
+
+    def training_call(self, bound: dict) -> None:
+        """A training micro-batch is about to run (NetworkTrainer.process_batch): keep its arguments; the
+        first one of this process measures the model before it trains (step 0, the reference of a new run)."""
+        self._call = bound
+        if self._passes == 0:
+            self._validate(0)
+
+    def after_step(self) -> None:
+        """After every optimizer step (a step post-hook; not called for a step a GradScaler skipped)."""
+        if self.run is None or self._call is None:
+            return
+        self._steps += 1
+        final = self._steps >= int(getattr(self._call["args"], "max_train_steps", 0) or 0)
+        if self.run.validation.due(self._steps, final=final):
+            self._validate(self._steps)
+
+    def _validate(self, step: int) -> None:
+        """One pass over the held-out set through the trainer's own process_batch (its sampler, told the
+        cluster, draws the cluster's midpoint), with the models and dtypes of the training call and the
+        noise drawn as the loop draws it; every rank measures the whole set and logs the mean over ranks."""
+        from ..probe import preserved_rng
+
+        run, call = self.run, self._call
+        trainer, accelerator, run_args = call["self"], call["accelerator"], call["args"]
+        kwargs = {k: v for k, v in call.items() if k != "self"}
+        transformer = accelerator.unwrap_model(call["transformer"])
+        swap = bool(getattr(run_args, "blocks_to_swap", None)) and hasattr(
+            transformer, "switch_block_swap_for_inference"
+        )
+        reduce = None
+        if getattr(accelerator, "num_processes", 1) > 1:
+            reduce = lambda values: accelerator.reduce(values, reduction="mean")  # noqa: E731
+        modules = [m for m in (call["network"], call["transformer"]) if isinstance(m, torch.nn.Module)]
+        with preserved_rng():  # musubi's datasets reseed Python's random when they shuffle
+            batches = [self._held_out[i] for i in range(len(self._held_out))]
+        if swap:
+            transformer.switch_block_swap_for_inference()
+        try:
+            for batch in batches:
+                batch = _to_device(batch, accelerator.device)
+
+                def evaluate(k, position, seed, batch=batch):
+                    latents = trainer.scale_shift_latents(batch["latents"])
+                    noise = torch.randn_like(latents)  # as the loop draws it; fixed by the reseed
+                    with run.probing(k, position):
+                        loss, _ = trainer.process_batch(
+                            **{**kwargs, "batch": batch, "latents": latents, "noise": noise}
+                        )
+                    return loss
+
+                run.validation.add(
+                    evaluate, batch, batch["latents"].shape[0], modules, reduce, seen=lambda: run.probe_timestep
+                )
+        finally:
+            if swap:
+                transformer.switch_block_swap_for_training()
+        logs = run.validation.finish(step)
+        run.validation.take_logs()  # written now, at the step it measured
+        record = run.validation.take_record()
+        if record is not None:
+            from ..validation import RECORD_TAG
+
+            logs = {**logs, RECORD_TAG: record}  # accelerate's TensorBoard tracker writes a str as text
+        self._passes += 1
+        if accelerator.trackers:
+            accelerator.log(logs, step=step)
 
     # ------------------------------------------------------------------ the optimizer's constructor
     def on_optimizer_created(self, optimizer) -> None:
@@ -184,12 +285,90 @@ class MusubiAdapter(TrainerAdapter):
         raise self.not_integrated_error("musubi-tuner")
 
 
+#: musubi-tuner's options that shape the timestep distribution (for the validation's record)
+TIMESTEP_OPTIONS = (
+    "timestep_sampling",
+    "discrete_flow_shift",
+    "sigmoid_scale",
+    "weighting_scheme",
+    "logit_mean",
+    "logit_std",
+    "mode_scale",
+    "min_timestep",
+    "max_timestep",
+    "preserve_distribution_shape",
+)
+
+
+def _held_out_set(trainer, args):
+    """The validation's DatasetGroup, read from ``--loli_validation_dataset_config`` as ``NetworkTrainer.
+    _build_dataset`` reads ``--dataset_config`` (musubi-tuner's config_utils, the trainer's architecture),
+    without timestep buckets and with its own epoch counter, under the caller's random states (building a
+    dataset group draws a seed from Python's random)."""
+    from multiprocessing import Value
+
+    from musubi_tuner.dataset import config_utils
+    from musubi_tuner.dataset.config_utils import BlueprintGenerator, ConfigSanitizer
+
+    from ..probe import preserved_rng
+
+    path = args.loli_validation_dataset_config
+    for option in ("loli_validation_every", "loli_validation_clusters"):
+        value = getattr(args, option, 1)
+        if not isinstance(value, int) or value < 1:
+            raise LoliConfigError(f"--{option} must be a whole number >= 1, got {value!r}")
+    if not Path(path).is_file():
+        raise LoliConfigError(f"--loli_validation_dataset_config {path}: no such file")
+    with preserved_rng():
+        blueprint = BlueprintGenerator(ConfigSanitizer()).generate(
+            config_utils.load_user_config(path), args, architecture=trainer.architecture
+        )
+        group = config_utils.generate_dataset_group_by_blueprint(
+            blueprint.dataset_group, training=True, num_timestep_buckets=None, shared_epoch=Value("i", 0)
+        )
+    if group.num_train_items == 0:
+        raise LoliConfigError(
+            f"--loli_validation_dataset_config {path}: no cached items. Cache them as the training set is cached, "
+            f"with musubi-tuner's own latent and text-encoder caching scripts given --dataset_config {path}"
+        )
+    return group
+
+
+def _validation(args, optimizer):
+    from ..options import check_clusters
+    from ..validation import Validation
+
+    clusters = (
+        optimizer.clusters
+        if optimizer is not None
+        else check_clusters(getattr(args, "loli_validation_clusters", 10), option="--loli_validation_clusters")
+    )
+    described = ", ".join(
+        f"{name}={getattr(args, name)!r}" for name in TIMESTEP_OPTIONS if getattr(args, name, None) is not None
+    )
+    every = getattr(args, "loli_validation_every", patches.VALIDATION_EVERY)
+    return Validation(clusters, seed=0, every=every, description=f"musubi-tuner: {described}")
+
+
+def _to_device(value, device):
+    """A held-out batch on the training device, as the prepared data loader hands training batches over."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
 def _asked(args) -> str:
     parts = []
     if kohya_ss.requests_optimizer(args):
         parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
     if kohya_ss.requests_loss(args):
         parts.append("--loss_type loli")
+    if patches.requests_validation(args):
+        parts.append("--loli_validation_dataset_config")
     return " and ".join(parts) or "a Loli run"
 
 
@@ -241,6 +420,12 @@ def describe(run: MusubiRun, trainer_cls: type) -> str:
             "loss_type=loli("
             + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items())
             + f"), cosine along dim {run.loss_dim} of {trainer_cls.__name__}'s predictions"
+        )
+    if run.validation is not None:
+        every = run.validation.every
+        parts.append(
+            f"validation: {run.validation.clusters} timesteps on {getattr(args, 'loli_validation_dataset_config', '')} "
+            f"before the first step, every {every} steps and at the end"
         )
     return "; ".join(parts) or "nothing"
 

@@ -126,32 +126,35 @@ class Validation(ProbeCurves):
     # ------------------------------------------------------------------ measuring
     def add(
         self,
-        evaluate: Callable[[int, float], torch.Tensor],
+        evaluate: Callable[[int, float, int], torch.Tensor],
         batch,
         size: int,
         modules=(),
         reduce=None,
         seen: Callable[[], float | None] | None = None,
     ) -> torch.Tensor:
-        """Measure one held-out batch. ``evaluate(k, position)``: the host's loss on it (per sample or a
-        mean) with its sampler drawing the quantile ``(k + position) / K`` of its own distribution;
-        ``seen()``: the trainer's timestep of that draw (for the record); ``reduce``: the mean over
-        ranks (every rank calls ``add`` as often). Returns the K values (on the device: no sync)."""
+        """Measure one held-out batch. ``evaluate(k, position, seed)``: the host's loss on it (per sample
+        or a mean) with its sampler drawing the quantile ``(k + position) / K`` of its own distribution;
+        every global random state is already reseeded with ``seed`` (a host whose noise generator is
+        seeded otherwise seeds it with ``seed``); ``seen()``: the trainer's timestep of that draw (for
+        the record); ``reduce``: the mean over ranks (every rank calls ``add`` as often). Returns the K
+        values (on the device: no sync)."""
         digest = batch_digest(batch)
+        seed = (self.seed + digest) % 2**63
         measure_edges = self.timesteps is None and seen is not None and not self._digests
         with preserved_rng(), torch.no_grad(), evaluating(*modules):
             losses, middles = [], []
             for k in range(self.clusters):
-                reseed(self.seed + digest)
-                losses.append(evaluate(k, 0.5).detach().float().mean())
+                reseed(seed)
+                losses.append(evaluate(k, 0.5, seed).detach().float().mean())
                 middles.append(seen() if seen is not None else None)
             if measure_edges:  # once per run: the noise range of each cluster, as the trainer draws it
                 edges = []
                 for k in range(self.clusters):
                     low_high = []
                     for position in (EDGE, 1.0 - EDGE):
-                        reseed(self.seed + digest)
-                        evaluate(k, position)
+                        reseed(seed)
+                        evaluate(k, position, seed)
                         low_high.append(seen())
                     edges.append(low_high)
                 if all(v is not None for pair in edges for v in pair) and None not in middles:

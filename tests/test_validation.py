@@ -43,7 +43,7 @@ class Host:
     def run_pass(self, validation, batches, step, reduce=None):
         for batch in batches:
             validation.add(
-                lambda k, pos, b=batch: self.evaluate(b, k, pos),
+                lambda k, pos, seed, b=batch: self.evaluate(b, k, pos),
                 batch,
                 len(batch["latents"]),
                 modules=(self.model,),
@@ -160,7 +160,7 @@ def test_schedule():
 def test_a_rank_that_does_not_log_starts_the_next_pass_clean():
     host, validation = Host(), Validation(K)
     host.run_pass(validation, held_out(), step=1)
-    validation.add(lambda k, p: host.evaluate(held_out(1)[0], k, p), held_out(1)[0], 2)
+    validation.add(lambda k, p, seed: host.evaluate(held_out(1)[0], k, p), held_out(1)[0], 2)
     assert validation.in_pass
     validation.discard()
     assert not validation.in_pass and validation.finish(2) == {}

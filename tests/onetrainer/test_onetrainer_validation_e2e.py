@@ -1,0 +1,193 @@
+"""The validation in real OneTrainer ``scripts/train.py`` runs (the tiny SD 1.5 LoRA of test_onetrainer_e2e.py,
+CPU): four training images and a VALIDATION concept of two other images. OneTrainer validates at the start of
+each epoch (``validate_after: 1 EPOCH``); the plugin measures the same batches inside that validation, at each
+cluster's midpoint, and once more at the end of training.
+
+Runs of the same config: LOLI_CLUSTERED with the validation (twice), with ``loli_validation: off``, ADAMW with
+``loli_validation: on`` at the same K (the A/B recipe) and at another K, and a continuation of the first from
+its last backup. They show the ``val/`` tags and the record in TensorBoard, bit-identical values in the
+repeated run, the same training with and without the validation, held-out values that differ from the probe's,
+``loli-plugin compare`` on AdamW against LoliClustered (and its refusal at another K), and curves that go on
+after a resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .test_onetrainer_e2e import assets, last_backup, train, write_config  # noqa: F401 - assets: the fixture
+
+K = 4
+EPOCHS = 2  # 4 images, batch 1, 2 accumulation steps: 2 updates (4 micro-steps) per epoch
+VAL_TAGS = {f"val/cluster_{k:02d}" for k in range(K)} | {"val/mean", "val/normalized"}
+
+
+def held_out_images(folder: Path) -> Path:
+    """Two captioned 64x64 images the training never sees."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"held{i}.png")
+        (folder / f"held{i}.txt").write_text(f"a photo of a held-out thing number {i}")
+    return folder
+
+
+def tensorboard(root: Path, newest: bool = True) -> dict:
+    """The scalars and the loli/validation record of the run's (newest) TensorBoard folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    folders = sorted((root / "workspace" / "tensorboard").iterdir())
+    ea = EventAccumulator(str(folders[-1] if newest else folders[0]), size_guidance={"tensors": 0, "scalars": 0})
+    ea.Reload()
+    out = {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+    for tag in ea.Tags()["tensors"]:
+        if tag.startswith("loli/validation"):
+            out["record"] = json.loads(tensor_util.make_ndarray(ea.Tensors(tag)[0].tensor_proto).reshape(-1)[0])
+    return out
+
+
+def lora_tensors(root: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the run's final LoRA (OneTrainer's INTERNAL output folder)."""
+    tensors = {}
+    for path in sorted((root / "out").rglob("*")):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors.update({f"{path.name}:{k}": v for k, v in load_file(path).items()})
+        elif path.suffix == ".pt":
+            loaded = torch.load(path, weights_only=True)
+            if isinstance(loaded, dict):
+                tensors.update({f"{path.name}:{k}": v for k, v in loaded.items() if isinstance(v, torch.Tensor)})
+    assert tensors, list((root / "out").rglob("*"))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def runs(assets, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    model, data = assets
+    held = held_out_images(tmp_path_factory.mktemp("held") / "held_out")
+    concepts = [
+        {"name": "thing", "path": str(data), "seed": 0},
+        {"name": "held_out", "path": str(held), "seed": 1, "type": "VALIDATION"},
+    ]
+    adamw = {
+        "optimizer": "ADAMW",
+        "fused": False,
+        "foreach": False,
+        "stochastic_rounding": False,
+    }
+    variants = {
+        "loli": {},
+        "again": {},
+        "off": {"loli_validation": "off"},
+        "adamw": {"optimizer": adamw, "loli_validation": "on", "loli_probe": "on", "loli_probe_clusters": K},
+        "adamw_k3": {"optimizer": adamw, "loli_validation": "on", "loli_probe": "on", "loli_probe_clusters": 3},
+    }
+    roots = {}
+    for name, changes in variants.items():
+        root = tmp_path_factory.mktemp(name)
+        config = write_config(
+            root / "config.json", root, model, data, EPOCHS, False, concepts=concepts, loli_probe_every=2, **changes
+        )
+        (root / "train.txt").write_text(train(config, root / "train.log"))
+        roots[name] = root
+    return roots, model, data, concepts
+
+
+def test_val_tags_and_the_record_reach_tensorboard(runs):
+    roots = runs[0]
+    logs = tensorboard(roots["loli"])
+    print("TensorBoard scalar tags:", sorted(logs))
+    assert VAL_TAGS <= set(logs), sorted(logs)
+    # OneTrainer's validation at the start of each epoch (after its first micro-step: steps 0 and 4), the
+    # plugin's own last pass at the end of training (step 8)
+    assert [s for s, _ in logs["val/mean"]] == [0, 4, 8] and logs["val/normalized"][0][1] == 1.0
+    assert [s for s, _ in logs["loss/validation_step/held_out"]] == [0, 4]  # OneTrainer's own, alongside
+    record = logs["record"]
+    assert (
+        record["clusters"] == K
+        and record["samples"] == 2
+        and "OneTrainer: timestep_distribution" in (record["distribution"])
+    )
+    lows, mids, highs = zip(*record["timesteps"])
+    assert list(mids) == sorted(mids) and all(lo < m < hi for lo, m, hi in record["timesteps"])
+    assert lows[0] <= 1 and highs[-1] >= 998  # the default distribution covers OneTrainer's 1000 timesteps
+
+
+def test_a_repeated_run_gives_bit_identical_values(runs):
+    roots = runs[0]
+    first, again = tensorboard(roots["loli"]), tensorboard(roots["again"])
+    for tag in VAL_TAGS:
+        assert first[tag] == again[tag], tag
+    assert first["record"] == again["record"]
+
+
+def test_the_training_is_the_same_with_and_without_the_validation(runs):
+    roots = runs[0]
+    with_val, without = tensorboard(roots["loli"]), tensorboard(roots["off"])
+    assert not VAL_TAGS & set(without) and "record" not in without
+    assert with_val["loss/train_step"] == without["loss/train_step"]
+    assert with_val["loss/validation_step/held_out"] == without["loss/validation_step/held_out"]
+    a, b = lora_tensors(roots["loli"]), lora_tensors(roots["off"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_held_out_values_differ_from_the_probe_on_training_images(runs):
+    logs = tensorboard(runs[0]["loli"])
+    probe_steps = dict(logs["probe/mean"])
+    shared = [s for s, _ in logs["val/mean"] if s in probe_steps] or [logs["val/mean"][-1][0]]
+    step = shared[-1]
+    for k in range(K):
+        val = dict(logs[f"val/cluster_{k:02d}"])[step]
+        probe = dict(logs[f"probe/cluster_{k:02d}"]).get(step, logs[f"probe/cluster_{k:02d}"][-1][1])
+        assert val != probe
+
+
+def compare(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loli_plugin.cli", "compare", *args], capture_output=True, text=True)
+
+
+def test_compare_adamw_against_loli_clustered_and_refuse_another_k(runs, tmp_path):
+    roots = runs[0]
+    png = tmp_path / "ab.png"
+    done = compare(
+        str(roots["adamw"] / "workspace"), str(roots["loli"] / "workspace"), "--names", "AdamW", "Loli", "-o", str(png)
+    )
+    print(done.stdout, done.stderr)
+    assert done.returncode == 0, done.stderr
+    assert "AdamW final" in done.stdout and "Δ final" in done.stdout and png.stat().st_size > 20_000
+    refused = compare(str(roots["loli"] / "workspace"), str(roots["adamw_k3"] / "workspace"))
+    print(refused.stderr)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "runs not comparable: adamw_k3" in refused.stderr and "K=3 clusters" in refused.stderr
+
+
+def test_continuing_from_the_last_backup_continues_the_curves(runs):
+    roots, model, data, concepts = runs
+    root = roots["again"]
+    end = last_backup(root / "workspace")
+    (root / "earlier_backups").mkdir(exist_ok=True)  # OneTrainer continues from the backup that sorts last
+    for backup in (root / "workspace" / "backup").iterdir():
+        if backup != end:
+            shutil.move(str(backup), str(root / "earlier_backups" / backup.name))
+    saved = torch.load(end / "optimizer" / "optimizer.pt", weights_only=True)["loli_validation"]
+    before = tensorboard(root)
+    config = write_config(
+        root / "config2.json", root, model, data, EPOCHS + 1, True, concepts=concepts, loli_probe_every=2
+    )
+    train(config, root / "train2.log")
+    after = tensorboard(root, newest=True)
+    assert saved["reference"] == pytest.approx([before[f"val/cluster_{k:02d}"][0][1] for k in range(K)], rel=1e-6)
+    steps = [s for s, _ in after["val/mean"]]
+    assert steps and min(steps) > 8  # the curve goes on after the first run's last pass
+    assert all(v != 1.0 for _, v in after["val/normalized"])  # against the first run's first pass
