@@ -123,7 +123,7 @@ def test_val_tags_and_the_record_reach_tensorboard(runs):
     assert record["clusters"] == K and record["samples"] == 2 and record["validation_set"].startswith("blake2b:")
     lows, mids, highs = zip(*record["timesteps"])
     # sd-scripts' SD sampler draws integers in [0, 1000): cluster 0 is [0, 500), cluster 1 [500, 1000)
-    assert list(mids) == [249.0, 749.0] and lows[0] == 0.0 and highs[-1] == 999.0
+    assert list(mids) == [250.0, 750.0] and lows[0] == 0.0 and highs[-1] == 999.0
     assert "sd-scripts" in record["distribution"]
     train_log = (runs["val"] / "train.log").read_text()
     assert "validation: 2 timesteps on each batch of sd-scripts' own validation passes" in train_log
