@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -100,6 +101,8 @@ class Validation(ProbeCurves):
         self.samples = 0  # held-out samples in the last pass
         self.pending: dict[str, float] = {}
         self._recorded = False
+        #: one line on stderr per pass (its size and time); the time of the last pass and its forward passes
+        self.report, self.seconds, self.forwards = True, 0.0, 0
         self._reset_pass()
 
     # ------------------------------------------------------------------ schedule
@@ -118,6 +121,8 @@ class Validation(ProbeCurves):
         self._sum: torch.Tensor | None = None
         self._samples = 0
         self._digests: list[int] = []
+        self._forwards = 0  # the host's forward passes in this pass
+        self._seconds = 0.0  # the time spent measuring in this pass
 
     def discard(self) -> None:
         """Forget a pass in progress (a rank that never logs it: the next pass starts clean)."""
@@ -139,6 +144,7 @@ class Validation(ProbeCurves):
         seeded otherwise seeds it with ``seed``); ``seen()``: the trainer's timestep of that draw (for
         the record); ``reduce``: the mean over ranks (every rank calls ``add`` as often). Returns the K
         values (on the device: no sync)."""
+        started = time.perf_counter()
         digest = batch_digest(batch)
         seed = (self.seed + digest) % 2**63
         measure_edges = self.timesteps is None and seen is not None and not self._digests
@@ -159,13 +165,16 @@ class Validation(ProbeCurves):
                     edges.append(low_high)
                 if all(v is not None for pair in edges for v in pair) and None not in middles:
                     self.timesteps = [[min(e), m, max(e)] for e, m in zip(edges, middles)]
+                self._forwards += 2 * self.clusters
             values = torch.stack(losses)
+            self._forwards += self.clusters
         if reduce is not None:
             values = reduce(values)
         weighted = values * int(size)
         self._sum = weighted if self._sum is None else self._sum + weighted
         self._samples += int(size)
         self._digests.append(digest)
+        self._seconds += time.perf_counter() - started
         return values
 
     def finish(self, step: int) -> dict[str, float]:
@@ -174,6 +183,12 @@ class Validation(ProbeCurves):
         if not self.in_pass:
             return {}
         values = (self._sum / self._samples).cpu().tolist()  # one device sync per pass
+        self.seconds, self.forwards = self._seconds, self._forwards
+        if self.report:
+            warn(
+                f"validation at step {step}: {self.clusters} timesteps x {self._samples} held-out samples "
+                f"({self._forwards} forward passes) in {self._seconds:.1f} s"
+            )
         found = fingerprint(self._digests)
         if self.set_fingerprint is not None and found != self.set_fingerprint:
             warn(

@@ -121,7 +121,7 @@ def test_the_record_names_the_set_the_clusters_and_their_noise_range():
     calls_before = host.calls
     host.run_pass(validation, held_out(3), step=1)
     # the first pass measures each cluster's edges once, on the first batch (2 draws per cluster)
-    assert host.calls - calls_before == 3 * K + 2 * K
+    assert host.calls - calls_before == 3 * K + 2 * K == validation.forwards
     record = json.loads(validation.take_record())
     assert validation.take_record() is None  # once
     assert record["clusters"] == K and record["seed"] == 3 and record["distribution"] == "logit_normal(0, 1)"
@@ -140,6 +140,8 @@ def test_the_record_names_the_set_the_clusters_and_their_noise_range():
 def test_another_set_gives_another_fingerprint_and_restarts_normalized(capsys):
     host, validation = Host(), Validation(K)
     host.run_pass(validation, held_out(seed=1), step=1)
+    line = capsys.readouterr().err  # one line per pass: its size and time
+    assert line.startswith(f"loli-plugin: validation at step 1: {K} timesteps x 6 held-out samples (")
     first = validation.set_fingerprint
     logs = host.run_pass(validation, held_out(seed=2), step=2)
     assert validation.set_fingerprint != first and logs["val/normalized"] == 1.0

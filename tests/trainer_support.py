@@ -98,3 +98,18 @@ def fresh_run_fixture(adapter_module: str):
             adapter.problems.update(recorded)
 
     return _fresh_run
+
+
+def run_measured(cmd, **kwargs):
+    """``subprocess.run(cmd, **kwargs)``, plus the wall and CPU seconds (user + system) the trainer process
+    took: CPU time is what the validation's cost is stated in, since wall time on a shared machine moves
+    with the other jobs on it."""
+    import resource
+    import subprocess
+    import time
+
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    proc = subprocess.run(cmd, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, time.monotonic() - start, cpu

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from ..trainer_support import run_measured
 from .conftest import KOHYA_DIR
 from .test_kohya_train_network_e2e import sd1_assets  # noqa: F401 - the session fixture
 
@@ -78,12 +78,10 @@ def train(assets: Path, out: Path, *extra: str) -> float:
         "1",
         *extra,
     ]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=KOHYA_DIR, capture_output=True, text=True)
-    took = time.monotonic() - start
+    proc, wall, cpu = run_measured(cmd, cwd=KOHYA_DIR, capture_output=True, text=True)
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return took
+    return wall, cpu
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -108,7 +106,12 @@ def runs(sd1_assets, tmp_path_factory):  # noqa: F811 - the fixture imported abo
         folder = tmp_path_factory.mktemp(name)
         took[name] = train(sd1_assets, folder, *extra)
         out[name] = folder
-    print(f"\ntrain_network.py wall time per run (s): {took}")
+    print(
+        "\ntrain_network.py per run, (wall s, CPU s): "
+        + ", ".join(f"{k} ({w:.0f}, {c:.0f})" for k, (w, c) in took.items())
+    )
+    passes = (took["val"][1] - took["off"][1], took["again"][1] - took["off"][1])
+    print(f"the plugin's validation (1 pass, first one: with the edges): {passes[0]:.1f} s and {passes[1]:.1f} s CPU")
     return out
 
 

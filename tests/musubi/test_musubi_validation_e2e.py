@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ..trainer_support import run_measured
 from .conftest import MUSUBI_DIR
 from .test_musubi_train_network_e2e import qwen_assets  # noqa: F401 - the session fixture
 
@@ -29,7 +30,7 @@ STEPS = 2
 VAL_TAGS = {f"val/cluster_{k:02d}" for k in range(K)} | {"val/mean", "val/normalized"}
 
 
-def train(assets: Path, out: Path, *extra: str, optimizer=("LoliClustered", "inner=AdamW", f"clusters={K}")) -> str:
+def train(assets: Path, out: Path, *extra: str, optimizer=("LoliClustered", "inner=AdamW", f"clusters={K}")) -> float:
     cmd = [
         sys.executable,
         "src/musubi_tuner/qwen_image_train_network.py",
@@ -75,10 +76,10 @@ def train(assets: Path, out: Path, *extra: str, optimizer=("LoliClustered", "inn
         "tensorboard",
         *extra,
     ]
-    proc = subprocess.run(cmd, cwd=MUSUBI_DIR, capture_output=True, text=True)
+    proc, wall, cpu = run_measured(cmd, cwd=MUSUBI_DIR, capture_output=True, text=True)
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return proc.stdout + proc.stderr
+    return cpu
 
 
 def tensorboard(log_dir: Path) -> dict:
@@ -121,13 +122,15 @@ def runs(qwen_assets, tmp_path_factory):  # noqa: F811 - the fixture imported ab
             optimizer=adamw,
         ),
     }
-    roots = {}
+    roots, cpu = {}, {}
     for name, variant in variants.items():
         root = tmp_path_factory.mktemp(name)
-        (root / "stdout.txt").write_text(
-            train(qwen_assets, root, *variant["extra"], **{k: v for k, v in variant.items() if k == "optimizer"})
+        cpu[name] = train(
+            qwen_assets, root, *variant["extra"], **{k: v for k, v in variant.items() if k == "optimizer"}
         )
         roots[name] = root
+    print("\nqwen_image_train_network.py CPU s per run: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
+    print(f"the plugin's validation ({STEPS + 1} passes): {cpu['loli'] - cpu['plain']:.1f} s CPU")
     return roots
 
 

@@ -24,13 +24,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
+from ..trainer_support import run_measured
 from .conftest import MGDS_DIR, OT_DIR
 
 HERE = Path(__file__).parent
@@ -135,8 +135,7 @@ def train(config: Path, log: Path) -> str:
             [str(OT_DIR), str(MGDS_DIR / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
         ),
     )
-    start = time.monotonic()
-    proc = subprocess.run(
+    proc, wall, cpu = run_measured(
         [sys.executable, "scripts/train.py", "--config-path", str(config)],
         cwd=OT_DIR,
         env=env,
@@ -146,9 +145,9 @@ def train(config: Path, log: Path) -> str:
     )
     text = proc.stdout + proc.stderr
     log.write_text(text)
+    log.with_suffix(".cpu").write_text(f"{cpu:.2f}")  # the CPU seconds of the run (the validation's cost)
     print(
-        f"\n{config.name}: scripts/train.py exited {proc.returncode} "
-        f"after {time.monotonic() - start:.1f} s (log: {log})"
+        f"\n{config.name}: scripts/train.py exited {proc.returncode} after {wall:.1f} s, {cpu:.1f} s CPU (log: {log})"
     )
     assert proc.returncode == 0, text[-6000:]
     return text

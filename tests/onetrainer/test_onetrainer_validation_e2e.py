@@ -99,8 +99,11 @@ def runs(assets, tmp_path_factory):  # noqa: F811 - the fixture imported above
         config = write_config(
             root / "config.json", root, model, data, EPOCHS, False, concepts=concepts, loli_probe_every=2, **changes
         )
-        (root / "train.txt").write_text(train(config, root / "train.log"))
+        train(config, root / "train.log")
         roots[name] = root
+    cpu = {name: float((root / "train.cpu").read_text()) for name, root in roots.items()}
+    print("\nscripts/train.py CPU s per run: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
+    print(f"the plugin's validation (3 passes): {cpu['loli'] - cpu['off']:.1f} s CPU")
     return roots, model, data, concepts
 
 
