@@ -67,6 +67,10 @@ class KohyaAdapter(TrainerAdapter):
         self._val_batch = None  # the validation batch measured last (sd-scripts hands each over once per timestep)
         self._timestep_range = None  # (--min_timestep, --max_timestep) as the last training batch drew them
         self._val_log = None  # (the validation log that ended the last pass, its logs, its record)
+        #: copies (CPU) of the held-out batches, kept when sd-scripts' schedule may skip the end of training
+        self._held_out: list = []
+        self._validated_last = False  # a validation pass came after the last training batch (same on every rank)
+        self._passes_seen = 0
         #: the optimizer step of sd-scripts' last step log (its epoch logs carry the epoch as their step)
         self.logged_step = None
 
@@ -213,6 +217,8 @@ class KohyaAdapter(TrainerAdapter):
         run = self.run
         if run.probe is not None:
             self.probe_batch(wrapped, args, kwargs)
+        self._measure = (wrapped, args, kwargs)
+        self._validated_last = False
         run_args = bound["args"]
         self._timestep_range = (getattr(run_args, "min_timestep", None), getattr(run_args, "max_timestep", None))
         self._val_batch = None
@@ -233,6 +239,17 @@ class KohyaAdapter(TrainerAdapter):
         if batch is self._val_batch:
             return
         self._val_batch = batch
+        if not self._validated_last:  # the first batch of a pass (counted on every rank, logged or not)
+            self._validated_last = True
+            self._passes_seen += 1
+        every_epochs = getattr(bound["args"], "validate_every_n_epochs", None)
+        if every_epochs is not None and every_epochs > 1 and self._passes_seen == 1:
+            self._held_out.append(_copy(batch, "cpu"))  # the end of training may need them (end_of_training)
+        self._measure_held_out(wrapped, args, kwargs, bound, batch)
+
+    def _measure_held_out(self, wrapped, args, kwargs, bound, batch) -> None:
+        from ..probe import _copy
+
         run = self.run
         routed = copy.copy(bound["args"])
         routed.min_timestep, routed.max_timestep = self._timestep_range or (None, None)
@@ -249,6 +266,24 @@ class KohyaAdapter(TrainerAdapter):
             _rank_mean(bound["accelerator"]),
             seen=lambda: run.probe_timestep,
         )
+
+    def end_of_training(self, accelerator) -> None:
+        """Accelerator.end_training, on every rank: when no validation pass followed the last training batch
+        (sd-scripts' ``--validate_every_n_epochs`` skipped the last epoch), measure the held-out batches kept
+        from the first pass, and log at the last step."""
+        if self._validated_last or not self._held_out or self._measure is None:
+            return
+        from ..probe import to_device
+
+        wrapped, args, kwargs = self._measure
+        bound = bind_arguments(wrapped, args, kwargs)
+        for batch in self._held_out:
+            self._measure_held_out(wrapped, args, kwargs, bound, to_device(batch, accelerator.device))
+        validation = self.run.validation
+        logs = validation.finish(self.logged_step if self.logged_step is not None else 0)
+        validation.take_logs()
+        if logs and accelerator.trackers:
+            accelerator.log(logs, step=validation.last)
 
     def validation_logs(self, values) -> tuple[dict, str | None]:
         """The end of a validation pass (sd-scripts logs its average: ``values``): the plugin's values and,

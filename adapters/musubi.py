@@ -35,6 +35,7 @@ from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from ..hookspecs import hookimpl
 from ..patches import kohya_ss
 from ..patches import musubi as patches
+from ..probe import to_device
 from ..run import LoliRun
 
 #: the modules the family overrides live in when reached through musubi-tuner's package
@@ -245,7 +246,7 @@ class MusubiAdapter(TrainerAdapter):
             transformer.switch_block_swap_for_inference()
         try:
             for batch in batches:
-                batch = _to_device(batch, accelerator.device)
+                batch = to_device(batch, accelerator.device)
 
                 def evaluate(k, position, seed, batch=batch):
                     latents = trainer.scale_shift_latents(batch["latents"])
@@ -348,17 +349,6 @@ def _validation(args, optimizer):
     )
     every = getattr(args, "loli_validation_every", patches.VALIDATION_EVERY)
     return Validation(clusters, seed=0, every=every, description=f"musubi-tuner: {described}")
-
-
-def _to_device(value, device):
-    """A held-out batch on the training device, as the prepared data loader hands training batches over."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
 
 
 def _asked(args) -> str:

@@ -31,6 +31,7 @@ from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
 from ..options import DEFAULT_CLUSTERS
 from ..patches import onetrainer as patches
+from ..probe import to_device
 from ..run import LoliRun
 
 #: inner optimizers that cannot be wrapped: (reason)
@@ -209,7 +210,7 @@ class OneTrainerAdapter(TrainerAdapter):
 
             def evaluate(k, position, seed, batch=batch):
                 with run.probing(k, position):
-                    on_device = _to_device(batch, device)
+                    on_device = to_device(batch, device)
                     output = setup.predict(model, on_device, config, train_progress, deterministic=True)
                     return setup.calculate_loss(model, on_device, output, config)
 
@@ -258,7 +259,7 @@ class OneTrainerAdapter(TrainerAdapter):
 
         def evaluate(batch, k):
             with run.probing(k):
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 output = setup.predict(model, batch, config, progress)
                 return setup.calculate_loss(model, batch, output, config)
 
@@ -356,19 +357,6 @@ def _size(batch) -> int:
     """Samples in a OneTrainer batch (its validation batches hold one)."""
     latent = batch.get("latent_image") if isinstance(batch, dict) else None
     return int(latent.shape[0]) if isinstance(latent, torch.Tensor) else 1
-
-
-def _to_device(value, device):
-    """A kept batch on the training device (a resumed probe's batches come back on the CPU)."""
-    if device is None:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
 
 
 def _plugin_inner(name: str, parameters, config):

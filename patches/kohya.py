@@ -427,6 +427,17 @@ def _tracker(cls: str, optional: bool) -> FunctionPatch:
     )
 
 
+def end_training(context, wrapped, instance, args, kwargs):
+    """accelerate/accelerator.py ``Accelerator.end_training(self)``: every sd-scripts script calls it on every
+    rank once its loop is over, before the trackers close. If sd-scripts' own schedule skipped the end of
+    training (``--validate_every_n_epochs`` > 1), the validation measures its held-out batches once more
+    here (``context.end_of_training``)."""
+    run = context.run
+    if run is not None and run.validation is not None:
+        context.end_of_training(instance)
+    return wrapped(*args, **kwargs)
+
+
 #: TensorBoard and W&B are the trackers sd-scripts special-cases; the others are patched when this
 #: accelerate has them.
 LOGS = Instrumentor(
@@ -436,6 +447,16 @@ LOGS = Instrumentor(
     + [
         _tracker(cls, True)
         for cls in ("CometMLTracker", "AimTracker", "MLflowTracker", "ClearMLTracker", "DVCLiveTracker")
+    ]
+    + [
+        FunctionPatch(
+            "accelerate.accelerator",
+            "Accelerator.end_training",
+            "validation: a last pass when sd-scripts' schedule skipped the end of training",
+            "validation",
+            params=["self"],
+            wrapper=end_training,
+        )
     ],
 )
 

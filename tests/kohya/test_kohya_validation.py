@@ -39,14 +39,12 @@ def events(folder):
 def harness(kohya, parse, tmp_path):
     """run(*argv, epochs, lr) -> (training losses, sd-scripts' own validation losses, the U-Net, the log dir)."""
     from accelerate import Accelerator
-    from accelerate.tracking import TensorBoardTracker
     from diffusers import DDPMScheduler
 
     class Trainer(kohya.train_network.NetworkTrainer):
         def call_unet(self, args, accelerator, unet, noisy_latents, timesteps, text_conds, batch, weight_dtype, **kw):
             return unet(noisy_latents, timesteps)
 
-    accelerator = Accelerator(cpu=True)
     scheduler = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
     )
@@ -80,7 +78,9 @@ def harness(kohya, parse, tmp_path):
         torch.manual_seed(0)
         unet = TinyUnet()
         _, _, opt = kohya.train_util.get_optimizer(args, list(unet.parameters()))
-        tracker = TensorBoardTracker("run", str(log_dir))
+        accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(log_dir))
+        accelerator.init_trackers("run")
+        tracker = accelerator.get_tracker("tensorboard")  # what train_network.py's accelerator_logging calls
         trainer, losses, own = Trainer(), [], []
 
         def process(b, is_train):
@@ -101,6 +101,8 @@ def harness(kohya, parse, tmp_path):
                 step += 1
                 losses.append(loss.item())
                 tracker.log({"loss/current": losses[-1]}, step=step)  # step_logging
+            if args.validate_every_n_epochs is not None and (epoch + 1) % args.validate_every_n_epochs:
+                continue
             # EPOCH VALIDATION, as train_network.py runs it: its RNG switched to the validation seed
             state = torch.get_rng_state()
             torch.manual_seed(args.validation_seed or args.seed or 0)
@@ -114,7 +116,7 @@ def harness(kohya, parse, tmp_path):
             torch.set_rng_state(state)
             args.min_timestep = args.max_timestep = None
             tracker.log({"loss/validation/epoch_average": sum(own[-12:]) / 12}, step=epoch + 1)  # epoch_logging
-        tracker.finish()
+        accelerator.end_training()
         return losses, own, unet, log_dir
 
     run.held_out = held_out
@@ -159,6 +161,17 @@ def test_the_order_of_the_held_out_batches_does_not_change_the_values(harness):
     a, b = events(straight)[0], events(backwards)[0]
     for k in range(K):  # the same noise for each sample: only the order of the sum differs
         assert b[f"val/cluster_{k:02d}"][0][1] == pytest.approx(a[f"val/cluster_{k:02d}"][0][1], rel=1e-6)
+
+
+def test_the_end_of_training_is_measured_when_sd_scripts_schedule_skips_it(harness):
+    _, _, _, log_dir = harness("--validate_every_n_epochs", "2", epochs=3)
+    logs, _ = events(log_dir)
+    # sd-scripts validates after epoch 2 (step 4) only; the plugin adds the end of training (step 6) with the
+    # held-out batches it kept from that pass
+    assert [s for s, _ in logs["loss/validation/epoch_average"]] == [2]
+    assert [s for s, _ in logs["val/mean"]] == [4, 6]
+    _, _, _, every_epoch = harness(epochs=3)
+    assert [s for s, _ in events(every_epoch)[0]["val/mean"]] == [2, 4, 6]  # nothing added: the end was measured
 
 
 def test_validation_alone_with_any_optimizer(kohya, parse):
