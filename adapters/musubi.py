@@ -22,15 +22,14 @@ sampler does not follow; that is refused with an error that says how to enable t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..adapter import TrainerAdapter, pushed
+from ..adapter import TrainerAdapter
 from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from ..hookspecs import hookimpl
 from ..patches import kohya_ss
@@ -46,10 +45,26 @@ _PACKAGE_MODULES = {p.module for p in patches.OVERRIDES.patches}
 class MusubiRun(LoliRun):
     """What the patches need during one musubi-tuner training run."""
 
-    args: argparse.Namespace | None = field(default=None, repr=False)
-    loss_weights: dict | None = None
     #: the family's channel axis, along which the Loli loss takes its cosine
     loss_dim: int = 1
+    #: the trainer class's name, for the start-up line
+    trainer_name: str = ""
+
+    def describe_optimizer(self) -> str | None:
+        text = super().describe_optimizer()
+        buckets = getattr(self.config, "num_timestep_buckets", None)
+        if (
+            text
+            and buckets is not None
+            and buckets > 1
+            and getattr(self.config, "timestep_sampling", "sigma") != "sigma"
+        ):
+            text += f"; --num_timestep_buckets {buckets} places each draw inside its cluster"
+        return text
+
+    def describe_loss(self) -> str | None:
+        text = super().describe_loss()
+        return text and f"{text}, cosine along dim {self.loss_dim} of {self.trainer_name}'s predictions"
 
 
 class MusubiAdapter(TrainerAdapter):
@@ -57,10 +72,10 @@ class MusubiAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    entry_patch = patches.GET_OPTIMIZER
 
     def __init__(self) -> None:
         super().__init__()
-        self._building: list = []  # (trainer, args) of the get_optimizer calls in progress (innermost last)
         self._drawing = False
         #: OVERRIDES aimed at a family script that runs as another module (``__main__``), by module name
         self._script_overrides: dict = {}
@@ -86,33 +101,25 @@ class MusubiAdapter(TrainerAdapter):
     def find_checkout(self, path: Path) -> bool:
         return any((path / src / "musubi_tuner" / "training" / "trainer_base.py").is_file() for src in ("src", "."))
 
-    # ------------------------------------------------------------------ features
-    @staticmethod
-    def features_for(args) -> set[str]:
-        """The patch features a run with these arguments needs (empty: not a Loli run)."""
-        features = set()
-        if kohya_ss.requests_optimizer(args):
-            features |= {"activation", "sampler", "logs"}
-        if kohya_ss.requests_loss(args):
-            features |= {"activation", "loss"}
-        if patches.requests_validation(args):
-            features |= {"activation", "sampler", "validation"}
-        return features
+    def inside_trainer(self) -> bool:
+        return patches.TRAINER_BASE in sys.modules
 
-    def run_features(self) -> set[str]:
-        run = self.run
-        if run is None:
-            return set()
+    # ------------------------------------------------------------------ what a run asks for
+    def requests(self, args) -> set[str]:
         return (
-            ({"activation", "sampler", "logs"} if run.stratify else set())
-            | ({"activation", "loss"} if run.loss_weights else set())
-            | ({"activation", "sampler", "validation"} if run.validation is not None else set())
+            ({"optimizer"} if kohya_ss.requests_optimizer(args) else set())
+            | ({"loss"} if kohya_ss.requests_loss(args) else set())
+            | ({"validation"} if patches.requests_validation(args) else set())
         )
 
-    # ------------------------------------------------------------------ the patches' context
-    def building_optimizer(self, trainer, args):
-        return pushed(self._building, (trainer, args))
+    def asked(self, args) -> str:
+        asked = kohya_ss.asked(args)
+        if patches.requests_validation(args):
+            option = "--loli_validation_dataset_config"
+            asked = option if asked == "a Loli run" else f"{asked} and {option}"
+        return asked
 
+    # ------------------------------------------------------------------ the patches' context
     @property
     def drawing_now(self) -> bool:
         return self._drawing
@@ -136,11 +143,11 @@ class MusubiAdapter(TrainerAdapter):
             self._held_out = _held_out_set(trainer, args)
 
     def _check(self, trainer, args, features: set) -> None:
-        self.require(features, _asked(args))
+        self.require(features, self.asked(args))
         problems = patches.override_problems(type(trainer), features, self._override_instrumentors(type(trainer)))
         if problems:
             raise LoliUnsupportedTrainerError(
-                f"loli-plugin cannot run {_asked(args)} with this {self.library} trainer: "
+                f"loli-plugin cannot run {self.asked(args)} with this {self.library} trainer: "
                 + "; ".join(problems)
                 + f". Supported: {self.supported}. Train without the Loli options, "
                 "or with a LoRA script this version supports."
@@ -166,14 +173,14 @@ class MusubiAdapter(TrainerAdapter):
         """Start a Loli run for musubi-tuner: validate, patch, carry the monitor in the optimizer's state."""
         from ..loss import parse_loss_weights
 
-        features = self.features_for(args) or {"activation", "sampler", "logs"}
-        self._check(trainer, args, features)
+        self._check(trainer, args, self.features_for(args) or self.features["optimizer"])
         _check_clusters(args, optimizer)
         weights = None
         if kohya_ss.requests_loss(args):
             weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         dim = patches.channel_dim(type(trainer), args)
-        fields = dict(args=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
+        fields = dict(config=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
+        fields.update(trainer_name=type(trainer).__name__)
         run = MusubiRun.for_optimizer(optimizer, **fields) if optimizer is not None else MusubiRun(**fields)
         if patches.requests_validation(args):
             if self._held_out is None:  # NetworkTrainer.train was not the entry (a test driving the trainer)
@@ -182,18 +189,8 @@ class MusubiAdapter(TrainerAdapter):
             run.clusters = run.validation.clusters
         self.run = run
         self.activate_run_patches()
-        print(f"loli-plugin active: {describe(run, type(trainer))}", file=sys.stderr)
+        print(f"loli-plugin active: {self.describe(run)}", file=sys.stderr)
         return run
-
-    def deactivate(self) -> None:
-        super().deactivate()
-        self._reset_validation()
-        self._drawing = False
-        self._script_overrides.clear()  # undone above; made again for the next run's trainer
-
-    def uninstrument(self) -> None:
-        super().uninstrument()
-        self._script_overrides.clear()
 
     # ------------------------------------------------------------------ the validation
     def optimizer_built(self, optimizer) -> None:
@@ -274,16 +271,15 @@ class MusubiAdapter(TrainerAdapter):
         if accelerator.trackers:
             accelerator.log(logs, step=step)
 
-    # ------------------------------------------------------------------ the optimizer's constructor
-    def on_optimizer_created(self, optimizer) -> None:
-        if patches.TRAINER_BASE not in sys.modules:
-            return  # not inside musubi-tuner
-        if self._building:
-            self.activate(*self._building[-1], optimizer)
-            return
-        if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
-            return  # built by the user's own code, outside NetworkTrainer.get_optimizer: not a musubi run
-        raise self.not_integrated_error("musubi-tuner")
+    def deactivate(self) -> None:
+        super().deactivate()
+        self._reset_validation()
+        self._drawing = False
+        self._script_overrides.clear()  # undone above; made again for the next run's trainer
+
+    def uninstrument(self) -> None:
+        super().uninstrument()
+        self._script_overrides.clear()
 
 
 #: musubi-tuner's options that shape the timestep distribution (for the validation's record)
@@ -348,18 +344,10 @@ def _validation(args, optimizer):
         f"{name}={getattr(args, name)!r}" for name in TIMESTEP_OPTIONS if getattr(args, name, None) is not None
     )
     every = getattr(args, "loli_validation_every", patches.VALIDATION_EVERY)
-    return Validation(clusters, seed=0, every=every, description=f"musubi-tuner: {described}")
-
-
-def _asked(args) -> str:
-    parts = []
-    if kohya_ss.requests_optimizer(args):
-        parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
-    if kohya_ss.requests_loss(args):
-        parts.append("--loss_type loli")
-    if patches.requests_validation(args):
-        parts.append("--loli_validation_dataset_config")
-    return " and ".join(parts) or "a Loli run"
+    where = (
+        f"{args.loli_validation_dataset_config} before the first step, every {every} steps and at the end of training"
+    )
+    return Validation(clusters, seed=0, every=every, description=f"musubi-tuner: {described}", where=where)
 
 
 def _check_args(args, trainer) -> None:
@@ -392,32 +380,6 @@ def _check_clusters(args, optimizer) -> None:
     """ "sigma" sampling picks integer indices in [min_timestep, max_timestep): each cluster needs one."""
     if optimizer is not None and getattr(args, "timestep_sampling", "sigma") == "sigma":
         kohya_ss.check_timestep_range(optimizer.clusters, args)
-
-
-def describe(run: MusubiRun, trainer_cls: type) -> str:
-    opt, args = run.optimizer, run.args
-    parts = []
-    if opt is not None:
-        parts.append(
-            f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
-            "timesteps drawn from one cluster per optimizer step"
-        )
-        buckets = getattr(args, "num_timestep_buckets", None)
-        if buckets is not None and buckets > 1 and getattr(args, "timestep_sampling", "sigma") != "sigma":
-            parts.append(f"--num_timestep_buckets {buckets} places each draw inside its cluster")
-    if run.loss_weights is not None:
-        parts.append(
-            "loss_type=loli("
-            + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items())
-            + f"), cosine along dim {run.loss_dim} of {trainer_cls.__name__}'s predictions"
-        )
-    if run.validation is not None:
-        every = run.validation.every
-        parts.append(
-            f"validation: {run.validation.clusters} timesteps on {getattr(args, 'loli_validation_dataset_config', '')} "
-            f"before the first step, every {every} steps and at the end"
-        )
-    return "; ".join(parts) or "nothing"
 
 
 ADAPTER = MusubiAdapter()

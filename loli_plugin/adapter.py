@@ -7,8 +7,9 @@ hook of a module registered under the ``loli_plugin`` entry-point group. It decl
   interpreter start by ``_loli_plugin_autoload`` without importing anything);
 * its patches: ``instrumentors()``, each with a scope: ``"import"`` (applied when the module is
   imported; passes through for plain runs) or ``"run"`` (applied only when a run uses a Loli feature);
-* its activation: the trainer's own entry points (its patches) call ``require`` and start a
-  ``LoliRun``; ``features_for`` says which patch features a run needs;
+* its activation: the trainer's own entry points (its patches) call ``check_request`` and start a
+  ``LoliRun``; which Loli features a run asks for (``requests``) and, declared once in ``FEATURES``,
+  which patch features each of them needs;
 * its logs and state: the ``LoliRun`` it keeps in ``run`` (per-cluster monitor carried in the
   optimizer's state_dict).
 
@@ -44,9 +45,21 @@ def warn(message: str) -> None:
 ANY = "*"
 
 
+#: what a Loli run may ask for, and the patch features (``Patch.features``) each request needs
+FEATURES = {
+    "optimizer": frozenset({"activation", "sampler", "logs"}),  # LoliClustered: its clusters drive the sampler
+    "loss": frozenset({"activation", "loss"}),  # the Loli loss with the trainer's own optimizer
+    "probe": frozenset({"activation", "sampler", "logs", "probe"}),  # the progress probe
+    "validation": frozenset({"activation", "sampler", "logs", "validation"}),  # validation on held-out data
+}
+
+
 class TrainerAdapter:
-    """Base class of the trainer adapters (subclass it, set the class attributes, implement
-    ``instrumentors``)."""
+    """Base class of the trainer adapters: subclass it, set the class attributes, implement
+    ``instrumentors`` and ``requests`` (which Loli features a run's options ask for), and ``activate`` when
+    the trainer builds its optimizer through ``entry_patch``. The rest (which patches a run needs, the
+    refusal before the first step, attaching to a ``LoliClustered`` built inside the trainer, the
+    run's one-line description) is here, once."""
 
     #: short name (launcher, doctor, logs): "kohya", "onetrainer", ...
     name: str = ""
@@ -56,10 +69,16 @@ class TrainerAdapter:
     supported: str = ""
     #: the manifest file listing the watched modules (``Path(__file__).with_suffix(".watch")``)
     manifest: Path | None = None
+    #: the patch features of each request (``FEATURES``; an adapter whose every run needs more adds them)
+    features: dict[str, frozenset] = FEATURES
+    #: the patch of the trainer's function that builds its optimizer, which pushes that call's arguments
+    #: (``building_optimizer``); None: the adapter builds the optimizer itself
+    entry_patch: Patch | None = None
 
     def __init__(self) -> None:
         self.run = None
         self.problems: dict[str, tuple[Patch | None, str]] = {}
+        self._building: list[tuple] = []  # arguments of the optimizer-building calls in progress (innermost last)
 
     # ------------------------------------------------------------------ what subclasses declare
     def instrumentors(self) -> list[tuple[Instrumentor, str]]:
@@ -71,9 +90,21 @@ class TrainerAdapter:
         shared with other projects.)"""
         return True
 
-    def run_features(self) -> set[str]:
-        """The patch features the active run needs (checked again when a module is imported mid-run)."""
+    def requests(self, config) -> set[str]:
+        """Which Loli features (keys of ``features``) a run with these options asks for; empty: a plain run."""
         return set()
+
+    def asked(self, config) -> str:
+        """The run's Loli options as its user wrote them, for refusals ("--optimizer_type LoliClustered")."""
+        return " and ".join(sorted(self.requests(config))) or "a Loli run"
+
+    def inside_trainer(self) -> bool:
+        """Is this trainer's code loaded in this process? (A ``LoliClustered`` built then belongs to it.)"""
+        return False
+
+    def activate(self, *call, optimizer=None):
+        """Start the run of the optimizer-building call ``call`` (``building_optimizer``'s arguments)."""
+        raise NotImplementedError
 
     def find_checkout(self, path: Path) -> bool:
         """Does ``path`` hold this trainer's source tree? (``loli-plugin doctor``)"""
@@ -91,6 +122,34 @@ class TrainerAdapter:
         except Exception:
             self.deactivate()
             raise
+
+    # ------------------------------------------------------------------ what a run needs
+    def features_for(self, config) -> set[str]:
+        """The patch features a run with these options needs (empty: not a Loli run)."""
+        return set().union(*(self.features[r] for r in self.requests(config)))
+
+    def run_requests(self) -> set[str]:
+        """What the active run asked for, read from its state."""
+        run = self.run
+        if run is None:
+            return set()
+        return (
+            ({"optimizer"} if run.stratify else set())
+            | ({"loss"} if getattr(run, "loss_weights", None) else set())
+            | ({"probe"} if run.probe is not None else set())
+            | ({"validation"} if getattr(run, "validation", None) is not None else set())
+        )
+
+    def run_features(self) -> set[str]:
+        """The patch features the active run needs (checked again when a module is imported mid-run)."""
+        return set().union(*(self.features[r] for r in self.run_requests()))
+
+    def check_request(self, config) -> None:
+        """At the trainer's first entry point: refuse a Loli run before any work if a patch it needs did
+        not fit this trainer."""
+        features = self.features_for(config)
+        if features:
+            self.require(features, self.asked(config))
 
     # ------------------------------------------------------------------ watched names
     @property
@@ -151,10 +210,12 @@ class TrainerAdapter:
                 unsupported_message(self.library, self.supported, {n: r for n, (p, r) in self.problems.items()}, asked)
             )
 
-    def not_integrated_error(self, trainer: str) -> LoliUnsupportedTrainerError:
+    def not_integrated_error(self, trainer: str | None = None) -> LoliUnsupportedTrainerError:
         """For ``on_optimizer_created``: a LoliClustered is being built inside ``trainer`` (a short name,
-        e.g. "sd-scripts") but this adapter's entry patch is not in place, so the trainer would draw its
-        stock timesteps while the cluster banks assume one cluster per step. Says why and how to fix it."""
+        by default the library's: "sd-scripts") but this adapter's entry patch is not in place, so the
+        trainer would draw its stock timesteps while the cluster banks assume one cluster per step. Says
+        why and how to fix it."""
+        trainer = trainer or self.library.rpartition("/")[2]
         return LoliUnsupportedTrainerError(
             f"loli_plugin.LoliClustered is being built inside {trainer}, "
             f"but loli-plugin's {trainer} integration is not "
@@ -177,8 +238,28 @@ class TrainerAdapter:
         return None
 
     # ------------------------------------------------------------------ run lifecycle
+    def building_optimizer(self, *call):
+        """The entry patch's block around the trainer's optimizer-building call: a ``LoliClustered`` built
+        inside it starts the run of ``call`` (``activate(*call, optimizer=...)``)."""
+        return pushed(self._building, call)
+
     def on_optimizer_created(self, optimizer) -> None:
-        """A ``LoliClustered`` was built (any route); adapters attach to their trainer's run here."""
+        """A ``LoliClustered`` was built (any route). Inside the trainer's optimizer-building call it starts
+        that call's run; inside the trainer, built by other code while the entry patch is in place, it is
+        the user's own business; inside the trainer without the entry patch, the integration is not active
+        and the trainer would draw its stock timesteps: refused."""
+        if self.entry_patch is None or not self.inside_trainer():
+            return
+        if self._building:
+            self.activate(*self._building[-1], optimizer=optimizer)
+            return
+        if any(inst.is_applied(self.entry_patch) for inst, _ in self.instrumentors()):
+            return
+        raise self.not_integrated_error()
+
+    def describe(self, run) -> str:
+        """The run in one line, printed when it starts ("loli-plugin active: ...")."""
+        return "; ".join(run.describe()) or "nothing"
 
     def deactivate(self) -> None:
         """Forget the run and undo the run-scope patches (tests; a second run in one process)."""
@@ -197,14 +278,9 @@ class TrainerAdapter:
 # --------------------------------------------------------------------------- registry and dispatch
 def adapters() -> list[TrainerAdapter]:
     """Every registered trainer adapter (the ``loli_trainer_adapters`` hook)."""
-    from .plugins import get_plugin_manager
+    from .plugins import trainer_adapters
 
-    found: list[TrainerAdapter] = []
-    for result in get_plugin_manager().hook.loli_trainer_adapters():
-        for adapter in result or ():
-            if adapter not in found:
-                found.append(adapter)
-    return found
+    return trainer_adapters()
 
 
 def adapter(name: str) -> TrainerAdapter:
@@ -236,12 +312,11 @@ def on_watched_import(module) -> None:
 
 
 def optimizer_created(optimizer) -> None:
-    """Called once by every new ``LoliClustered``: third-party hooks, then each adapter."""
+    """The one announcement of a new ``LoliClustered`` (which makes it itself): one ``loli_optimizer_created``
+    hook call, which tells the trainer adapters first, then the observers (``plugins._AdapterEvents``)."""
     from .plugins import get_plugin_manager
 
     get_plugin_manager().hook.loli_optimizer_created(optimizer=optimizer)
-    for a in adapters():
-        a.on_optimizer_created(optimizer)
 
 
 @contextlib.contextmanager

@@ -82,9 +82,8 @@ def load_run(path: Path, label: str) -> Run:
             with_val.append((folder, scalars))
     if not with_val:
         raise LoliConfigError(
-            f"{path}: no {PREFIX}/cluster_KK scalars: the run did not log loli-plugin's validation (kohya: a "
-            "validation set and --loli_validation on; OneTrainer: a VALIDATION concept and loli_validation on; "
-            "musubi-tuner: --loli_validation_dataset_config)"
+            f"{path}: no {PREFIX}/cluster_KK scalars: the run did not log loli-plugin's validation (a held-out set "
+            "and the validation turned on; each trainer's page in docs/ says how)"
         )
     if len(with_val) > 1:
         names = ", ".join(str(f.relative_to(path)) for f, _ in with_val)
@@ -259,7 +258,8 @@ def add_parser(sub) -> None:
         "runs",
         nargs="+",
         metavar="RUN",
-        help="a run's TensorBoard folder: a kohya or musubi-tuner --logging_dir, a OneTrainer workspace, or one run",
+        help="a trainer's TensorBoard folder (its --logging_dir, or its workspace or workspace/tensorboard), "
+        "or one run's folder",
     )
     p.add_argument("-o", "--out", default="loli-compare.png", help="the PNG to write (default: loli-compare.png)")
     p.add_argument("--names", nargs="+", metavar="NAME", help="a short name per run for the plot and the table")

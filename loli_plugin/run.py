@@ -31,6 +31,10 @@ class LoliRun:
     probe_position: float = 0.5
     #: the host's timestep of the last fixed draw, as its sampler noted it (``note_timesteps``)
     probe_timestep: float | None = None
+    #: the weights of the Loli loss's terms; None: the trainer's own loss
+    loss_weights: dict | None = None
+    #: the trainer's options for this run (its parsed arguments or config object)
+    config: object = field(default=None, repr=False)
 
     @classmethod
     def for_optimizer(cls, optimizer, **kwargs) -> LoliRun:
@@ -81,6 +85,36 @@ class LoliRun:
         """A sampler's fixed draw (every sample has the same timestep): kept for the validation's record."""
         if self.probe_cluster is not None and isinstance(timesteps, torch.Tensor) and timesteps.numel():
             self.probe_timestep = float(timesteps.detach().reshape(-1)[0])
+
+    def describe(self) -> list[str]:
+        """What the run does, one phrase per feature (the adapter joins them into its start-up line)."""
+        parts = (self.describe_optimizer(), self.describe_loss(), self.describe_probe(), self.describe_validation())
+        return [part for part in parts if part]
+
+    def describe_optimizer(self) -> str | None:
+        opt = self.optimizer
+        if opt is None:
+            return None
+        return (
+            f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
+            "timesteps drawn from one cluster per optimizer step"
+        )
+
+    def describe_loss(self) -> str | None:
+        if self.loss_weights is None:
+            return None
+        return "loss_type=loli(" + ",".join(f"{k}={v:g}" for k, v in self.loss_weights.items()) + ")"
+
+    def describe_probe(self) -> str | None:
+        if self.probe is None:
+            return None
+        probe = self.probe
+        return f"progress probe: {probe.clusters} timesteps on {probe.samples} samples every {probe.every} steps"
+
+    def describe_validation(self) -> str | None:
+        if self.validation is None:
+            return None
+        return f"validation: {self.validation.clusters} timesteps on {self.validation.where}"
 
     def logs(self) -> dict[str, float]:
         """The run's scalars for the host's trackers: per-cluster losses, normalized, current cluster, and

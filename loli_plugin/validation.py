@@ -86,13 +86,21 @@ def warn(message: str) -> None:
 class Validation(ProbeCurves):
     """Validation inside a host trainer. ``every``: optimizer steps between two passes when the host
     has no schedule of its own (None: the host's own schedule decides). ``description``: the trainer's
-    timestep options in words, for the comparability record."""
+    timestep options in words, for the comparability record; ``where``: what it measures and when, in
+    words, for the run's start-up line."""
 
-    def __init__(self, clusters: int, seed: int = 0, every: int | None = None, description: str = ""):
+    def __init__(
+        self,
+        clusters: int,
+        seed: int = 0,
+        every: int | None = None,
+        description: str = "",
+        where: str = "held-out data",
+    ):
         super().__init__(clusters, seed, PREFIX)
         if every is not None and every < 1:
             raise ValueError(f"validation: every={every} must be >= 1")
-        self.every, self.description = every, description
+        self.every, self.description, self.where = every, description, where
         self.last: int | None = None  # the step of the last pass
         self.passes = 0
         #: per cluster [lower edge, midpoint, upper edge] in the trainer's own timestep units (first pass)

@@ -8,6 +8,7 @@ file uses: ``[a.b]`` tables, ``key = "text"`` and ``key = ["text", ...]`` lines,
 
     python scripts/trainer_list.py names            # the trainers, one a line (.ci/run's stages)
     python scripts/trainer_list.py shell TRAINER    # bash assignments for .ci/trainer-env.sh
+    python scripts/trainer_list.py dir SOURCE       # the folder the tests read a source's export from
 """
 
 from __future__ import annotations
@@ -235,7 +236,11 @@ def main(argv: list[str]) -> int:
             return 2
         print(shell(trainers[argv[1]]))
         return 0
-    print("usage: trainer_list.py names | shell TRAINER", file=sys.stderr)
+    pins = read_pins()
+    if len(argv) == 2 and argv[0] == "dir" and argv[1] in pins:
+        print(source_dir(pins[argv[1]], pins))
+        return 0
+    print(f"usage: trainer_list.py names | shell TRAINER | dir SOURCE (one of {', '.join(pins)})", file=sys.stderr)
     return 2
 
 

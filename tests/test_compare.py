@@ -21,7 +21,7 @@ def record(**changes) -> dict:
         "clusters": K,
         "seed": 0,
         "timesteps": TIMESTEPS,
-        "distribution": "sd-scripts get_timesteps: uniform integers in [0, 1000)",
+        "distribution": "uniform integers in [0, 1000)",
         "validation_set": "blake2b:0123456789abcdef",
         "samples": 4,
     }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,12 +75,48 @@ def venv_problem(required: tuple[str, ...], trainer: str, how_to: str) -> str | 
 
 
 def skip_items_below(folder: Path, reason: str | None, items) -> None:
-    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one)."""
+    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one), except the
+    ``standin`` ones: those run against a stand-in of the trainer that they write themselves."""
     if reason is None:
         return
     for item in items:
-        if folder in Path(str(item.fspath)).parents:
+        if folder in Path(str(item.fspath)).parents and item.get_closest_marker("standin") is None:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def run_python(code, path, env_extra=None, args=()):
+    """Run ``python -c code`` (or ``python ARGS``) in ``path`` with ``path`` on PYTHONPATH, the way a trainer
+    starts: LOLI_PLUGIN_DISABLE unset unless ``env_extra`` sets it."""
+    env = {**os.environ, "PYTHONPATH": str(path), **(env_extra or {})}
+    if "LOLI_PLUGIN_DISABLE" not in (env_extra or {}):
+        env.pop("LOLI_PLUGIN_DISABLE", None)
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True, env=env, cwd=path
+    )
+
+
+def run_logged(cmd: list[str], cwd: Path, out: Path) -> subprocess.CompletedProcess:
+    """Run a trainer's script from its folder; its output goes to ``out/train.log`` and the CPU seconds it
+    took to ``out/train.cpu`` (``run_measured``); a failure shows the output's end."""
+    proc, _, cpu = run_measured(cmd, cwd=cwd, capture_output=True, text=True)
+    (out / "train.log").write_text(proc.stdout + proc.stderr)
+    (out / "train.cpu").write_text(f"{cpu:.2f}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def cpu_seconds(out: Path) -> float:
+    """The CPU seconds of the trainer run whose output is in ``out`` (``run_logged``)."""
+    return float((out / "train.cpu").read_text())
+
+
+def logged_scalars(log_dir: Path, run_glob: str = "*/network_train") -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars of the one run under ``log_dir`` that ``run_glob`` finds (read by
+    ``loli-plugin plot``'s reader); the default is where a LoRA script's ``--logging_dir`` run goes."""
+    from loli_plugin.plot import read_scalars
+
+    (run_dir,) = log_dir.glob(run_glob)
+    return read_scalars(run_dir)
 
 
 def fresh_run_fixture(adapter_module: str):
@@ -105,7 +143,6 @@ def run_measured(cmd, **kwargs):
     took: CPU time is what the validation's cost is stated in, since wall time on a shared machine moves
     with the other jobs on it."""
     import resource
-    import subprocess
     import time
 
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()

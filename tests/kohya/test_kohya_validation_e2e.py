@@ -10,7 +10,6 @@ plugin's validation, values on the held-out images that differ from the probe's 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from ..trainer_support import run_measured
+from loli_plugin.compare import read_record
+
+from ..trainer_support import cpu_seconds, logged_scalars, run_logged
 from .conftest import KOHYA_DIR
 from .test_kohya_train_network_e2e import sd1_assets  # noqa: F401 - the session fixture
 
@@ -28,6 +29,7 @@ VAL_TAGS = {f"val/cluster_{k:02d}" for k in range(K)} | {"val/mean", "val/normal
 
 
 def train(assets: Path, out: Path, *extra: str) -> float:
+    """One train_network.py run; returns its CPU seconds."""
     cmd = [
         sys.executable,
         "train_network.py",
@@ -78,25 +80,14 @@ def train(assets: Path, out: Path, *extra: str) -> float:
         "1",
         *extra,
     ]
-    proc, wall, cpu = run_measured(cmd, cwd=KOHYA_DIR, capture_output=True, text=True)
-    (out / "train.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return wall, cpu
+    run_logged(cmd, KOHYA_DIR, out)
+    return cpu_seconds(out)
 
 
-def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def scalars(log_dir: Path) -> dict:
+    """The run's TensorBoard scalars, and its comparability record under "record"."""
     (run_dir,) = log_dir.glob("*/network_train")
-    ea = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    ea.Reload()
-    out = {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
-    from tensorboard.util import tensor_util
-
-    for tag in ea.Tags()["tensors"]:
-        if tag.startswith("loli/validation"):
-            out["record"] = json.loads(tensor_util.make_ndarray(ea.Tensors(tag)[0].tensor_proto).reshape(-1)[0])
-    return out
+    return {**logged_scalars(log_dir), "record": read_record(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +108,7 @@ def runs(sd1_assets, tmp_path_factory):  # noqa: F811 - the fixture imported abo
 
 def test_val_tags_and_the_record_reach_tensorboard(runs):
     logs = scalars(runs["val"] / "logs")
-    print("TensorBoard scalar tags:", sorted(logs))
+    print("TensorBoard scalar tags:", sorted(t for t in logs if t != "record"))
     assert VAL_TAGS <= set(logs), sorted(logs)
     # one pass, at the end of the epoch (= the end of training), at the optimizer step of sd-scripts' step logs
     assert [s for s, _ in logs["val/mean"]] == [STEPS] and logs["val/normalized"][0][1] == 1.0
@@ -141,7 +132,7 @@ def test_a_repeated_run_gives_bit_identical_values(runs):
 
 def test_the_training_is_the_same_with_and_without_the_validation(runs):
     with_val, without = scalars(runs["val"] / "logs"), scalars(runs["off"] / "logs")
-    assert not VAL_TAGS & set(without) and "record" not in without
+    assert not VAL_TAGS & set(without) and without["record"] is None
     assert with_val["loss/current"] == without["loss/current"]  # every step's loss, bit for bit
     # sd-scripts' own validation (its 4 fixed timesteps) measured the same: its RNG stream was left alone
     assert with_val["loss/validation/epoch_average"] == without["loss/validation/epoch_average"]

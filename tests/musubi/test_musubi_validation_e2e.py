@@ -12,7 +12,6 @@ LoliClustered, refusing the run validated on other images."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ..trainer_support import run_measured
+from loli_plugin.compare import read_record
+
+from ..trainer_support import cpu_seconds, logged_scalars, run_logged
 from .conftest import MUSUBI_DIR
 from .test_musubi_train_network_e2e import qwen_assets  # noqa: F401 - the session fixture
 
@@ -76,24 +77,14 @@ def train(assets: Path, out: Path, *extra: str, optimizer=("LoliClustered", "inn
         "tensorboard",
         *extra,
     ]
-    proc, wall, cpu = run_measured(cmd, cwd=MUSUBI_DIR, capture_output=True, text=True)
-    (out / "train.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return cpu
+    run_logged(cmd, MUSUBI_DIR, out)
+    return cpu_seconds(out)
 
 
 def tensorboard(log_dir: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
+    """The run's TensorBoard scalars, and its comparability record under "record"."""
     (run_dir,) = log_dir.glob("*/network_train")
-    ea = EventAccumulator(str(run_dir), size_guidance={"tensors": 0, "scalars": 0})
-    ea.Reload()
-    out = {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
-    for tag in ea.Tags()["tensors"]:
-        if tag.startswith("loli/validation"):
-            out["record"] = json.loads(tensor_util.make_ndarray(ea.Tensors(tag)[0].tensor_proto).reshape(-1)[0])
-    return out
+    return {**logged_scalars(log_dir), "record": read_record(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +127,7 @@ def runs(qwen_assets, tmp_path_factory):  # noqa: F811 - the fixture imported ab
 
 def test_val_tags_and_the_record_reach_tensorboard(runs):
     logs = tensorboard(runs["loli"] / "logs")
-    print("TensorBoard scalar tags:", sorted(logs))
+    print("TensorBoard scalar tags:", sorted(t for t in logs if t != "record"))
     assert VAL_TAGS <= set(logs), sorted(logs)
     # before the first step (the reference), after each step; the end of training is step 2
     assert [s for s, _ in logs["val/mean"]] == [0, 1, 2] and logs["val/normalized"][0][1] == 1.0
@@ -160,7 +151,7 @@ def test_a_repeated_run_gives_bit_identical_values(runs):
 
 def test_a_run_without_the_option_is_unchanged(runs):
     with_val, plain = tensorboard(runs["loli"] / "logs"), tensorboard(runs["plain"] / "logs")
-    assert not VAL_TAGS & set(plain) and "record" not in plain
+    assert not VAL_TAGS & set(plain) and plain["record"] is None
     assert with_val["loss/current"] == plain["loss/current"]  # every micro-batch's loss, bit for bit
     a, b = (load_file(runs[name] / "out" / "lora.safetensors") for name in ("loli", "plain"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
