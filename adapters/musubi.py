@@ -134,13 +134,13 @@ class MusubiAdapter(TrainerAdapter):
             self._drawing = False
 
     def check_request(self, trainer, args) -> None:
-        """NetworkTrainer.train: refuse a Loli run before any work if it cannot be served; the validation's
-        held-out set is read here, so a missing file or cache stops the run before a model is loaded."""
+        """NetworkTrainer.train: refuse a Loli run before any work if it cannot be served (the validation's
+        options included: a missing dataset config stops the run before a model is loaded)."""
         features = self.features_for(args)
         if features:
             self._check(trainer, args, features)
         if patches.requests_validation(args):
-            self._held_out = _held_out_set(trainer, args)
+            _check_validation_options(args)
 
     def _check(self, trainer, args, features: set) -> None:
         self.require(features, self.asked(args))
@@ -183,8 +183,8 @@ class MusubiAdapter(TrainerAdapter):
         fields.update(trainer_name=type(trainer).__name__)
         run = MusubiRun.for_optimizer(optimizer, **fields) if optimizer is not None else MusubiRun(**fields)
         if patches.requests_validation(args):
-            if self._held_out is None:  # NetworkTrainer.train was not the entry (a test driving the trainer)
-                self._held_out = _held_out_set(trainer, args)
+            # read now: the trainer knows its architecture once train() has handled the family's options
+            self._held_out = _held_out_set(trainer, args)
             run.validation = _validation(args, optimizer)
             run.clusters = run.validation.clusters
         self.run = run
@@ -297,18 +297,7 @@ TIMESTEP_OPTIONS = (
 )
 
 
-def _held_out_set(trainer, args):
-    """The validation's DatasetGroup, read from ``--loli_validation_dataset_config`` as ``NetworkTrainer.
-    _build_dataset`` reads ``--dataset_config`` (musubi-tuner's config_utils, the trainer's architecture),
-    without timestep buckets and with its own epoch counter, under the caller's random states (building a
-    dataset group draws a seed from Python's random)."""
-    from multiprocessing import Value
-
-    from musubi_tuner.dataset import config_utils
-    from musubi_tuner.dataset.config_utils import BlueprintGenerator, ConfigSanitizer
-
-    from ..probe import preserved_rng
-
+def _check_validation_options(args) -> None:
     path = args.loli_validation_dataset_config
     for option in ("loli_validation_every", "loli_validation_clusters"):
         value = getattr(args, option, 1)
@@ -316,6 +305,23 @@ def _held_out_set(trainer, args):
             raise LoliConfigError(f"--{option} must be a whole number >= 1, got {value!r}")
     if not Path(path).is_file():
         raise LoliConfigError(f"--loli_validation_dataset_config {path}: no such file")
+
+
+def _held_out_set(trainer, args):
+    """The validation's DatasetGroup, read from ``--loli_validation_dataset_config`` as ``NetworkTrainer.
+    _build_dataset`` reads ``--dataset_config`` (musubi-tuner's config_utils, the trainer's architecture),
+    without timestep buckets and with its own epoch counter, under the caller's random states (building a
+    dataset group draws a seed from Python's random). Read when the run starts (get_optimizer), before the
+    first step: a config without cached items stops the run there."""
+    from multiprocessing import Value
+
+    from musubi_tuner.dataset import config_utils
+    from musubi_tuner.dataset.config_utils import BlueprintGenerator, ConfigSanitizer
+
+    from ..probe import preserved_rng
+
+    _check_validation_options(args)
+    path = args.loli_validation_dataset_config
     with preserved_rng():
         blueprint = BlueprintGenerator(ConfigSanitizer()).generate(
             config_utils.load_user_config(path), args, architecture=trainer.architecture
