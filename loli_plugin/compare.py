@@ -140,7 +140,10 @@ def _range(row) -> str:
 
 
 def _relative(value: float, base: float) -> str:
-    return f"{(value - base) / base * 100:+.1f}%" if base else "n/a"
+    if not base:
+        return "n/a"
+    change = round((value - base) / base * 100, 1)
+    return f"{change + 0.0:+.1f}%"  # + 0.0: no "-0.0%"
 
 
 def table(runs: list[Run]) -> str:
@@ -221,17 +224,27 @@ def draw(runs: list[Run], out: Path) -> Path:
                 ax.plot(*zip(*probe), color=colour, lw=1.0, ls="--", alpha=0.7, label=f"{run.label}: probe")
         ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.ticklabel_format(axis="y", useOffset=False)
     for ax in axes[panels:]:
         ax.axis("off")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    height = fig.get_figheight()  # inches: the legend and the title take a fixed strip above the panels
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=min(len(labels), 4),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(
         "validation (held-out samples, solid) and progress probe (training samples, dashed) per cluster; "
         "x: optimizer step",
         fontsize=9,
-        y=0.995 - 0.35 / (2.8 * rows + 0.8),
+        y=1 - 0.38 / height,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (2.8 * rows + 0.8)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

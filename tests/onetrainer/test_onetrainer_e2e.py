@@ -125,7 +125,18 @@ def write_config(
     return path
 
 
-def train(config: Path, log: Path) -> str:
+#: scripts/train.py with torch's, numpy's and Python's global generators seeded first. OneTrainer has no seed
+#: option and torch (2.13 and later) seeds its global generator at random when it starts, so OneTrainer's LoRA
+#: initialisation differs from run to run; a test that compares two runs step for step starts them seeded.
+SEEDED = (
+    "import os, random, runpy, sys; import numpy, torch; "
+    "torch.manual_seed(0); random.seed(0); numpy.random.seed(0); "
+    "sys.path.insert(0, os.path.abspath('scripts')); sys.argv = ['scripts/train.py', *sys.argv[1:]]; "
+    "runpy.run_path('scripts/train.py', run_name='__main__')"
+)
+
+
+def train(config: Path, log: Path, seeded: bool = False) -> str:
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -133,8 +144,9 @@ def train(config: Path, log: Path) -> str:
             [str(OT_DIR), str(MGDS_DIR / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
         ),
     )
+    script = ["-c", SEEDED] if seeded else ["scripts/train.py"]
     proc, wall, cpu = run_measured(
-        [sys.executable, "scripts/train.py", "--config-path", str(config)],
+        [sys.executable, *script, "--config-path", str(config)],
         cwd=OT_DIR,
         env=env,
         capture_output=True,

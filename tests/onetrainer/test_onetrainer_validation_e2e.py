@@ -3,7 +3,9 @@ CPU): four training images and a VALIDATION concept of two other images. OneTrai
 each epoch (``validate_after: 1 EPOCH``); the plugin measures the same batches inside that validation, at each
 cluster's midpoint, and once more at the end of training.
 
-Runs of the same config: LOLI_CLUSTERED with the validation (twice), with ``loli_validation: off``, ADAMW with
+Runs of the same config, each started with torch's global generator seeded (OneTrainer has no seed option, and
+torch seeds that generator at random, so its LoRA initialisation would differ between runs): LOLI_CLUSTERED
+with the validation (twice), with ``loli_validation: off``, ADAMW with
 ``loli_validation: on`` at the same K (the A/B recipe) and at another K, and a continuation of the first from
 its last backup. They show the ``val/`` tags and the record in TensorBoard, bit-identical values in the
 repeated run, the same training with and without the validation, held-out values that differ from the probe's,
@@ -87,7 +89,7 @@ def runs(assets, tmp_path_factory):  # noqa: F811 - the fixture imported above
         config = write_config(
             root / "config.json", root, model, data, EPOCHS, False, concepts=concepts, loli_probe_every=2, **changes
         )
-        train(config, root / "train.log")
+        train(config, root / "train.log", seeded=True)  # runs compared step for step
         roots[name] = root
     cpu = {name: float((root / "train.cpu").read_text()) for name, root in roots.items()}
     print("\nscripts/train.py CPU s per run: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
@@ -176,7 +178,7 @@ def test_continuing_from_the_last_backup_continues_the_curves(runs):
     config = write_config(
         root / "config2.json", root, model, data, EPOCHS + 1, True, concepts=concepts, loli_probe_every=2
     )
-    train(config, root / "train2.log")
+    train(config, root / "train2.log", seeded=True)
     after = tensorboard(root, newest=True)
     assert saved["reference"] == pytest.approx([before[f"val/cluster_{k:02d}"][0][1] for k in range(K)], rel=1e-6)
     steps = [s for s, _ in after["val/mean"]]
