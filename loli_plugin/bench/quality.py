@@ -117,8 +117,13 @@ def fit(
     horizons: list[int],
     samples: int,
     sample_steps: int,
+    observer=None,
 ) -> dict:
-    """Fit one LoRA for max(horizons) steps and evaluate it at every horizon; returns the JSONL row."""
+    """Fit one LoRA for max(horizons) steps and evaluate it at every horizon; returns the JSONL row.
+    ``observer(step, model, objective, loss, t)``, if given, is called with step 0 (loss and t None)
+    before the first step and after every optimizer step with that step's training loss and timesteps
+    (``loli-plugin demo`` draws its curves from it); it must not draw from the run's generators (the
+    probe and the samples use their own fixed noise)."""
     from .. import LoliClustered, loli_loss
     from ..schedule import ClusterSchedule
     from . import base as base_model
@@ -153,6 +158,8 @@ def fit(
             )
             schedule = opt.schedule  # advanced by the optimizer's step()
         evaluations = {}
+        if observer is not None:
+            observer(0, model, objective, None, None)
         for step in range(1, max(horizons) + 1):
             x0 = x_train[torch.randint(len(x_train), (batch,), generator=data_g)]
             if variant["sampler"]:
@@ -171,6 +178,8 @@ def fit(
             opt.step()
             if variant["inner"] is None:
                 schedule.advance()
+            if observer is not None:
+                observer(step, model, objective, loss.item(), t)
             if step in horizons:
                 evaluations[str(step)] = evaluate(model, objective, samples, sample_steps)
     finally:
