@@ -245,6 +245,14 @@ class KohyaAdapter(TrainerAdapter):
         """Accelerator.end_training, on every rank: when no validation pass followed the last training batch
         (sd-scripts' ``--validate_every_n_epochs`` skipped the last epoch), measure the held-out batches kept
         from the first pass, and log at the last step."""
+        if self._passes_seen == 0:
+            from ..adapter import warn
+
+            warn(
+                "the validation was on, but sd-scripts never validated in this run, so no val/ values were logged: "
+                "give it a held-out set with --validation_split (or validation_split in the dataset config)"
+            )
+            return
         if self._validated_last or not self._held_out or self._measure is None:
             return
         from ..probe import to_device

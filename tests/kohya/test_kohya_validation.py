@@ -108,14 +108,15 @@ def harness(kohya, parse, tmp_path):
             torch.manual_seed(args.validation_seed or args.seed or 0)
             unet.eval()
             with torch.no_grad():
-                for b in held or held_out:
+                for b in held_out if held is None else held:
                     for t in SD_TIMESTEPS:
                         args.min_timestep = args.max_timestep = t
                         trainer.on_step_start(args, accelerator, unet, [], unet, b, torch.float32, is_train=False)
                         own.append(process(b, False).item())
             torch.set_rng_state(state)
             args.min_timestep = args.max_timestep = None
-            tracker.log({"loss/validation/epoch_average": sum(own[-12:]) / 12}, step=epoch + 1)  # epoch_logging
+            if held is None or held:  # sd-scripts logs its epoch validation only when it has a validation set
+                tracker.log({"loss/validation/epoch_average": sum(own[-12:]) / 12}, step=epoch + 1)
         accelerator.end_training()
         return losses, own, unet, log_dir
 
@@ -172,6 +173,12 @@ def test_the_end_of_training_is_measured_when_sd_scripts_schedule_skips_it(harne
     assert [s for s, _ in logs["val/mean"]] == [4, 6]
     _, _, _, every_epoch = harness(epochs=3)
     assert [s for s, _ in events(every_epoch)[0]["val/mean"]] == [2, 4, 6]  # nothing added: the end was measured
+
+
+def test_a_run_without_a_validation_set_says_so_at_its_end(harness, capsys):
+    _, _, _, log_dir = harness(held=[], epochs=1)
+    assert not any(t.startswith("val/") for t in events(log_dir)[0])
+    assert "sd-scripts never validated in this run" in capsys.readouterr().err
 
 
 def test_validation_alone_with_any_optimizer(kohya, parse):
