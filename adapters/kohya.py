@@ -246,6 +246,8 @@ class KohyaAdapter(TrainerAdapter):
         (sd-scripts' ``--validate_every_n_epochs`` skipped the last epoch), measure the held-out batches kept
         from the first pass, and log at the last step."""
         if self._passes_seen == 0:
+            if getattr(self.run.config, "loli_validation", "auto") != "on":
+                return  # auto: a run without a validation set simply has none
             from ..adapter import warn
 
             warn(
