@@ -6,11 +6,11 @@ cluster's midpoint, and once more at the end of training.
 Runs of the same config, each started with torch's global generator seeded (OneTrainer has no seed option, and
 torch seeds that generator at random, so its LoRA initialisation would differ between runs): LOLI_CLUSTERED
 with the validation (twice), with ``loli_validation: off``, ADAMW with
-``loli_validation: on`` at the same K (the A/B recipe) and at another K, and a continuation of the first from
-its last backup. They show the ``val/`` tags and the record in TensorBoard, bit-identical values in the
+``loli_validation: on`` at the same K (the A/B recipe), and a continuation of the repeated run from its last
+backup. They show the ``val/`` tags and the record in TensorBoard, bit-identical values in the
 repeated run, the same training with and without the validation, held-out values that differ from the probe's,
-``loli-plugin compare`` on AdamW against LoliClustered (and its refusal at another K), and curves that go on
-after a resume."""
+``loli-plugin compare`` on AdamW against LoliClustered, and curves that go on after a resume (compare's
+refusals on real logs: test_musubi_validation_e2e.py)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,6 @@ def runs(assets, tmp_path_factory):  # noqa: F811 - the fixture imported above
         "again": {},
         "off": {"loli_validation": "off"},
         "adamw": {"optimizer": adamw, "loli_validation": "on", "loli_probe": "on", "loli_probe_clusters": K},
-        "adamw_k3": {"optimizer": adamw, "loli_validation": "on", "loli_probe": "on", "loli_probe_clusters": 3},
     }
     roots = {}
     for name, changes in variants.items():
@@ -150,7 +149,7 @@ def compare(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "loli_plugin.cli", "compare", *args], capture_output=True, text=True)
 
 
-def test_compare_adamw_against_loli_clustered_and_refuse_another_k(runs, tmp_path):
+def test_compare_adamw_against_loli_clustered(runs, tmp_path):
     roots = runs[0]
     png = tmp_path / "ab.png"
     done = compare(
@@ -159,10 +158,8 @@ def test_compare_adamw_against_loli_clustered_and_refuse_another_k(runs, tmp_pat
     print(done.stdout, done.stderr)
     assert done.returncode == 0, done.stderr
     assert "AdamW final" in done.stdout and "Δ final" in done.stdout and png.stat().st_size > 20_000
-    refused = compare(str(roots["loli"] / "workspace"), str(roots["adamw_k3"] / "workspace"))
-    print(refused.stderr)
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
-    assert "runs not comparable: adamw_k3" in refused.stderr and "K=3 clusters" in refused.stderr
+    # the same timesteps and held-out set whatever the optimizer: the records agree
+    assert tensorboard(roots["adamw"])["record"] == tensorboard(roots["loli"])["record"]
 
 
 def test_continuing_from_the_last_backup_continues_the_curves(runs):
