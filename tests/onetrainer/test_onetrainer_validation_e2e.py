@@ -178,6 +178,8 @@ def test_continuing_from_the_last_backup_continues_the_curves(runs):
     train(config, root / "train2.log", seeded=True)
     after = tensorboard(root, newest=True)
     assert saved["reference"] == pytest.approx([before[f"val/cluster_{k:02d}"][0][1] for k in range(K)], rel=1e-6)
-    steps = [s for s, _ in after["val/mean"]]
-    assert steps and min(steps) > 8  # the curve goes on after the first run's last pass
+    # the continued run validates at the start of its epoch (step 8, its first micro-step: no update yet, so the
+    # weights of the backup) and at its end (step 12); its step 8 is the first run's last pass, measured again
+    assert [s for s, _ in after["val/mean"]] == [8, 12]
+    assert after["val/mean"][0] == (8, pytest.approx(before["val/mean"][-1][1], rel=1e-6))
     assert all(v != 1.0 for _, v in after["val/normalized"])  # against the first run's first pass
