@@ -109,8 +109,9 @@ class Validation(ProbeCurves):
         self.samples = 0  # held-out samples in the last pass
         self.pending: dict[str, float] = {}
         self._recorded = False
-        #: one line on stderr per pass (its size and time); the time of the last pass and its forward passes
-        self.report, self.seconds, self.forwards = True, 0.0, 0
+        #: one line on stderr per pass (its size and time); the wall and CPU seconds of the last pass and its
+        #: forward passes (CPU time: the process's, which other jobs on a shared machine move less)
+        self.report, self.seconds, self.cpu_seconds, self.forwards = True, 0.0, 0.0, 0
         self._reset_pass()
 
     # ------------------------------------------------------------------ schedule
@@ -131,6 +132,7 @@ class Validation(ProbeCurves):
         self._digests: list[int] = []
         self._forwards = 0  # the host's forward passes in this pass
         self._seconds = 0.0  # the time spent measuring in this pass
+        self._cpu_seconds = 0.0  # the process's CPU time spent measuring in this pass
 
     def discard(self) -> None:
         """Forget a pass in progress (a rank that never logs it: the next pass starts clean)."""
@@ -152,7 +154,7 @@ class Validation(ProbeCurves):
         seeded otherwise seeds it with ``seed``); ``seen()``: the trainer's timestep of that draw (for
         the record); ``reduce``: the mean over ranks (every rank calls ``add`` as often). Returns the K
         values (on the device: no sync)."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         digest = batch_digest(batch)
         seed = (self.seed + digest) % 2**63
         measure_edges = self.timesteps is None and seen is not None and not self._digests
@@ -183,6 +185,7 @@ class Validation(ProbeCurves):
         self._samples += int(size)
         self._digests.append(digest)
         self._seconds += time.perf_counter() - started
+        self._cpu_seconds += time.process_time() - cpu_started
         return values
 
     def finish(self, step: int) -> dict[str, float]:
@@ -191,11 +194,11 @@ class Validation(ProbeCurves):
         if not self.in_pass:
             return {}
         values = (self._sum / self._samples).cpu().tolist()  # one device sync per pass
-        self.seconds, self.forwards = self._seconds, self._forwards
+        self.seconds, self.cpu_seconds, self.forwards = self._seconds, self._cpu_seconds, self._forwards
         if self.report:
             warn(
                 f"validation at step {step}: {self.clusters} timesteps x {self._samples} held-out samples "
-                f"({self._forwards} forward passes) in {self._seconds:.1f} s"
+                f"({self._forwards} forward passes) in {self._seconds:.1f} s ({self._cpu_seconds:.1f} s CPU)"
             )
         found = fingerprint(self._digests)
         if self.set_fingerprint is not None and found != self.set_fingerprint:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from loli_plugin.compare import read_record
 
-from ..trainer_support import cpu_seconds, logged_scalars, run_logged
+from ..trainer_support import cpu_seconds, logged_scalars, run_logged, validation_lines
 from .conftest import MUSUBI_DIR
 from .test_musubi_train_network_e2e import qwen_assets  # noqa: F401 - the session fixture
 
@@ -121,7 +121,8 @@ def runs(qwen_assets, tmp_path_factory):  # noqa: F811 - the fixture imported ab
         )
         roots[name] = root
     print("\nqwen_image_train_network.py CPU s per run: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
-    print(f"the plugin's validation ({STEPS + 1} passes): {cpu['loli'] - cpu['plain']:.1f} s CPU")
+    print(f"the plugin's validation ({STEPS + 1} passes): {cpu['loli'] - cpu['plain']:.1f} s CPU in the whole run")
+    print("\n".join(validation_lines(roots["loli"])))
     return roots
 
 

@@ -9,8 +9,8 @@ with the validation (twice), with ``loli_validation: off``, ADAMW with
 ``loli_validation: on`` at the same K (the A/B recipe), and a continuation of the repeated run from its last
 backup. They show the ``val/`` tags and the record in TensorBoard, bit-identical values in the
 repeated run, the same training with and without the validation, held-out values that differ from the probe's,
-``loli-plugin compare`` on AdamW against LoliClustered, and curves that go on after a resume (compare's
-refusals on real logs: test_musubi_validation_e2e.py)."""
+``loli-plugin compare`` on AdamW against LoliClustered (and refusing the run without validation; its refusal
+of another held-out set on real logs: test_musubi_validation_e2e.py), and curves that go on after a resume."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from ..assets_support import write_images
+from ..trainer_support import validation_lines
 from .test_onetrainer_e2e import assets, last_backup, train, write_config  # noqa: F401 - assets: the fixture
 
 K = 4
@@ -92,7 +93,8 @@ def runs(assets, tmp_path_factory):  # noqa: F811 - the fixture imported above
         roots[name] = root
     cpu = {name: float((root / "train.cpu").read_text()) for name, root in roots.items()}
     print("\nscripts/train.py CPU s per run: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
-    print(f"the plugin's validation (3 passes): {cpu['loli'] - cpu['off']:.1f} s CPU")
+    print(f"the plugin's validation (3 passes): {cpu['loli'] - cpu['off']:.1f} s CPU in the whole run")
+    print("\n".join(validation_lines(roots["loli"])))
     return roots, model, data, concepts
 
 
@@ -160,6 +162,10 @@ def test_compare_adamw_against_loli_clustered(runs, tmp_path):
     assert "AdamW final" in done.stdout and "Δ final" in done.stdout and png.stat().st_size > 20_000
     # the same timesteps and held-out set whatever the optimizer: the records agree
     assert tensorboard(roots["adamw"])["record"] == tensorboard(roots["loli"])["record"]
+    # a workspace whose run did not validate is refused in one line, naming it
+    refused = compare(str(roots["loli"] / "workspace"), str(roots["off"] / "workspace"))
+    print(refused.stderr)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "no val/cluster_KK" in refused.stderr
 
 
 def test_continuing_from_the_last_backup_continues_the_curves(runs):
