@@ -216,7 +216,8 @@ class TrainerAdapter:
 
     def check_layout(self, package) -> None:
         """The trainer's package was imported: a layout this adapter does not fit (``layout.old``, or no
-        module of ``entry_patch``) is said once, in one line, and blocks Loli runs; a plain run goes on."""
+        module of ``entry_patch``) is said once, in one line, and blocks Loli runs; a plain run goes on.
+        A command line that asks for Loli options is stopped here, with that line as the error."""
         if not self.layout.recognises(package) or self.entry_patch is None:
             return
         folder = package_folder(package)
@@ -225,15 +226,21 @@ class TrainerAdapter:
             return
         self.problems[f"{self.name}:layout"] = (None, f"{self.layout.describe(folder)}: {problem}")
         asked = self.asked_in_argv(sys.argv[1:])
-        warn(
-            f"{self.layout.describe(folder)}: {problem} (supported: {self.layout.minimum} or later). "
-            + (
-                f"This run asks for {asked}, which loli-plugin cannot serve here; the trainer's own error about it "
-                f"may follow. Update {self.layout.library} to {self.layout.minimum} or later, or train without it."
-                if asked
-                else "Plain runs are unaffected; runs with Loli options are refused."
-            )
+        said = f"{self.layout.describe(folder)}: {problem} (supported: {self.layout.minimum} or later). "
+        if not asked:
+            warn(said + "Plain runs are unaffected; runs with Loli options are refused.")
+            return
+        # The command line asks for Loli options this layout cannot serve. Left to itself the trainer would
+        # either train stock or stop in its own code with an error that does not name the plugin (musubi-tuner
+        # v0.2.15 reads optimizer_args as Python, "malformed node or string"): stop here, at its import, before
+        # any step, with the reason and the way on. ``on_watched_import`` lets this error through.
+        message = (
+            said + f"This run asks for {asked}, which loli-plugin cannot serve here. Update {self.layout.library} "
+            f"to {self.layout.minimum} or later, or train without the Loli options ({ENV_DISABLE}=1 turns "
+            "loli-plugin off)."
         )
+        warn(message)
+        raise LoliUnsupportedTrainerError(message, refused_at_import=True)
 
     def asked_in_argv(self, argv: list[str]) -> str:
         """The Loli options a command line asks for ("--optimizer_type LoliClustered", ...; "" for none),
@@ -370,8 +377,8 @@ def on_watched_import(module) -> None:
     for a in watching:
         try:
             a.on_import(module)
-        except LoliUnsupportedTrainerError:
-            if a.run is not None:
+        except LoliUnsupportedTrainerError as exc:
+            if a.run is not None or exc.refused_at_import:
                 raise  # a Loli run asked for this trainer: stop it now, not after training stock
         except Exception as exc:
             a.fail(f"import of {module.__name__}", exc)

@@ -148,15 +148,17 @@ def test_an_unknown_layout_is_refused_with_the_trainer_its_version_the_minimum_a
     assert "in a training loop of your own, do not import toytrainer" in message
 
 
-def test_an_old_layout_is_said_at_import_naming_what_the_command_line_asks(toy, capsys, monkeypatch):
+def test_an_old_layout_asked_for_loli_options_stops_at_its_import(toy, capsys, monkeypatch):
     adapter, tree = toy
     monkeypatch.setattr(sys, "argv", ["train.py", "--loli"])
-    tree("old", {**HELPERS, "old_trainer.py": ""})
+    with pytest.raises(LoliUnsupportedTrainerError) as refused:  # the trainer's import: before any step
+        tree("old", {**HELPERS, "old_trainer.py": ""})
     (line,) = plugin_lines(capsys.readouterr().err)
     assert line.startswith("loli-plugin: owner/toytrainer 1.5.0, commit abcdef1 (at ")
     assert f"{OLD} is a layout loli-plugin does not support (supported: v2.0 or later)" in line
     assert "This run asks for --loli, which loli-plugin cannot serve here" in line
-    assert "Update owner/toytrainer to v2.0 or later" in line
+    assert "Update owner/toytrainer to v2.0 or later" in line and "LOLI_PLUGIN_DISABLE=1" in line
+    assert line.removeprefix("loli-plugin: ") == str(refused.value)  # the error is the line, said once
     with pytest.raises(LoliUnsupportedTrainerError, match="before v2.0"):
         build()
     # the recorded layout blocks every Loli feature at the trainer's own start-of-training check too
