@@ -154,8 +154,8 @@ def loli_outcome(run, cluster_span: dict, plain_result: dict | None) -> Outcome:
     proc, result = run
     if result is None:
         stepped = STEPPED in proc.stdout
-        if REFUSAL in proc.stderr:
-            message = proc.stderr[proc.stderr.index(REFUSAL) :].splitlines()[0]
+        if REFUSAL + ": " in proc.stderr:  # the traceback's last line (its source lines name the class too)
+            message = proc.stderr[proc.stderr.index(REFUSAL + ": ") :].splitlines()[0]
             if stepped:
                 return Outcome("STOCK", f"refused only after an optimizer step: {message[:200]}", bad=True)
             return Outcome("refused", without_paths(message[len(REFUSAL) + 2 :])[:240])
