@@ -23,6 +23,7 @@ Design:
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -31,33 +32,64 @@ from pathlib import Path
 
 import torch
 
-from ..cli_args import nonnegative_int, positive_float, positive_int, require
+from ..cli_args import digit, nonnegative_int, positive_float, positive_int, require
 from ..errors import LoliConfigError
 from .machine import machine_line
 
 CSM = "AdamWClusteredSecondMoment"
 SAMPLER_CLUSTERS = 10  # the cluster count of "AdamW + sampler"
+MIN_SNR_GAMMA = 5.0
 
-# inner=None: plain torch AdamW; otherwise LoliClustered(inner=..., clusters=..., **options).
-# sampler: every step draws its timesteps from one cluster (the schedule's, or the optimizer's).
+# A variant: ``optimizer`` (a name LoliClustered's ``inner=`` accepts; alone when ``clusters`` is absent,
+# else LoliClustered(inner=optimizer, clusters=..., **options), which also draws each step's timesteps
+# from one cluster); ``sampler``: a plain optimizer drawing one cluster per step too; ``loss``: "mse"
+# (the trainers' default) or "loli"; ``weighting``: "min_snr" (sd-scripts' --min_snr_gamma 5, epsilon
+# prediction only); ``objectives``: where it applies (default everywhere).
 VARIANTS = {
-    "AdamW": dict(inner=None, sampler=False),
-    "AdamW + sampler": dict(inner=None, sampler=True),
-    "Loli K=5": dict(inner="AdamW", clusters=5, sampler=True),
-    "Loli K=10": dict(inner="AdamW", clusters=10, sampler=True),
-    "Loli CSM K=10": dict(inner=CSM, clusters=10, sampler=True),
-    "Loli CSM K=10 normalized": dict(inner=CSM, clusters=10, sampler=True, options={"momentum": "normalized"}),
-    "Loli K=10 + loli loss": dict(inner="AdamW", clusters=10, sampler=True, loss="loli"),
-    "Loli K=10 beta_horizon": dict(inner="AdamW", clusters=10, sampler=True, options={"beta_horizon": True}),
-    "Loli K=10 warm_start": dict(inner="AdamW", clusters=10, sampler=True, options={"warm_start": True}),
-    "AdamW + loli loss": dict(inner=None, sampler=False, loss="loli"),
+    # the baselines users run
+    "AdamW": dict(optimizer="AdamW"),
+    "AdamW8bit": dict(optimizer="AdamW8bit"),
+    "Prodigy": dict(optimizer="Prodigy"),
+    "AdamW + Min-SNR 5": dict(optimizer="AdamW", weighting="min_snr", objectives=("eps",)),
+    # each one's LoliClustered counterpart: the recommended configuration (K=10, one cluster per step,
+    # Loli loss) with the baseline's optimizer as the inner one, or with its weighting
+    "Loli K=10 + loli loss": dict(optimizer="AdamW", clusters=10, loss="loli"),
+    "Loli AdamW8bit K=10 + loli loss": dict(optimizer="AdamW8bit", clusters=10, loss="loli"),
+    "Loli Prodigy K=10 + loli loss": dict(optimizer="Prodigy", clusters=10, loss="loli"),
+    "Loli K=10 + loli loss + Min-SNR 5": dict(
+        optimizer="AdamW", clusters=10, loss="loli", weighting="min_snr", objectives=("eps",)
+    ),
+    # the options compared before (profile "options")
+    "AdamW + sampler": dict(optimizer="AdamW", sampler=True),
+    "Loli K=5": dict(optimizer="AdamW", clusters=5),
+    "Loli K=10": dict(optimizer="AdamW", clusters=10),
+    "Loli CSM K=10": dict(optimizer=CSM, clusters=10),
+    "Loli CSM K=10 normalized": dict(optimizer=CSM, clusters=10, options={"momentum": "normalized"}),
+    "Loli K=10 beta_horizon": dict(optimizer="AdamW", clusters=10, options={"beta_horizon": True}),
+    "Loli K=10 warm_start": dict(optimizer="AdamW", clusters=10, options={"warm_start": True}),
+    "AdamW + loli loss": dict(optimizer="AdamW", loss="loli"),
+}
+# Each baseline and its LoliClustered counterpart; every comparison in the report pairs them on the same seeds.
+BASELINES = {
+    "AdamW": "Loli K=10 + loli loss",
+    "AdamW8bit": "Loli AdamW8bit K=10 + loli loss",
+    "Prodigy": "Loli Prodigy K=10 + loli loss",
+    "AdamW + Min-SNR 5": "Loli K=10 + loli loss + Min-SNR 5",
+}
+RECOMMENDED = "Loli K=10 + loli loss"
+# How users run the baselines' optimizers, where that differs from the cell's lr and weight decay 0:
+# Prodigy at lr 1 (its d sets the step size) with the two switches LoRA guides for kohya set. AdamW8bit
+# with 8-bit states on every tensor: bitsandbytes keeps tensors under min_8bit_size (4096) elements in
+# 32 bit, which on a real model's LoRA (rank x 640 and up) is almost none, but on this tiny one is all
+# of them (the largest has 9216 elements, most 256-2304), where AdamW8bit would be plain AdamW.
+OPTIMIZER_ARGS = {
+    "Prodigy": {"lr": 1.0, "use_bias_correction": True, "safeguard_warmup": True},
+    "AdamW8bit": {"min_8bit_size": 0},
 }
 
-# The candidates for the default, and what separates their parts: "AdamW + sampler" (the sampler
-# alone), "AdamW + loli loss" (the loss alone). Of the existing options, beta_horizon (the closest
-# to never worse in the 2-seed benchmark before this one) and the Loli loss (the only one better
-# than plain K=10 in all its settings there); warm_start was worse than plain K=10 in 4 of 6.
-DECIDING_VARIANTS = [
+# The candidates for the default in the options comparison, and what separates their parts: "AdamW +
+# sampler" (the sampler alone), "AdamW + loli loss" (the loss alone).
+OPTION_VARIANTS = [
     "AdamW",
     "AdamW + sampler",
     "Loli K=5",
@@ -68,44 +100,132 @@ DECIDING_VARIANTS = [
     "Loli K=10 + loli loss",
     "AdamW + loli loss",
 ]
+PAIRED_VARIANTS = [v for pair in BASELINES.items() for v in pair]
+SETUPS = [("unet", "eps"), ("unet", "flow"), ("dit", "flow")]
 PROFILES = {
-    # what the committed results in docs/bench/quality.md were made with: the small batches LoRA users
-    # train with, 1000 steps, 3 paired seeds (1.9 CPU-thread hours: about an hour with --workers 2 on 2 cores)
+    # the committed results in docs/bench: every baseline beside its counterpart at the small batches of
+    # LoRA training, the recommended configuration against AdamW at batch 4 and 8 too, on both backbones,
+    # three held-out digits, 3 paired seeds
     "decide": dict(
+        backbones=["unet", "dit"],
         objectives=["eps", "flow"],
-        batch=[1, 2],
+        digits=[9, 3, 6],
+        grids=[dict(batch=[1, 2], variants=PAIRED_VARIANTS), dict(batch=[4, 8], variants=["AdamW", RECOMMENDED])],
         lr=[1e-3],
         seeds=[0, 1, 2],
-        horizons=[200, 1000],
-        variants=DECIDING_VARIANTS,
+        horizons=[100, 400],
         samples=64,
         sample_steps=30,
     ),
-    # the whole grid (about 5 hours with --workers 2 on 2 cores; not run for the committed results)
-    "full": dict(
+    # the same questions on one digit, one seed pair less and shorter runs: a smoke test of the whole
+    # pipeline (about 15 minutes with --workers 2 on 2 idle cores)
+    "smoke": dict(
+        backbones=["unet", "dit"],
         objectives=["eps", "flow"],
-        batch=[1, 2, 4, 8],
-        lr=[1e-3, 3e-3],
+        digits=[9],
+        grids=[dict(batch=[2], variants=PAIRED_VARIANTS), dict(batch=[8], variants=["AdamW", RECOMMENDED])],
+        lr=[1e-3],
+        seeds=[0, 1],
+        horizons=[50, 100],
+        samples=32,
+        sample_steps=10,
+    ),
+    # the option variants of LoliClustered itself (the earlier decide profile: UNet, digit 9, 1000 steps)
+    "options": dict(
+        backbones=["unet"],
+        objectives=["eps", "flow"],
+        digits=[9],
+        grids=[dict(batch=[1, 2], variants=OPTION_VARIANTS)],
+        lr=[1e-3],
         seeds=[0, 1, 2],
         horizons=[200, 1000],
-        variants=DECIDING_VARIANTS,
         samples=64,
         sample_steps=30,
     ),
     # the same questions on fewer cells: about 10 minutes with --workers 2 on 2 cores
     "quick": dict(
+        backbones=["unet"],
         objectives=["eps", "flow"],
-        batch=[2, 8],
+        digits=[9],
+        grids=[dict(batch=[2, 8], variants=["AdamW", "Loli K=10", "Loli CSM K=10", "Loli CSM K=10 normalized"])],
         lr=[3e-3],
         seeds=[0, 1, 2],
         horizons=[200],
-        variants=["AdamW", "Loli K=10", "Loli CSM K=10", "Loli CSM K=10 normalized"],
         samples=64,
         sample_steps=30,
     ),
 }
-SETTINGS = ("objectives", "batch", "lr", "seeds", "horizons", "variants", "samples", "sample_steps")
+SETTINGS = ("backbones", "objectives", "digits", "lr", "seeds", "horizons", "samples", "sample_steps")
 RESULTS = "quality.jsonl"
+EVAL_VERSION = 2  # 2: two classifiers (fd, fd_cnn), share of the held-out digit, any held-out digit and backbone
+
+
+def applies(variant_name: str, backbone: str, objective: str) -> bool:
+    """Whether a variant runs on this backbone and objective (Min-SNR: epsilon prediction only)."""
+    from .backbones import BACKBONES
+
+    wanted = VARIANTS[variant_name].get("objectives")
+    return objective in BACKBONES[backbone].objectives and (wanted is None or objective in wanted)
+
+
+def make_optimizer(variant: dict, params: list, lr: float, seed: int):
+    """The variant's optimizer over ``params``; LoliClustered for variants with ``clusters``."""
+    from .. import LoliClustered
+    from ..inner import resolve_inner
+    from ..plugins import inner_specs
+
+    name = variant["optimizer"]
+    kwargs = {"lr": lr, "weight_decay": 0.0} | OPTIMIZER_ARGS.get(name, {})
+    if "clusters" not in variant:
+        _, factory, implied = resolve_inner(name, inner_specs())
+        return factory(params, **{**implied, **kwargs})
+    return LoliClustered(
+        params,
+        inner=name,
+        clusters=variant["clusters"],
+        schedule="shuffle",
+        seed=seed,
+        **kwargs,
+        **variant.get("options", {}),
+    )
+
+
+def min_snr_weight(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weight for epsilon prediction, per sample: min(SNR(t), gamma) / SNR(t), with
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t) of the noise schedule (Hang et al. 2023, as sd-scripts'
+    --min_snr_gamma weighs each sample's mean loss; written from the formula)."""
+    ac = alphas_cumprod.double()[timesteps]
+    snr = ac / (1 - ac)
+    return (snr.clamp(max=gamma) / snr).float()
+
+
+def training_loss(pred, target, variant: dict, backbone, objective, t) -> torch.Tensor:
+    """The step's loss: per-element MSE or Loli loss (cosine along the backbone's dim), each sample's mean,
+    weighted per sample where the variant says so, then the batch mean (the trainers' order)."""
+    from .. import loli_loss
+
+    if variant.get("loss") == "loli":
+        per_element = loli_loss(pred, target, dim=backbone.loss_dim)
+    else:
+        per_element = (pred - target).square()
+    per_sample = per_element.mean(dim=tuple(range(1, pred.dim())))
+    if variant.get("weighting") == "min_snr":
+        per_sample = per_sample * min_snr_weight(t, objective.sched.alphas_cumprod, MIN_SNR_GAMMA)
+    return per_sample.mean()
+
+
+def group_values(opt) -> dict:
+    """What an adaptive optimizer learned about its step size, for the report: Prodigy's ``d`` (per cluster
+    inside LoliClustered)."""
+    from .. import LoliClustered
+
+    if isinstance(opt, LoliClustered):
+        banks = [opt._bank_values[k][0] for k in range(opt.clusters)]
+        if any("d" in b for b in banks):  # a cluster whose d has not moved yet still has the initial one
+            return {"d": [float(b.get("d", opt._initial[0].get("d", math.nan))) for b in banks]}
+        return {}
+    d = opt.param_groups[0].get("d")
+    return {"d": [float(d)]} if d is not None else {}
 
 
 def fit(
@@ -117,65 +237,60 @@ def fit(
     horizons: list[int],
     samples: int,
     sample_steps: int,
+    backbone_name: str = "unet",
+    digit: int = 9,
 ) -> dict:
     """Fit one LoRA for max(horizons) steps and evaluate it at every horizon; returns the JSONL row."""
-    from .. import LoliClustered, loli_loss
+    from .. import LoliClustered
     from ..schedule import ClusterSchedule
     from . import base as base_model
-    from .digits import Objective, add_lora, nine_split, tiny_unet
+    from .backbones import BACKBONES
+    from .digits import add_lora, held_out_split
     from .metrics import evaluate
 
     variant = VARIANTS[variant_name]
-    objective = Objective(objective_name)
-    started = time.perf_counter()
+    backbone = BACKBONES[backbone_name]
+    objective = backbone.objective(objective_name)
+    started, cpu_started = time.perf_counter(), time.process_time()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        path = base_model.ensure(objective_name, backbone_name, digit, log=lambda *a: None)
         torch.manual_seed(seed)  # the LoRA's initial weights
         data_g, noise_g, t_g = (torch.Generator().manual_seed(1000 * seed + stream) for stream in (1, 2, 3))
-        x_train, _ = nine_split()
-        model = tiny_unet()
-        model.load_state_dict(base_model.load(base_model.shipped(objective_name))[0])
-        model, lora = add_lora(model)
-        if variant["inner"] is None:
-            opt = torch.optim.AdamW(lora, lr=lr, weight_decay=0.0)
-            schedule = ClusterSchedule(SAMPLER_CLUSTERS, "shuffle", seed)
-        else:
-            opt = LoliClustered(
-                lora,
-                inner=variant["inner"],
-                clusters=variant["clusters"],
-                schedule="shuffle",
-                seed=seed,
-                lr=lr,
-                weight_decay=0.0,
-                **variant.get("options", {}),
-            )
+        x_train = backbone.to_model(held_out_split(digit)[0])
+        model = backbone.build()
+        model.load_state_dict(base_model.load(path)[0])
+        model, lora = add_lora(model, backbone.lora_targets)
+        opt = make_optimizer(variant, lora, lr, seed)
+        if isinstance(opt, LoliClustered):
             schedule = opt.schedule  # advanced by the optimizer's step()
+        else:
+            schedule = ClusterSchedule(SAMPLER_CLUSTERS, "shuffle", seed)
+        stratified = isinstance(opt, LoliClustered) or variant.get("sampler", False)
         evaluations = {}
         for step in range(1, max(horizons) + 1):
             x0 = x_train[torch.randint(len(x_train), (batch,), generator=data_g)]
-            if variant["sampler"]:
+            if stratified:
                 t = objective.dist.sample_cluster(batch, schedule.current, schedule.clusters, generator=t_g)
             else:
                 t = objective.dist.sample(batch, generator=t_g)
-            xt, tt, target = objective.noised(x0, torch.randn(x0.shape, generator=noise_g), t)
-            pred = model(xt, tt).sample
-            loss = (
-                loli_loss(pred, target).mean()
-                if variant.get("loss") == "loli"
-                else torch.nn.functional.mse_loss(pred, target)
-            )
+            noise = backbone.to_model(torch.randn((batch, 1, 8, 8), generator=noise_g))
+            xt, tt, target = objective.noised(x0, noise, t)
+            loss = training_loss(model(xt, tt).sample, target, variant, backbone, objective, t)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if variant["inner"] is None:
+            if not isinstance(opt, LoliClustered):
                 schedule.advance()
             if step in horizons:
-                evaluations[str(step)] = evaluate(model, objective, samples, sample_steps)
+                evaluations[str(step)] = evaluate(model, objective, samples, sample_steps, backbone, digit)
+        learned = group_values(opt)
     finally:
         torch.set_num_threads(threads)
     return {
+        "digit": digit,
+        "backbone": backbone_name,
         "objective": objective_name,
         "variant": variant_name,
         "batch": batch,
@@ -183,38 +298,75 @@ def fit(
         "seed": seed,
         "eval": eval_settings(horizons, samples, sample_steps),
         "horizons": evaluations,
+        **({"learned": learned} if learned else {}),
         "seconds": round(time.perf_counter() - started, 1),
+        # this process's CPU time: what the run costs on an idle core, whatever else shares the machine
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
     }
 
 
 def eval_settings(horizons, samples, sample_steps) -> dict:
     """What makes two runs of the same cell comparable; a restart reuses only rows with the same."""
-    return {"horizons": sorted(horizons), "samples": samples, "sample_steps": sample_steps}
+    return {"horizons": sorted(horizons), "samples": samples, "sample_steps": sample_steps, "version": EVAL_VERSION}
 
 
 def run_key(row: dict) -> tuple:
-    return row["objective"], row["variant"], row["batch"], float(row["lr"]), row["seed"]
+    return (
+        row.get("digit", 9),
+        row.get("backbone", "unet"),
+        row["objective"],
+        row["variant"],
+        row["batch"],
+        float(row["lr"]),
+        row["seed"],
+    )
+
+
+def job_key(job: dict) -> tuple:
+    return (
+        job["digit"],
+        job["backbone_name"],
+        job["objective_name"],
+        job["variant_name"],
+        job["batch"],
+        float(job["lr"]),
+        job["seed"],
+    )
+
+
+def setups(settings: dict) -> list[tuple[str, str]]:
+    """The (backbone, objective) pairs of the settings: every backbone with each objective it trains with
+    (the transformer: flow matching only)."""
+    from .backbones import BACKBONES
+
+    return [(b, o) for b in settings["backbones"] for o in settings["objectives"] if o in BACKBONES[b].objectives]
 
 
 def planned(settings: dict) -> list[dict]:
-    """Every run of the settings, whole cells first (all variants and seeds of one lr, batch and
-    objective together), so an interrupted benchmark leaves complete cells of both objectives behind."""
+    """Every run of the settings, digit by digit (each digit's small-batch grid, then its large-batch
+    one), in whole cells (all variants and seeds of one lr, batch, backbone and objective together), so
+    an interrupted benchmark leaves complete cells and complete digits behind, the first digit's first."""
     return [
         dict(
+            digit=d,
+            backbone_name=b,
             objective_name=o,
             variant_name=v,
-            batch=b,
+            batch=batch,
             lr=lr,
             seed=s,
             horizons=settings["horizons"],
             samples=settings["samples"],
             sample_steps=settings["sample_steps"],
         )
+        for d in settings["digits"]
+        for grid in settings["grids"]
         for lr in settings["lr"]
-        for b in settings["batch"]
-        for o in settings["objectives"]
+        for batch in grid["batch"]
+        for b, o in setups(settings)
         for s in settings["seeds"]
-        for v in settings["variants"]
+        for v in grid["variants"]
+        if applies(v, b, o)
     ]
 
 
@@ -235,9 +387,7 @@ def load_rows(path: Path, settings: dict) -> list[dict]:
         if row.get("eval") == wanted:
             rows.append(row)
     # only the runs these settings plan: a narrower command over a shared file reports what it asked for
-    planned_keys = {
-        (j["objective_name"], j["variant_name"], j["batch"], float(j["lr"]), j["seed"]) for j in planned(settings)
-    }
+    planned_keys = {job_key(j) for j in planned(settings)}
     return [r for r in rows if run_key(r) in planned_keys]
 
 
@@ -289,23 +439,28 @@ def _results(todo: list[dict], workers: int):
 
 
 def references(settings: dict) -> dict:
-    """Per objective, the scores of the base model without a LoRA (where every variant starts) and of
-    real training 9s in place of samples (what a perfect generator would score)."""
+    """Per digit, backbone and objective, the scores of the base model without a LoRA (where every variant
+    starts) and of real training images of the held-out digit in place of samples (what a perfect
+    generator would score)."""
     from . import base as base_model
-    from .digits import Objective, tiny_unet
+    from .backbones import BACKBONES
     from .metrics import evaluate, real_reference
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         result = {}
-        for name in settings["objectives"]:
-            model = tiny_unet()
-            model.load_state_dict(base_model.load(base_model.shipped(name))[0])
-            result[name] = {
-                "base model": evaluate(model, Objective(name), settings["samples"], settings["sample_steps"]),
-                "real 9s": real_reference(settings["samples"]),
-            }
+        for digit in settings["digits"]:
+            for b, o in setups(settings):
+                backbone = BACKBONES[b]
+                model = backbone.build()
+                model.load_state_dict(base_model.load(base_model.ensure(o, b, digit))[0])
+                result[digit, b, o] = {
+                    "base model": evaluate(
+                        model, backbone.objective(o), settings["samples"], settings["sample_steps"], backbone, digit
+                    ),
+                    "real images": real_reference(settings["samples"], digit),
+                }
         return result
     finally:
         torch.set_num_threads(threads)
@@ -313,9 +468,24 @@ def references(settings: dict) -> dict:
 
 def settings_from(args) -> dict:
     profile = PROFILES[args.profile]
-    settings = {key: getattr(args, key) if getattr(args, key) is not None else profile[key] for key in SETTINGS}
+    settings = {key: getattr(args, key) if getattr(args, key, None) is not None else profile[key] for key in SETTINGS}
     settings["horizons"] = sorted(set(settings["horizons"]))
-    if "AdamW" not in settings["variants"]:
+    grids = profile["grids"]
+    if args.batch is not None or args.variants is not None:
+        # one grid: the given batches and variants, the profile's (all of its grids') for the one not given
+        grids = [
+            dict(
+                batch=args.batch or sorted({b for g in grids for b in g["batch"]}),
+                variants=args.variants or list(dict.fromkeys(v for g in grids for v in g["variants"])),
+            )
+        ]
+    settings["grids"] = grids
+    if not setups(settings):
+        raise LoliConfigError(
+            f"--backbones {' '.join(settings['backbones'])} with --objectives {' '.join(settings['objectives'])}: "
+            "nothing to run (the dit backbone is trained with flow only)"
+        )
+    if any("AdamW" not in g["variants"] for g in grids):
         raise LoliConfigError("--variants must include AdamW: every result is reported against it")
     if settings["samples"] < 2:
         raise LoliConfigError(
@@ -325,17 +495,22 @@ def settings_from(args) -> dict:
 
 
 def command_line(args, settings: dict) -> str:
-    """The command that reproduces these results (every setting spelled out)."""
+    """The command that reproduces these results (every setting spelled out; the grids of a profile are
+    its own, so a command with the profile's grids names no --batch or --variants)."""
 
     def values(v):
         return " ".join(f'"{x}"' if " " in str(x) else str(x) for x in v)
 
+    grid = settings["grids"][0] if len(settings["grids"]) == 1 else None
+    same_grids = settings["grids"] == PROFILES[args.profile]["grids"]
     return (
         f"loli-plugin bench quality --profile {args.profile} --out {args.out} --workers {args.workers} "
-        f"--objectives {values(settings['objectives'])} --batch {values(settings['batch'])} "
-        f"--lr {values(settings['lr'])} --seeds {values(settings['seeds'])} "
+        f"--backbones {values(settings['backbones'])} --objectives {values(settings['objectives'])} "
+        f"--digits {values(settings['digits'])} "
+        + ("" if same_grids else f"--batch {values(grid['batch'])} ")
+        + f"--lr {values(settings['lr'])} --seeds {values(settings['seeds'])} "
         f"--horizons {values(settings['horizons'])} --samples {settings['samples']} "
-        f"--sample-steps {settings['sample_steps']} --variants {values(settings['variants'])}"
+        f"--sample-steps {settings['sample_steps']}" + ("" if same_grids else f" --variants {values(grid['variants'])}")
     )
 
 
@@ -351,9 +526,7 @@ def run(args) -> int:
     path = out / RESULTS
     done = {run_key(r) for r in load_rows(path, settings)}
     jobs = planned(settings)
-    todo = [
-        j for j in jobs if (j["objective_name"], j["variant_name"], j["batch"], float(j["lr"]), j["seed"]) not in done
-    ]
+    todo = [j for j in jobs if job_key(j) not in done]
     print(f"# machine: {machine_line()}")
     print(
         f"{len(jobs)} runs of {max(settings['horizons'])} steps; {len(jobs) - len(todo)} already in {path}, "
@@ -367,9 +540,10 @@ def run(args) -> int:
         count[0] += 1
         last = row["horizons"][str(max(settings["horizons"]))]
         print(
-            f"[{time.perf_counter() - started:6.0f}s {count[0]}/{len(todo)}] {row['objective']} "
-            f"lr {row['lr']:g} batch {row['batch']} seed {row['seed']} {row['variant']:26s} {row['seconds']:5.0f}s  "
-            f"mean MSE {last['mean']:.4f}  FD {last['fd']:.3f}  share 9 {last['share9']:.2f}",
+            f"[{time.perf_counter() - started:6.0f}s {count[0]}/{len(todo)}] digit {row['digit']} {row['backbone']} "
+            f"{row['objective']} lr {row['lr']:g} batch {row['batch']} seed {row['seed']} {row['variant']:34s} "
+            f"{row['seconds']:5.0f}s  mean MSE {last['mean']:.4f}  FD {last['fd']:.3f}/{last['fd_cnn']:.3f}  "
+            f"share {last['share']:.2f}",
             flush=True,
         )
 
@@ -399,10 +573,12 @@ def add_parser(sub) -> None:
         "--profile",
         choices=list(PROFILES),
         default="quick",
-        help="quick: 2 batch sizes x 1 lr x 3 seeds x 4 variants, 200 steps (~10 min with --workers 2 on 2 cores); "
-        "decide: batch 1 2, lr 1e-3, 3 seeds, horizons 200 and 1000, 9 variants "
-        "(the committed results, ~1 h with --workers 2); "
-        "full: batch 1 2 4 8, lr 1e-3 3e-3 (~5 h). Default quick",
+        help="decide (the committed results): every baseline (AdamW, AdamW8bit, Prodigy, AdamW + Min-SNR 5) "
+        "beside its LoliClustered counterpart at batch 1 and 2, the recommended configuration against AdamW at "
+        "batch 4 and 8, UNet (eps, flow) and transformer (flow), held-out digits 9 3 6, 3 seeds, horizons 100 and "
+        "400 (~3 h with --workers 2 on 2 idle cores); smoke: the same pipeline on digit 9, 2 seeds, 100 steps; "
+        "options: LoliClustered's own options on the UNet (digit 9, 1000 steps); quick: 4 variants, 200 steps "
+        "(~10 min). Default quick",
     )
     p.add_argument("--out", default="out/bench-quality", help="folder for the results (default out/bench-quality)")
     p.add_argument(
@@ -411,7 +587,20 @@ def add_parser(sub) -> None:
         default=1,
         help="runs in parallel, one CPU thread each (default 1; use at most the number of free cores)",
     )
+    p.add_argument(
+        "--backbones",
+        nargs="+",
+        choices=["unet", "dit"],
+        help="unet (diffusers UNet2DModel) and/or dit (a tiny FluxTransformer2DModel on packed tokens, flow only)",
+    )
     p.add_argument("--objectives", nargs="+", choices=["eps", "flow"], help="training objectives")
+    p.add_argument(
+        "--digits",
+        type=digit,
+        nargs="+",
+        help="held-out digits: each gets its own base models (pre-trained on the other digits; made and cached "
+        "on first use, except the shipped 9) and its own LoRA runs",
+    )
     p.add_argument(
         "--variants",
         nargs="+",
