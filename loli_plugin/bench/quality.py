@@ -68,6 +68,20 @@ VARIANTS = {
     "Loli K=10 beta_horizon": dict(optimizer="AdamW", clusters=10, options={"beta_horizon": True}),
     "Loli K=10 warm_start": dict(optimizer="AdamW", clusters=10, options={"warm_start": True}),
     "AdamW + loli loss": dict(optimizer="AdamW", loss="loli"),
+    # candidates for the moonshot (profile "moonshot"): what the architecture allows beyond the defaults
+    "Loli K=5 + loli loss": dict(optimizer="AdamW", clusters=5, loss="loli"),
+    "Loli K=20 + loli loss": dict(optimizer="AdamW", clusters=20, loss="loli"),
+    "Loli CSM K=10 normalized + loli loss": dict(
+        optimizer=CSM, clusters=10, loss="loli", options={"momentum": "normalized"}
+    ),
+    "Loli K=10 + loli loss warm_start": dict(optimizer="AdamW", clusters=10, loss="loli", options={"warm_start": True}),
+    "Loli Prodigy K=10 + loli loss warm_start": dict(
+        optimizer="Prodigy", clusters=10, loss="loli", options={"warm_start": True}
+    ),
+    # per-cluster loss normalisation (loli_plugin.weighting, EDM2's uncertainty weight at its optimum): on a
+    # single AdamW state with one cluster per step, and inside LoliClustered
+    "AdamW + sampler + cluster norm": dict(optimizer="AdamW", sampler=True, weighting="cluster_norm"),
+    "Loli K=10 + loli loss + cluster norm": dict(optimizer="AdamW", clusters=10, loss="loli", weighting="cluster_norm"),
 }
 # Each baseline and its LoliClustered counterpart; every comparison in the report pairs them on the same seeds.
 BASELINES = {
@@ -101,6 +115,15 @@ OPTION_VARIANTS = [
     "AdamW + loli loss",
 ]
 PAIRED_VARIANTS = [v for pair in BASELINES.items() for v in pair]
+MOONSHOT_VARIANTS = [
+    "Loli K=5 + loli loss",
+    "Loli K=20 + loli loss",
+    "Loli CSM K=10 normalized + loli loss",
+    "Loli K=10 + loli loss warm_start",
+    "Loli Prodigy K=10 + loli loss warm_start",
+    "AdamW + sampler + cluster norm",
+    "Loli K=10 + loli loss + cluster norm",
+]
 SETUPS = [("unet", "eps"), ("unet", "flow"), ("dit", "flow")]
 PROFILES = {
     # the committed results in docs/bench: every baseline beside its counterpart at the small batches of
@@ -110,7 +133,13 @@ PROFILES = {
         backbones=["unet", "dit"],
         objectives=["eps", "flow"],
         digits=[9, 3, 6],
-        grids=[dict(batch=[1, 2], variants=PAIRED_VARIANTS), dict(batch=[4, 8], variants=["AdamW", RECOMMENDED])],
+        # the AdamW8bit pair last (phase 1): bitsandbytes' 8-bit kernels cost about as much CPU per step as
+        # the whole tiny model, so these runs cost twice the others; an interrupted profile misses them first
+        grids=[
+            dict(batch=[1, 2], variants=[v for v in PAIRED_VARIANTS if "AdamW8bit" not in v]),
+            dict(batch=[4, 8], variants=["AdamW", RECOMMENDED]),
+            dict(batch=[1, 2], variants=["AdamW", *[v for v in PAIRED_VARIANTS if "AdamW8bit" in v]], phase=1),
+        ],
         lr=[1e-3],
         seeds=[0, 1, 2],
         horizons=[100, 400],
@@ -129,6 +158,20 @@ PROFILES = {
         horizons=[50, 100],
         samples=32,
         sample_steps=10,
+    ),
+    # the moonshot candidates beside every baseline and its counterpart, on decide's digit-9 batch-2 cells
+    # (same evaluation, so `--reuse docs/bench/quality.jsonl` takes decide's finished runs instead of
+    # re-running them); a candidate that clears batch 2 is then run on the rest of decide's grid
+    "moonshot": dict(
+        backbones=["unet", "dit"],
+        objectives=["eps", "flow"],
+        digits=[9],
+        grids=[dict(batch=[2], variants=PAIRED_VARIANTS + MOONSHOT_VARIANTS)],
+        lr=[1e-3],
+        seeds=[0, 1, 2],
+        horizons=[100, 400],
+        samples=64,
+        sample_steps=30,
     ),
     # the option variants of LoliClustered itself (the earlier decide profile: UNet, digit 9, 1000 steps)
     "options": dict(
@@ -199,9 +242,10 @@ def min_snr_weight(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma:
     return (snr.clamp(max=gamma) / snr).float()
 
 
-def training_loss(pred, target, variant: dict, backbone, objective, t) -> torch.Tensor:
+def training_loss(pred, target, variant: dict, backbone, objective, t, normalizer=None, cluster=None) -> torch.Tensor:
     """The step's loss: per-element MSE or Loli loss (cosine along the backbone's dim), each sample's mean,
-    weighted per sample where the variant says so, then the batch mean (the trainers' order)."""
+    weighted per sample where the variant says so, then the batch mean (the trainers' order); with
+    ``weighting="cluster_norm"``, divided by the step's cluster's running mean loss (``normalizer``)."""
     from .. import loli_loss
 
     if variant.get("loss") == "loli":
@@ -211,6 +255,8 @@ def training_loss(pred, target, variant: dict, backbone, objective, t) -> torch.
     per_sample = per_element.mean(dim=tuple(range(1, pred.dim())))
     if variant.get("weighting") == "min_snr":
         per_sample = per_sample * min_snr_weight(t, objective.sched.alphas_cumprod, MIN_SNR_GAMMA)
+    if variant.get("weighting") == "cluster_norm":
+        return normalizer(per_sample.mean(), cluster)
     return per_sample.mean()
 
 
@@ -243,6 +289,7 @@ def fit(
     """Fit one LoRA for max(horizons) steps and evaluate it at every horizon; returns the JSONL row."""
     from .. import LoliClustered
     from ..schedule import ClusterSchedule
+    from ..weighting import ClusterLossNormalizer
     from . import base as base_model
     from .backbones import BACKBONES
     from .digits import add_lora, held_out_split
@@ -268,6 +315,7 @@ def fit(
         else:
             schedule = ClusterSchedule(SAMPLER_CLUSTERS, "shuffle", seed)
         stratified = isinstance(opt, LoliClustered) or variant.get("sampler", False)
+        normalizer = ClusterLossNormalizer(schedule.clusters) if variant.get("weighting") == "cluster_norm" else None
         evaluations = {}
         for step in range(1, max(horizons) + 1):
             x0 = x_train[torch.randint(len(x_train), (batch,), generator=data_g)]
@@ -277,7 +325,9 @@ def fit(
                 t = objective.dist.sample(batch, generator=t_g)
             noise = backbone.to_model(torch.randn((batch, 1, 8, 8), generator=noise_g))
             xt, tt, target = objective.noised(x0, noise, t)
-            loss = training_loss(model(xt, tt).sample, target, variant, backbone, objective, t)
+            loss = training_loss(
+                model(xt, tt).sample, target, variant, backbone, objective, t, normalizer, schedule.current
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -343,10 +393,11 @@ def setups(settings: dict) -> list[tuple[str, str]]:
 
 
 def planned(settings: dict) -> list[dict]:
-    """Every run of the settings, digit by digit (each digit's small-batch grid, then its large-batch
-    one), in whole cells (all variants and seeds of one lr, batch, backbone and objective together), so
-    an interrupted benchmark leaves complete cells and complete digits behind, the first digit's first."""
-    return [
+    """Every run of the settings once, phase by phase (a grid's ``phase``, default 0), in each phase digit
+    by digit (each digit's grids in order), in whole cells (all variants and seeds of one lr, batch,
+    backbone and objective together), so an interrupted benchmark leaves complete cells and complete
+    digits behind, the first digit's first."""
+    jobs = [
         dict(
             digit=d,
             backbone_name=b,
@@ -359,8 +410,10 @@ def planned(settings: dict) -> list[dict]:
             samples=settings["samples"],
             sample_steps=settings["sample_steps"],
         )
+        for phase in sorted({g.get("phase", 0) for g in settings["grids"]})
         for d in settings["digits"]
         for grid in settings["grids"]
+        if grid.get("phase", 0) == phase
         for lr in settings["lr"]
         for batch in grid["batch"]
         for b, o in setups(settings)
@@ -368,6 +421,8 @@ def planned(settings: dict) -> list[dict]:
         for v in grid["variants"]
         if applies(v, b, o)
     ]
+    unique = {job_key(j): j for j in reversed(jobs)}  # a run two grids share (AdamW) runs where it comes first
+    return [j for j in jobs if unique.pop(job_key(j), None) is j]
 
 
 def load_rows(path: Path, settings: dict) -> list[dict]:
@@ -398,24 +453,29 @@ def _one_thread_worker() -> None:
 def run_all(todo: list[dict], path: Path, workers: int, log) -> list[str]:
     """Run ``todo`` (``fit`` keyword sets), appending each finished row to ``path``; returns the
     failures, one line each (one broken run must not throw away the hours of the others)."""
-    if path.exists() and not path.read_bytes().endswith(b"\n") and path.stat().st_size:
-        with path.open("a") as f:  # an interruption cut the last line short: start a fresh one
-            f.write("\n")
     failures = []
     for job, row in _results(todo, workers):
         if isinstance(row, Exception):
             failures.append(
-                f"{job['objective_name']} {job['variant_name']} batch {job['batch']} lr {job['lr']} "
-                f"seed {job['seed']}: {type(row).__name__}: {row}"
+                f"digit {job['digit']} {job['backbone_name']} {job['objective_name']} {job['variant_name']} "
+                f"batch {job['batch']} lr {job['lr']} seed {job['seed']}: {type(row).__name__}: {row}"
             )
             print(f"FAILED {failures[-1]}", flush=True)
             continue
-        with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_rows(path, [row])
         log(job, row)
     return failures
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows as JSON lines, each flushed to disk (an interruption loses at most the line being written)."""
+    with path.open("a") as f:
+        if f.tell() and not path.read_bytes().endswith(b"\n"):
+            f.write("\n")  # an interruption cut the last line short: start a fresh one
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _results(todo: list[dict], workers: int):
@@ -525,6 +585,12 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
     done = {run_key(r) for r in load_rows(path, settings)}
+    for other in args.reuse or []:
+        taken = [r for r in load_rows(Path(other), settings) if run_key(r) not in done]
+        if taken:
+            append_rows(path, taken)
+            done |= {run_key(r) for r in taken}
+        print(f"{len(taken)} finished run(s) taken from {other} (same settings and evaluation)")
     jobs = planned(settings)
     todo = [j for j in jobs if job_key(j) not in done]
     print(f"# machine: {machine_line()}")
@@ -581,6 +647,13 @@ def add_parser(sub) -> None:
         "(~10 min). Default quick",
     )
     p.add_argument("--out", default="out/bench-quality", help="folder for the results (default out/bench-quality)")
+    p.add_argument(
+        "--reuse",
+        nargs="+",
+        metavar="JSONL",
+        help="other results files whose finished runs with the same settings and evaluation are copied in instead "
+        "of re-running them (the runs are deterministic: the same bits on the same CPU type and torch build)",
+    )
     p.add_argument(
         "--workers",
         type=positive_int,
