@@ -78,6 +78,8 @@ VARIANTS = {
     "Loli Prodigy K=10 + loli loss warm_start": dict(
         optimizer="Prodigy", clusters=10, loss="loli", options={"warm_start": True}
     ),
+    # Prodigy with one d for all clusters (loli_plugin.prodigy_shared_d), the moments per cluster
+    "Loli ProdigySharedD K=10 + loli loss": dict(optimizer="ProdigySharedD", clusters=10, loss="loli"),
     # per-cluster loss normalisation (loli_plugin.weighting, EDM2's uncertainty weight at its optimum): on a
     # single AdamW state with one cluster per step, and inside LoliClustered
     "AdamW + sampler + cluster norm": dict(optimizer="AdamW", sampler=True, weighting="cluster_norm"),
@@ -98,6 +100,7 @@ RECOMMENDED = "Loli K=10 + loli loss"
 # of them (the largest has 9216 elements, most 256-2304), where AdamW8bit would be plain AdamW.
 OPTIMIZER_ARGS = {
     "Prodigy": {"lr": 1.0, "use_bias_correction": True, "safeguard_warmup": True},
+    "ProdigySharedD": {"lr": 1.0, "use_bias_correction": True, "safeguard_warmup": True},
     "AdamW8bit": {"min_8bit_size": 0},
 }
 
@@ -121,6 +124,7 @@ MOONSHOT_VARIANTS = [
     "Loli CSM K=10 normalized + loli loss",
     "Loli K=10 + loli loss warm_start",
     "Loli Prodigy K=10 + loli loss warm_start",
+    "Loli ProdigySharedD K=10 + loli loss",
     "AdamW + sampler + cluster norm",
     "Loli K=10 + loli loss + cluster norm",
 ]
@@ -596,9 +600,15 @@ def run(args) -> int:
     print(f"# machine: {machine_line()}")
     print(
         f"{len(jobs)} runs of {max(settings['horizons'])} steps; {len(jobs) - len(todo)} already in {path}, "
-        f"{len(todo)} to run with {args.workers} worker(s)",
+        + (
+            f"{len(todo)} missing (--report-only: none run)"
+            if args.report_only
+            else f"{len(todo)} to run with {args.workers} worker(s)"
+        ),
         flush=True,
     )
+    if args.report_only:
+        todo = []  # the tables of what is there; the missing runs stay missing (and the report says so)
     started = time.perf_counter()
     count = [0]
 
@@ -615,8 +625,10 @@ def run(args) -> int:
 
     failures = run_all(todo, path, args.workers, log)
     rows = load_rows(path, settings)
+    # references of the digits that have runs (a partial report does not pre-train the others' bases)
+    present = {**settings, "digits": [d for d in settings["digits"] if any(r.get("digit", 9) == d for r in rows)]}
     written = quality_report.write(
-        rows, settings, references(settings), out, command=command_line(args, settings), machine=machine_line()
+        rows, settings, references(present), out, command=command_line(args, settings), machine=machine_line()
     )
     print(f"written: {', '.join(str(p) for p in [path, *written])} ({time.perf_counter() - started:.0f} s)")
     if failures:
@@ -647,6 +659,12 @@ def add_parser(sub) -> None:
         "(~10 min). Default quick",
     )
     p.add_argument("--out", default="out/bench-quality", help="folder for the results (default out/bench-quality)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the tables and plots from the finished runs already in --out (an interrupted or "
+        "still-running benchmark's partial results; missing cells and seeds are marked)",
+    )
     p.add_argument(
         "--reuse",
         nargs="+",
