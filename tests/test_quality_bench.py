@@ -168,10 +168,16 @@ def test_decide_plans_every_baseline_beside_its_counterpart_and_the_batch_sweep(
     min_snr = {j["objective_name"] for j in jobs if "Min-SNR" in j["variant_name"]}
     assert min_snr == {"eps"}  # sd-scripts' Min-SNR weighting is for epsilon (and v) prediction
     large = {j["variant_name"] for j in jobs if j["batch"] > 2}
-    assert large == {"AdamW", quality.RECOMMENDED}
+    assert large == {"AdamW", quality.RECOMMENDED, quality.CANDIDATE}
     assert {j["digit"] for j in jobs} == {9, 3, 6} and {j["batch"] for j in jobs} == {1, 2, 4, 8}
-    first = [j for j in jobs if "AdamW8bit" not in j["variant_name"]]
-    assert jobs[: len(first)] == first  # the AdamW8bit pair (phase 1) last
+    eight_bit = [i for i, j in enumerate(jobs) if "AdamW8bit" in j["variant_name"]]
+    first = jobs[: eight_bit[0]]
+    assert eight_bit == list(range(eight_bit[0], eight_bit[-1] + 1))  # the AdamW8bit pair in one phase, after
+    assert {quality.job_key(j)[:3] for j in first} == {  # every digit's and setup's other runs
+        (d, b, o) for d in (9, 3, 6) for b, o in setups
+    }
+    after = jobs[eight_bit[-1] + 1 :]
+    assert {j["variant_name"] for j in after} == {quality.CANDIDATE} and {j["batch"] for j in after} == {4, 8}
     assert all(j["digit"] == 9 for j in first[: len(first) // 3])  # digit by digit, 9 first
 
 

@@ -93,6 +93,7 @@ BASELINES = {
     "AdamW + Min-SNR 5": "Loli K=10 + loli loss + Min-SNR 5",
 }
 RECOMMENDED = "Loli K=10 + loli loss"
+CANDIDATE = "Loli CSM K=10 normalized + loli loss"  # the moonshot screening's best (docs/bench/moonshot)
 # How users run the baselines' optimizers, where that differs from the cell's lr and weight decay 0:
 # Prodigy at lr 1 (its d sets the step size) with the two switches LoRA guides for kohya set. AdamW8bit
 # with 8-bit states on every tensor: bitsandbytes keeps tensors under min_8bit_size (4096) elements in
@@ -139,10 +140,13 @@ PROFILES = {
         digits=[9, 3, 6],
         # the AdamW8bit pair last (phase 1): bitsandbytes' 8-bit kernels cost about as much CPU per step as
         # the whole tiny model, so these runs cost twice the others; an interrupted profile misses them first
+        # and the moonshot screening's best candidate (CSM normalized + Loli loss) on the whole small-batch grid,
+        # then at batch 4 and 8 (phase 2), so that the rule can judge it like the recommended configuration
         grids=[
-            dict(batch=[1, 2], variants=[v for v in PAIRED_VARIANTS if "AdamW8bit" not in v]),
+            dict(batch=[1, 2], variants=[v for v in PAIRED_VARIANTS if "AdamW8bit" not in v] + [CANDIDATE]),
             dict(batch=[4, 8], variants=["AdamW", RECOMMENDED]),
             dict(batch=[1, 2], variants=["AdamW", *[v for v in PAIRED_VARIANTS if "AdamW8bit" in v]], phase=1),
+            dict(batch=[4, 8], variants=["AdamW", CANDIDATE], phase=2),
         ],
         lr=[1e-3],
         seeds=[0, 1, 2],
