@@ -4,7 +4,7 @@ It imports no module that is not already loaded at start-up (only ``sys`` and ``
 tiny ``sys.meta_path`` finder that answers ``None`` for every import except the trainer modules the
 installed adapters watch. Those names come from the manifests ``loli_plugin/adapters/*.watch`` (one
 module name a line), read with one directory listing. When a watched module has been executed, the
-finder hands it to ``loli_plugin.host.on_watched_import``, which lets the adapter check and patch it.
+finder hands it to ``loli_plugin.adapter.on_watched_import``, which lets the adapter check and patch it.
 Nothing else happens: torch, loli_plugin and wrapt are imported only then, and a missing dependency
 is reported then, once, never at interpreter start. ``LOLI_PLUGIN_DISABLE=1`` turns it off.
 
@@ -15,7 +15,7 @@ A third-party trainer adapter shipped in another distribution adds its watched n
 import os
 import sys
 
-#: module names whose import is handed to loli_plugin.host
+#: module names whose import is handed to loli_plugin.adapter
 WATCHED = set()
 #: how the hook was installed: "pth" (site-packages), "launcher" (python -m loli_plugin.launch) or None
 INSTALLED_BY = None
@@ -65,7 +65,7 @@ def _report(key, message):
 
 def _fire(module):
     try:
-        from loli_plugin.host import on_watched_import
+        from loli_plugin.adapter import on_watched_import
     except Exception as exc:  # a broken or partial install must never stop the trainer
         _report(
             "import",

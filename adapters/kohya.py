@@ -23,29 +23,20 @@ with an error that says how to enable the hook (``on_optimizer_created``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..adapter import TrainerAdapter
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter, pushed
 from ..options import DEFAULT_CLUSTERS
 from ..patches import kohya as patches
-from ..patches.base import bind_arguments, call_replacing
+from ..patches import kohya_ss
+from ..patches.instrument import bind_arguments, call_replacing
 from ..run import LoliRun
-
-
-@dataclass
-class KohyaRun(LoliRun):
-    """What the patches need during one sd-scripts training run."""
-
-    args: argparse.Namespace | None = field(default=None, repr=False)
-    loss_weights: dict | None = None
 
 
 class KohyaAdapter(TrainerAdapter):
@@ -53,10 +44,10 @@ class KohyaAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    entry_patch = patches.GET_OPTIMIZER
 
     def __init__(self) -> None:
         super().__init__()
-        self._building: list = []  # args of the get_optimizer calls in progress (innermost last)
         self.accelerator = None
         self._measure = None  # (process_batch, its args, its kwargs) of the last training micro-batch
 
@@ -78,46 +69,29 @@ class KohyaAdapter(TrainerAdapter):
     def find_checkout(self, path: Path) -> bool:
         return (path / "library" / "train_util.py").is_file()
 
-    # ------------------------------------------------------------------ features
-    @staticmethod
-    def features_for(args) -> set[str]:
-        """The patch features a run with these arguments needs (empty: not a Loli run)."""
-        features = set()
-        if patches.requests_optimizer(args):
-            features |= {"activation", "sampler", "logs"}
-        if patches.requests_loss(args):
-            features |= {"activation", "loss"}
-        if patches.requests_probe(args):
-            features |= {"activation", "sampler", "logs", "probe"}
-        return features
+    def inside_trainer(self) -> bool:
+        train_util = sys.modules.get(patches.TRAIN_UTIL)
+        return train_util is not None and self.recognises(train_util)
 
-    def run_features(self) -> set[str]:
-        run = self.run
-        if run is None:
-            return set()
+    # ------------------------------------------------------------------ what a run asks for
+    def requests(self, args) -> set[str]:
         return (
-            ({"activation", "sampler", "logs"} if run.stratify else set())
-            | ({"activation", "loss"} if run.loss_weights else set())
-            | ({"activation", "sampler", "logs", "probe"} if run.probe is not None else set())
+            ({"optimizer"} if kohya_ss.requests_optimizer(args) else set())
+            | ({"loss"} if kohya_ss.requests_loss(args) else set())
+            | ({"probe"} if patches.requests_probe(args) else set())
         )
 
+    def asked(self, args) -> str:
+        return kohya_ss.asked(args, probe=patches.requests_probe(args))
+
     # ------------------------------------------------------------------ the patches' context
-    def building_optimizer(self, args):
-        return pushed(self._building, args)
-
-    def check_request(self, args) -> None:
-        """prepare_accelerator: refuse a Loli run before any work if a patch it needs did not fit."""
-        features = self.features_for(args)
-        if features:
-            self.require(features, _asked(args))
-
     def observe(self, args, accelerator) -> None:
         self.accelerator = accelerator
 
     def optimizer_built(self, args, optimizer) -> None:
         """After get_optimizer (any route): a run with only the Loli loss or only the probe starts here,
         with the user's optimizer; the probe counts that optimizer's steps and rides in its state."""
-        if self.run is None and (patches.requests_loss(args) or patches.requests_probe(args)):
+        if self.run is None and (kohya_ss.requests_loss(args) or patches.requests_probe(args)):
             self.activate(args, optimizer=None)
         if self.run is not None and self.run.probe is not None and optimizer is not None:
             from ..run import attach_monitor_state, count_steps
@@ -125,19 +99,19 @@ class KohyaAdapter(TrainerAdapter):
             attach_monitor_state(optimizer, self.run.probe, key="loli_probe")
             count_steps(optimizer, self.run.probe, self.after_step)
 
-    def activate(self, args, optimizer=None) -> KohyaRun:
+    def activate(self, args, optimizer=None) -> LoliRun:
         """Start a Loli run for sd-scripts: validate, patch, carry the monitor in the optimizer's state."""
         from ..loss import parse_loss_weights
 
-        self.require(self.features_for(args) or {"activation", "sampler", "logs"}, _asked(args))
+        self.require(self.features_for(args) or self.features["optimizer"], self.asked(args))
         _check_args(args, optimizer)
         weights = None
-        if patches.requests_loss(args):
+        if kohya_ss.requests_loss(args):
             weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         if optimizer is not None:
-            run = KohyaRun.for_optimizer(optimizer, args=args, loss_weights=weights)
+            run = LoliRun.for_optimizer(optimizer, config=args, loss_weights=weights)
         else:
-            run = KohyaRun(args=args, loss_weights=weights)
+            run = LoliRun(config=args, loss_weights=weights)
         if patches.requests_probe(args):
             run.probe = _probe(args, optimizer)
             run.clusters = run.probe.clusters
@@ -145,7 +119,7 @@ class KohyaAdapter(TrainerAdapter):
         if run.stratify:
             import accelerate.tracking  # noqa: F401 - the LOGS patches' module (accelerate imports it lazily)
         self.activate_run_patches()
-        print(f"loli-plugin active: {describe(run)}", file=sys.stderr)
+        print(f"loli-plugin active: {self.describe(run)}", file=sys.stderr)
         return run
 
     def deactivate(self) -> None:
@@ -201,18 +175,6 @@ class KohyaAdapter(TrainerAdapter):
             reduce = lambda values: accelerator.reduce(values, reduction="mean")  # noqa: E731
         run.probe.run(evaluate, modules, reduce)
 
-    # ------------------------------------------------------------------ the optimizer's constructor
-    def on_optimizer_created(self, optimizer) -> None:
-        train_util = sys.modules.get(patches.TRAIN_UTIL)
-        if train_util is None or not self.recognises(train_util):
-            return  # not inside sd-scripts
-        if self._building:
-            self.activate(self._building[-1], optimizer)
-            return
-        if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
-            return  # built by the user's own code, outside sd-scripts' get_optimizer: not a kohya run
-        raise self.not_integrated_error("sd-scripts")
-
 
 def _probe(args, optimizer):
     from ..options import check_clusters
@@ -241,17 +203,6 @@ def _batch_size(batch) -> int:
     return 1
 
 
-def _asked(args) -> str:
-    parts = []
-    if patches.requests_optimizer(args):
-        parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
-    if patches.requests_loss(args):
-        parts.append("--loss_type loli")
-    if patches.requests_probe(args) and not patches.requests_optimizer(args):
-        parts.append("--loli_probe on")
-    return " and ".join(parts) or "a Loli run"
-
-
 def _check_args(args, optimizer) -> None:
     """Refuse option combinations that cannot work, before the first step."""
     if optimizer is None or args is None:
@@ -262,27 +213,9 @@ def _check_args(args, optimizer) -> None:
             "state, so the K cluster banks cannot be kept. Remove --deepspeed or pick another --optimizer_type."
         )
     if getattr(args, "min_timestep", None) is not None or getattr(args, "max_timestep", None) is not None:
-        patches.check_timestep_range(optimizer.clusters, args)
+        kohya_ss.check_timestep_range(optimizer.clusters, args)
     if getattr(args, "weighting_scheme", None) == "mode":
-        patches.check_mode_scale(args)
-
-
-def describe(run: KohyaRun) -> str:
-    opt = run.optimizer
-    parts = []
-    if opt is not None:
-        parts.append(
-            f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
-            "timesteps drawn from one cluster per optimizer step"
-        )
-    if run.loss_weights is not None:
-        parts.append("loss_type=loli(" + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items()) + ")")
-    if run.probe is not None:
-        parts.append(
-            f"progress probe: {run.probe.clusters} timesteps on {run.probe.samples} samples "
-            f"every {run.probe.every} steps"
-        )
-    return "; ".join(parts) or "nothing"
+        kohya_ss.check_mode_scale(args)
 
 
 ADAPTER = KohyaAdapter()

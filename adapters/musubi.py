@@ -22,17 +22,16 @@ sampler does not follow; that is refused with an error that says how to enable t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LoliConfigError
+from ..adapter import TrainerAdapter
+from ..errors import LoliConfigError, LoliUnsupportedTrainerError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter, pushed
+from ..patches import kohya_ss
 from ..patches import musubi as patches
-from ..patches.base import LoliUnsupportedTrainerError
 from ..run import LoliRun
 
 #: the modules the family overrides live in when reached through musubi-tuner's package
@@ -43,10 +42,26 @@ _PACKAGE_MODULES = {p.module for p in patches.OVERRIDES.patches}
 class MusubiRun(LoliRun):
     """What the patches need during one musubi-tuner training run."""
 
-    args: argparse.Namespace | None = field(default=None, repr=False)
-    loss_weights: dict | None = None
     #: the family's channel axis, along which the Loli loss takes its cosine
     loss_dim: int = 1
+    #: the trainer class's name, for the start-up line
+    trainer_name: str = ""
+
+    def describe_optimizer(self) -> str | None:
+        text = super().describe_optimizer()
+        buckets = getattr(self.config, "num_timestep_buckets", None)
+        if (
+            text
+            and buckets is not None
+            and buckets > 1
+            and getattr(self.config, "timestep_sampling", "sigma") != "sigma"
+        ):
+            text += f"; --num_timestep_buckets {buckets} places each draw inside its cluster"
+        return text
+
+    def describe_loss(self) -> str | None:
+        text = super().describe_loss()
+        return text and f"{text}, cosine along dim {self.loss_dim} of {self.trainer_name}'s predictions"
 
 
 class MusubiAdapter(TrainerAdapter):
@@ -54,10 +69,10 @@ class MusubiAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    entry_patch = patches.GET_OPTIMIZER
 
     def __init__(self) -> None:
         super().__init__()
-        self._building: list = []  # (trainer, args) of the get_optimizer calls in progress (innermost last)
         self._drawing = False
         #: OVERRIDES aimed at a family script that runs as another module (``__main__``), by module name
         self._script_overrides: dict = {}
@@ -76,29 +91,19 @@ class MusubiAdapter(TrainerAdapter):
     def find_checkout(self, path: Path) -> bool:
         return any((path / src / "musubi_tuner" / "training" / "trainer_base.py").is_file() for src in ("src", "."))
 
-    # ------------------------------------------------------------------ features
-    @staticmethod
-    def features_for(args) -> set[str]:
-        """The patch features a run with these arguments needs (empty: not a Loli run)."""
-        features = set()
-        if patches.requests_optimizer(args):
-            features |= {"activation", "sampler", "logs"}
-        if patches.requests_loss(args):
-            features |= {"activation", "loss"}
-        return features
+    def inside_trainer(self) -> bool:
+        return patches.TRAINER_BASE in sys.modules
 
-    def run_features(self) -> set[str]:
-        run = self.run
-        if run is None:
-            return set()
-        return ({"activation", "sampler", "logs"} if run.stratify else set()) | (
-            {"activation", "loss"} if run.loss_weights else set()
+    # ------------------------------------------------------------------ what a run asks for
+    def requests(self, args) -> set[str]:
+        return ({"optimizer"} if kohya_ss.requests_optimizer(args) else set()) | (
+            {"loss"} if kohya_ss.requests_loss(args) else set()
         )
 
-    # ------------------------------------------------------------------ the patches' context
-    def building_optimizer(self, trainer, args):
-        return pushed(self._building, (trainer, args))
+    def asked(self, args) -> str:
+        return kohya_ss.asked(args)
 
+    # ------------------------------------------------------------------ the patches' context
     @property
     def drawing_now(self) -> bool:
         return self._drawing
@@ -119,11 +124,11 @@ class MusubiAdapter(TrainerAdapter):
             self._check(trainer, args, features)
 
     def _check(self, trainer, args, features: set) -> None:
-        self.require(features, _asked(args))
+        self.require(features, self.asked(args))
         problems = patches.override_problems(type(trainer), features, self._override_instrumentors(type(trainer)))
         if problems:
             raise LoliUnsupportedTrainerError(
-                f"loli-plugin cannot run {_asked(args)} with this {self.library} trainer: "
+                f"loli-plugin cannot run {self.asked(args)} with this {self.library} trainer: "
                 + "; ".join(problems)
                 + f". Supported: {self.supported}. Train without the Loli options, "
                 "or with a LoRA script this version supports."
@@ -149,18 +154,18 @@ class MusubiAdapter(TrainerAdapter):
         """Start a Loli run for musubi-tuner: validate, patch, carry the monitor in the optimizer's state."""
         from ..loss import parse_loss_weights
 
-        features = self.features_for(args) or {"activation", "sampler", "logs"}
-        self._check(trainer, args, features)
+        self._check(trainer, args, self.features_for(args) or self.features["optimizer"])
         _check_clusters(args, optimizer)
         weights = None
-        if patches.requests_loss(args):
+        if kohya_ss.requests_loss(args):
             weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         dim = patches.channel_dim(type(trainer), args)
-        fields = dict(args=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
+        fields = dict(config=args, loss_weights=weights, loss_dim=1 if dim is None else dim)
+        fields.update(trainer_name=type(trainer).__name__)
         run = MusubiRun.for_optimizer(optimizer, **fields) if optimizer is not None else MusubiRun(**fields)
         self.run = run
         self.activate_run_patches()
-        print(f"loli-plugin active: {describe(run, type(trainer))}", file=sys.stderr)
+        print(f"loli-plugin active: {self.describe(run)}", file=sys.stderr)
         return run
 
     def deactivate(self) -> None:
@@ -172,32 +177,12 @@ class MusubiAdapter(TrainerAdapter):
         super().uninstrument()
         self._script_overrides.clear()
 
-    # ------------------------------------------------------------------ the optimizer's constructor
-    def on_optimizer_created(self, optimizer) -> None:
-        if patches.TRAINER_BASE not in sys.modules:
-            return  # not inside musubi-tuner
-        if self._building:
-            self.activate(*self._building[-1], optimizer)
-            return
-        if patches.ENTRY.is_applied(patches.GET_OPTIMIZER):
-            return  # built by the user's own code, outside NetworkTrainer.get_optimizer: not a musubi run
-        raise self.not_integrated_error("musubi-tuner")
-
-
-def _asked(args) -> str:
-    parts = []
-    if patches.requests_optimizer(args):
-        parts.append(f"--optimizer_type {getattr(args, 'optimizer_type', '')}")
-    if patches.requests_loss(args):
-        parts.append("--loss_type loli")
-    return " and ".join(parts) or "a Loli run"
-
 
 def _check_args(args, trainer) -> None:
     """Refuse option combinations that cannot work, before anything is loaded."""
     from ..loss import parse_loss_weights
 
-    if patches.requests_loss(args):
+    if kohya_ss.requests_loss(args):
         weights = parse_loss_weights(getattr(args, "loli_loss_weights", None), option="--loli_loss_weights")
         if weights.get("cos", 0) > 0 and patches.channel_dim(type(trainer), args) is None:
             raise LoliConfigError(
@@ -205,7 +190,7 @@ def _check_args(args, trainer) -> None:
                 "predictions holds the latent channels, which its cosine term compares; give the cosine no weight "
                 '(--loli_loss_weights "mse=0.5,l1=0.5") or use a family this version supports'
             )
-    if not patches.requests_optimizer(args):
+    if not kohya_ss.requests_optimizer(args):
         return
     sampling = getattr(args, "timestep_sampling", "sigma")
     if sampling in patches.MIXTURES and getattr(args, "preserve_distribution_shape", False):
@@ -216,33 +201,13 @@ def _check_args(args, trainer) -> None:
             "[min, max]) or choose another --timestep_sampling"
         )
     if sampling == "sigma" and getattr(args, "weighting_scheme", "none") == "mode":
-        patches.check_mode_scale(args)
+        kohya_ss.check_mode_scale(args)
 
 
 def _check_clusters(args, optimizer) -> None:
     """ "sigma" sampling picks integer indices in [min_timestep, max_timestep): each cluster needs one."""
     if optimizer is not None and getattr(args, "timestep_sampling", "sigma") == "sigma":
-        patches.check_timestep_range(optimizer.clusters, args)
-
-
-def describe(run: MusubiRun, trainer_cls: type) -> str:
-    opt, args = run.optimizer, run.args
-    parts = []
-    if opt is not None:
-        parts.append(
-            f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
-            "timesteps drawn from one cluster per optimizer step"
-        )
-        buckets = getattr(args, "num_timestep_buckets", None)
-        if buckets is not None and buckets > 1 and getattr(args, "timestep_sampling", "sigma") != "sigma":
-            parts.append(f"--num_timestep_buckets {buckets} places each draw inside its cluster")
-    if run.loss_weights is not None:
-        parts.append(
-            "loss_type=loli("
-            + ",".join(f"{k}={v:g}" for k, v in run.loss_weights.items())
-            + f"), cosine along dim {run.loss_dim} of {trainer_cls.__name__}'s predictions"
-        )
-    return "; ".join(parts) or "nothing"
+        kohya_ss.check_timestep_range(optimizer.clusters, args)
 
 
 ADAPTER = MusubiAdapter()

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from ..adapter import FEATURES, TrainerAdapter
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
-from ..host import TrainerAdapter
 from ..options import DEFAULT_CLUSTERS
 from ..patches import onetrainer as patches
 from ..run import LoliRun
@@ -71,9 +71,11 @@ class OneTrainerAdapter(TrainerAdapter):
     def find_checkout(self, path: Path) -> bool:
         return (path / "modules" / "util" / "create.py").is_file() and (path / "scripts" / "train.py").is_file()
 
-    # ------------------------------------------------------------------ features
-    @staticmethod
-    def features_for(config) -> set[str]:
+    # ------------------------------------------------------------------ what a run asks for
+    #: every Loli run also needs its options registered (the enum member, config fields, defaults)
+    features = {request: needed | {"options"} for request, needed in FEATURES.items()}
+
+    def requests(self, config) -> set[str]:
         asked = set(config.__dict__.get("_loli_requested", ()))  # noted by the from_dict guard
         if str(config.optimizer.optimizer) == patches.MEMBER:
             asked.add("optimizer")
@@ -81,38 +83,18 @@ class OneTrainerAdapter(TrainerAdapter):
             asked.add("loss")
         if patches.requests_probe(config):
             asked.add("probe")
-        features = set()
-        if "optimizer" in asked:
-            features |= {"options", "activation", "sampler", "logs"}
-        if "loss" in asked:
-            features |= {"options", "activation", "loss"}
-        if "probe" in asked:
-            features |= {"options", "activation", "sampler", "logs", "probe"}
-        return features
+        return asked
 
-    def run_features(self) -> set[str]:
+    def run_requests(self) -> set[str]:
         run = self.run
         if run is None:
             return set()
-        features = (
-            {"options", "activation", "loss"} if run.without_optimizer else {"options", "activation", "sampler", "logs"}
-        )
-        return features | ({"options", "activation", "sampler", "logs", "probe"} if run.probe is not None else set())
+        return ({"loss"} if run.without_optimizer else {"optimizer"}) | ({"probe"} if run.probe is not None else set())
 
-    # ------------------------------------------------------------------ the patches' context
-    def check_request(self, config) -> None:
+    def asked(self, config) -> str:
         features = self.features_for(config)
-        if features:
-            asked = " and ".join(
-                n
-                for n, f in (
-                    ("LOLI_CLUSTERED", "sampler"),
-                    ("a Cosine Strength", "loss"),
-                    ("the progress probe", "probe"),
-                )
-                if f in features
-            )
-            self.require(features, asked or "a Loli run")
+        names = (("LOLI_CLUSTERED", "sampler"), ("a Cosine Strength", "loss"), ("the progress probe", "probe"))
+        return " and ".join(n for n, f in names if f in features) or "a Loli run"
 
     def activate_extras(self, config, optimizer, probe_state=None) -> None:
         """A run with another optimizer: the cosine term and/or the progress probe, with that optimizer."""

@@ -52,6 +52,18 @@ def cluster_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_clusters_option(parser) -> None:
+    """``--clusters K`` as every command that builds clusters takes it (default: the optimizer's own)."""
+    from .options import DEFAULT_CLUSTERS
+
+    parser.add_argument(
+        "--clusters",
+        type=cluster_count,
+        default=DEFAULT_CLUSTERS,
+        help=f"K, the number of timestep clusters (default {DEFAULT_CLUSTERS})",
+    )
+
+
 def torch_device(text: str) -> str:
     """A device string torch understands and this machine has."""
     import torch

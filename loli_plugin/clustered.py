@@ -23,11 +23,8 @@ Design (why it is exact and cheap):
   entries in place and create missing entries one by one (a cluster's first step finds the shared
   ones already there).
 
-The state_dict keeps torch's layout (``state`` keyed by parameter index, ``param_groups``) so hosts
-that move state to a device (accelerate) or re-map parameter indices (OneTrainer) keep working; each
-parameter's entry is ``{cluster: inner_state}`` (format 1), plus ``"shared": {key: tensor}`` for the
-shared entries when the inner declares any (format 2; saved once, not per cluster). It is made of
-tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it.
+The saved form (all K banks in one state_dict with torch's layout, its checks, the all-or-nothing
+load) is ``clustered_state``; this class hands its ``state_dict``/``load_state_dict`` to it.
 """
 
 from __future__ import annotations
@@ -39,28 +36,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import LoliConfigError, LoliError, LoliStateError
+from . import clustered_state
+from .errors import LoliConfigError
 from .inner import find_refusal, resolve_inner
 from .options import DEFAULT_CLUSTERS, check_clusters
-from .plugins import inner_specs
+from .plugins import get_plugin_manager, inner_specs
 from .schedule import ClusterSchedule
 
 if TYPE_CHECKING:
     from .offload import BankOffloader
 
-FORMAT_BANKS = 1  # state[index] = {cluster: inner_state}
-FORMAT_SHARED = 2  # the same, plus state[index]["shared"] = {key: tensor} for the inner's shared entries
-META_KEY = "loli"
-SHARED_KEY = "shared"  # in a saved parameter entry: the inner's loli_shared_state entries, saved once
-BANKED_KEY = "loli_banked"  # in a saved param group: {cluster: {key: value}}
-INITIAL_KEY = "loli_initial"  # in a saved param group: {key: value before any step}
-
 # Group keys the host owns. An LR scheduler writes them between steps; banking them would undo it.
 HOST_OWNED_KEYS = frozenset({"params", "lr", "initial_lr", "name", "names"})
-
-# What a saved state that does not fit raises inside torch's (or the inner's) load_state_dict. Anything
-# else (out of memory, I/O, KeyboardInterrupt) is not a mismatch and must reach the user unchanged.
-MISMATCH_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 
 def _snap(value: Any) -> Any:
@@ -191,10 +178,9 @@ class LoliClustered(torch.optim.Optimizer):
             self._rescale_betas(self.param_groups)
         self._ready = True
         self._position(self.schedule.current)
-        # Let trainer adapters attach (kohya's dotted --optimizer_type route has no other entry point).
-        from .host import optimizer_created
-
-        optimizer_created(self)
+        # One announcement: trainer adapters attach first (a trainer's stock route to a dotted optimizer class
+        # has no other entry point for them), then observers (hookspecs.loli_optimizer_created).
+        get_plugin_manager().hook.loli_optimizer_created(optimizer=self)
 
     # ------------------------------------------------------------------ public properties
     @property
@@ -341,47 +327,10 @@ class LoliClustered(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
+        """All K banks in one state_dict with torch's layout (``clustered_state``), through torch's hooks."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
-        if self._offloader is not None:
-            self._offloader.synchronize()
-        active = self.inner.state
-        packed: dict[int, dict[int, dict]] = {}
-        groups = None
-        try:
-            for k, bank in enumerate(self._banks):
-                self.inner.state = bank
-                sd = self.inner.state_dict()
-                for idx, st in sd["state"].items():
-                    entry = packed.setdefault(idx, {})
-                    own = {key: v for key, v in st.items() if key not in self._shared_keys}
-                    if len(own) < len(st):  # every bank refers to the same shared tensors: save them once
-                        entry.setdefault(SHARED_KEY, {key: v for key, v in st.items() if key in self._shared_keys})
-                    if own:
-                        entry[k] = own
-                groups = groups if groups is not None else sd["param_groups"]
-        finally:
-            self.inner.state = active
-        for i, group in enumerate(groups):
-            keys = sorted(self._banked_keys[i])
-            group[BANKED_KEY] = {
-                k: {key: self._bank_values[k][i][key] for key in keys if key in self._bank_values[k][i]}
-                for k in range(self.clusters)
-                if self._bank_values[k][i]
-            }
-            group[INITIAL_KEY] = {key: self._initial[i][key] for key in keys if key in self._initial[i]}
-        state_dict = {
-            "state": packed,
-            "param_groups": groups,
-            META_KEY: {
-                "format": FORMAT_SHARED if self._shared_keys else FORMAT_BANKS,
-                "clusters": self.clusters,
-                "inner": self.inner_name,
-                "inner_class": f"{type(self.inner).__module__}.{type(self.inner).__qualname__}",
-                "schedule": self.schedule.state_dict(),
-                "bank_steps": list(self._bank_steps),
-            },
-        }
+        state_dict = clustered_state.save(self)
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
@@ -389,127 +338,15 @@ class LoliClustered(torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state saved by ``state_dict`` (``clustered_state.load``: checked first, all or nothing)."""
         state_dict = state_dict.copy()  # shallow, like torch: pre-hooks may replace entries
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        meta = self._check_meta(state_dict)
-        if self._offloader is not None:
-            # the banks kept for a failed load wait in CPU memory, so they add nothing on the device
-            self._offloader.synchronize()
-            for k in sorted(self._offloader.resident):
-                self._offloader.park(k, self._banks[k])
-        saved = (
-            self.inner.state,
-            self.inner.param_groups,
-            self._banks,
-            self._bank_values,
-            self._banked_keys,
-            self._initial,
-            self._shared,
-            self._offloader,
-            self.schedule.step,
-        )
-        try:
-            self._load_banks(state_dict, meta)
-        except BaseException as exc:
-            # leave the optimizer exactly as it was: a failed resume must not half-load banks
-            (
-                self.inner.state,
-                self.inner.param_groups,
-                self._banks,
-                self._bank_values,
-                self._banked_keys,
-                self._initial,
-                self._shared,
-                self._offloader,
-                self.schedule.step,
-            ) = saved
-            self.param_groups = self.inner.param_groups
-            self._position(self.schedule.current)
-            if isinstance(exc, LoliError) or not isinstance(exc, MISMATCH_ERRORS):
-                raise
-            raise LoliStateError(
-                f"the saved LoliClustered state does not fit this optimizer ({type(exc).__name__}: {exc}); "
-                "the network's parameters (modules, rank, train_* switches) must be the same as when it was saved, "
-                "and the file must be complete; otherwise start without resuming the optimizer state"
-            ) from exc
+        clustered_state.load(self, state_dict)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
-
-    def _check_meta(self, state_dict: dict) -> dict:
-        meta = state_dict.get(META_KEY) if isinstance(state_dict, dict) else None
-        if not isinstance(meta, dict):
-            raise LoliStateError(
-                "this optimizer state was not saved by LoliClustered (it has no 'loli' entry), so it holds no "
-                "cluster states; resume it with the optimizer that saved it, or start without resuming the "
-                "optimizer state"
-            )
-        if meta.get("format") not in (FORMAT_BANKS, FORMAT_SHARED):
-            raise LoliStateError(
-                f"optimizer state format {meta.get('format')!r} is not supported by this loli-plugin "
-                f"(formats {FORMAT_BANKS} and {FORMAT_SHARED}); use the loli-plugin version that saved it"
-            )
-        if meta.get("clusters") != self.clusters:
-            raise LoliStateError(
-                f"the saved optimizer state has clusters={meta.get('clusters')} "
-                f"but this run uses clusters={self.clusters}; "
-                f"set clusters={meta.get('clusters')} to resume it, or start without resuming the optimizer state"
-            )
-        saved_inner = str(meta.get("inner", ""))
-        if saved_inner.lower() != self.inner_name.lower():
-            raise LoliStateError(
-                f"the saved optimizer state was made with inner={saved_inner!r} "
-                f"but this run uses inner={self.inner_name!r}; "
-                f"set inner={saved_inner!r} to resume it, or start without resuming the optimizer state"
-            )
-        if not isinstance(state_dict.get("state"), dict) or not isinstance(state_dict.get("param_groups"), list):
-            raise LoliStateError(
-                "the saved optimizer state is incomplete (no 'state' or 'param_groups'); the file may be truncated"
-            )
-        return meta
-
-    def _load_banks(self, state_dict: dict, meta: dict) -> None:
-        saved_groups = state_dict["param_groups"]
-        plain_groups = [{key: v for key, v in g.items() if key not in (BANKED_KEY, INITIAL_KEY)} for g in saved_groups]
-        banked = [g.get(BANKED_KEY, {}) for g in saved_groups]
-        initial = [dict(g.get(INITIAL_KEY, {})) for g in saved_groups]
-        self.schedule.load_state_dict(meta["schedule"])
-        current = self.schedule.current
-        saved_state = state_dict["state"]
-        # The inner's own load_state_dict casts and places every tensor the way it expects
-        # (torch casts to the parameter's dtype/device; bitsandbytes handles its quantized state).
-        # Banked group values need no care here: _position() sets them before every step.
-        shared_saved = {idx: entry[SHARED_KEY] for idx, entry in saved_state.items() if SHARED_KEY in entry}
-        if shared_saved and not self._shared_keys:
-            raise LoliStateError(
-                f"the saved optimizer state has state shared across clusters, which inner={self.inner_name!r} "
-                "does not keep; resume with the inner optimizer that saved it"
-            )
-        if self._shared_keys:
-            self.inner.load_state_dict({"state": shared_saved, "param_groups": plain_groups})
-            self._shared = {param: dict(entries) for param, entries in self.inner.state.items()}
-        # Bank by bank, each parked before the next is loaded: with offload, at most the active bank and
-        # the one being loaded are on the device at any time.
-        offloader = self._new_offloader() if self._offloader is not None else None
-        banks = []
-        for k in range(self.clusters):
-            state_k = {idx: entry[k] for idx, entry in saved_state.items() if k in entry}
-            self.inner.load_state_dict({"state": state_k, "param_groups": plain_groups})
-            banks.append(self.inner.state)
-            if offloader is not None and k != current:
-                offloader.park(k, self.inner.state)
-                offloader.synchronize()  # its device copy is freed before the next bank allocates
-        self.inner.load_state_dict({"state": {}, "param_groups": plain_groups})
-        self.param_groups = self.inner.param_groups  # torch's load_state_dict builds new group dicts
-        self._banks = banks
-        self._offloader = offloader
-        self._bank_values = [[dict(b.get(k, {})) for b in banked] for k in range(self.clusters)]
-        self._banked_keys = [set(init) | {key for b in bg.values() for key in b} for init, bg in zip(initial, banked)]
-        self._initial = initial
-        self._bank_steps = [int(n) for n in meta.get("bank_steps", [0] * self.clusters)]
-        self._position(current)
 
     def __repr__(self) -> str:
         return (

@@ -30,7 +30,7 @@ def trainer_commit(path: Path) -> str:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "doctor", help="check a trainer checkout (sd-scripts, OneTrainer, ...) against loli-plugin's patches"
+        "doctor", help="check a trainer's checkout (any an installed adapter knows) against loli-plugin's patches"
     )
     p.add_argument("path", help="folder of a trainer checkout (run this in the trainer's own venv)")
     p.set_defaults(func=run)
@@ -76,7 +76,7 @@ def check(adapter, path: Path) -> int:
 
 
 def run(args) -> int:
-    from .host import adapters
+    from .adapter import adapters
 
     path = Path(args.path).expanduser().resolve()
     found = [a for a in adapters() if a.find_checkout(path)]

@@ -4,6 +4,10 @@ Every message names the option at fault and how to fix it: a user reading a trai
 should not need to open this package to know what to change.
 """
 
+#: the environment variable that turns loli-plugin off (``_loli_plugin_autoload`` reads the same name at
+#: interpreter start, without importing this package)
+ENV_DISABLE = "LOLI_PLUGIN_DISABLE"
+
 
 class LoliError(Exception):
     """Base class for every error this package raises on purpose."""
@@ -19,3 +23,7 @@ class LoliStateError(LoliError, ValueError):
 
 class LoliDependencyError(LoliError, ImportError):
     """An optional package needed for the requested feature is not installed."""
+
+
+class LoliUnsupportedTrainerError(LoliError, RuntimeError):
+    """The installed trainer lacks functions (or signatures) a requested Loli feature needs."""

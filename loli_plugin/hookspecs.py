@@ -44,11 +44,11 @@ def loli_loss_terms():
 
 @hookspec
 def loli_trainer_adapters():
-    """Return a list of ``loli_plugin.host.TrainerAdapter`` objects: one per trainer integration.
+    """Return a list of ``loli_plugin.adapter.TrainerAdapter`` objects: one per trainer integration.
 
     An adapter declares the trainer modules it watches (a ``.watch`` manifest read at start-up), its
     patches (instrumentors with a scope), how a run activates and which features it needs; see
-    ``loli_plugin.host`` and the README's "Adding a trainer". The adapters this package ships are
+    ``loli_plugin.adapter`` and docs/development.md, "Adding a trainer". The adapters this package ships are
     registered through the same ``loli_plugin`` entry-point group as third-party ones.
     """
 
@@ -62,4 +62,5 @@ def loli_log(step, logs):
 @hookspec
 def loli_optimizer_created(optimizer):
     """Called once when a ``LoliClustered`` is built, before it steps; for observers (a logger, a
-    checkpoint tool). Trainer adapters are told through ``TrainerAdapter.on_optimizer_created``."""
+    checkpoint tool). The trainer adapters get it first, through this same call
+    (``TrainerAdapter.on_optimizer_created``): an observer sees the optimizer with its run started."""

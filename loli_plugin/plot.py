@@ -94,13 +94,7 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
         "the drawn samples and noise",
         fontsize=9,
     )
-    top.legend(
-        fontsize=7,
-        title="cluster 00 = lowest timesteps\n(least noise)",
-        title_fontsize=7,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1),
-    )
+    _legend_right(top, "cluster 00 = lowest timesteps\n(least noise)")
 
     if probes:
         middle = axes[1]
@@ -112,13 +106,7 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
             "cluster's midpoint timestep: only the weights change",
             fontsize=9,
         )
-        middle.legend(
-            fontsize=7,
-            title="probe at the midpoint\nof cluster",
-            title_fontsize=7,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1),
-        )
+        _legend_right(middle, "probe at the midpoint\nof cluster")
 
     if "loss/normalized" in scalars:
         bottom.plot(
@@ -143,12 +131,17 @@ def plot_run(scalars: dict, out: Path, title: str) -> Path:
     bottom.set_ylabel("relative to start")
     bottom.set_title("each cluster relative to its own start, averaged over clusters (below 1 = progress)", fontsize=9)
     if bottom.get_legend_handles_labels()[0]:
-        bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        _legend_right(bottom)
     bottom.set_xlabel("optimizer step")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _legend_right(axes, title: str | None = None) -> None:
+    """A small legend outside the plot, to its right (the lines stay visible)."""
+    axes.legend(fontsize=7, title=title, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
 def add_parser(sub) -> None:
@@ -159,7 +152,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "logdir",
-        help="a kohya --logging_dir, a OneTrainer workspace or workspace/tensorboard folder, or one run's folder",
+        help="a trainer's TensorBoard folder (its --logging_dir, or its workspace or workspace/tensorboard), "
+        "or one run's folder",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -186,7 +180,7 @@ def run(args) -> int:
     if not runs:
         raise LoliConfigError(
             f"{logdir}: no TensorBoard event files in it or up to {DEPTH} folder levels below; "
-            "give a kohya --logging_dir, a OneTrainer workspace/tensorboard folder or one run's folder"
+            "give the trainer's --logging_dir or workspace/tensorboard folder, or one run's folder"
         )
     scalars = {run_dir: read_scalars(run_dir) for run_dir in runs}
     drawable = [r for r in runs if has_loss(scalars[r])]

@@ -25,6 +25,10 @@ class LoliRun:
     probe: object = field(default=None, repr=False)
     #: while the probe measures: the cluster whose midpoint timestep the host's sampler must draw
     probe_cluster: int | None = None
+    #: the weights of the Loli loss's terms; None: the trainer's own loss
+    loss_weights: dict | None = None
+    #: the trainer's options for this run (its parsed arguments or config object)
+    config: object = field(default=None, repr=False)
 
     @classmethod
     def for_optimizer(cls, optimizer, **kwargs) -> LoliRun:
@@ -65,6 +69,30 @@ class LoliRun:
             yield
         finally:
             self.probe_cluster, self.drawn_cluster = None, None
+
+    def describe(self) -> list[str]:
+        """What the run does, one phrase per feature (the adapter joins them into its start-up line)."""
+        return [part for part in (self.describe_optimizer(), self.describe_loss(), self.describe_probe()) if part]
+
+    def describe_optimizer(self) -> str | None:
+        opt = self.optimizer
+        if opt is None:
+            return None
+        return (
+            f"LoliClustered(inner={opt.inner_name}, clusters={opt.clusters}, schedule={opt.schedule.strategy}); "
+            "timesteps drawn from one cluster per optimizer step"
+        )
+
+    def describe_loss(self) -> str | None:
+        if self.loss_weights is None:
+            return None
+        return "loss_type=loli(" + ",".join(f"{k}={v:g}" for k, v in self.loss_weights.items()) + ")"
+
+    def describe_probe(self) -> str | None:
+        if self.probe is None:
+            return None
+        probe = self.probe
+        return f"progress probe: {probe.clusters} timesteps on {probe.samples} samples every {probe.every} steps"
 
     def logs(self) -> dict[str, float]:
         """The run's scalars for the host's trackers: per-cluster losses, normalized, current cluster, and

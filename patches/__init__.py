@@ -1,1 +1,2 @@
-"""Version-checked monkeypatches of trainer internals (installed as ``loli_plugin.patches``)."""
+"""Version-checked, undoable patches of trainer internals (installed as ``loli_plugin.patches``):
+``instrument`` is the kit, one module per trainer holds its patches."""

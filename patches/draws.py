@@ -18,8 +18,8 @@ import math
 
 import torch
 
+from ..errors import LoliUnsupportedTrainerError
 from ..sampling import Discrete, cluster_uniform
-from .base import LoliUnsupportedTrainerError
 
 
 def _size_of(args, kwargs) -> tuple[int, ...]:

@@ -26,43 +26,25 @@ runs; ``run`` = applied only when a run uses a Loli feature):
 
 from __future__ import annotations
 
-import ast
-import copy
 import sys
 
 import torch
 
 from ..errors import LoliConfigError
 from ..options import DEFAULT_CLUSTERS
-from .base import FunctionPatch, Instrumentor, bind_arguments, call_replacing
-from .draws import StratifiedTorch, cluster_draw
+from .draws import cluster_draw
+from .instrument import FunctionPatch, Instrumentor, bind_arguments, call_replacing
+from .kohya_ss import DENSITY_PARAMS, add_loss_options, call_routed, keep_density_below_one, requests_optimizer
 
 SUPPORTED = "kohya-ss/sd-scripts v0.10.0 or newer (tested at commit 48d368f, v0.10.1-5)"
 LIBRARY = "kohya-ss/sd-scripts"
 TRAIN_UTIL = "library.train_util"
 
-#: --optimizer_type values that select the plugin. Avoid names ending in "8bit" or "schedulefree":
-#: get_optimizer and is_schedulefree_optimizer branch on those suffixes.
-SHORT_NAMES = ("loliclustered", "loli_clustered")
-DOTTED_NAME = "loli_plugin.LoliClustered"
-#: optimizer_args keys whose values are plain names; the plugin quotes them so kohya's
-#: ast.literal_eval accepts `inner=AdamW8bit` as well as `inner='AdamW8bit'`.
-NAME_KEYS = ("inner", "schedule")
 #: the probe's defaults: one kept batch (samples=1 keeps the first training batch, whatever its size), so
 #: a probe is K forward passes every PROBE_EVERY optimizer steps: about K / (3 * PROBE_EVERY) of the
 #: training compute at batch size 1 without accumulation (a forward is about a third of a step), less
 #: with gradient accumulation (docs/bench: measured)
 PROBE_EVERY, PROBE_SAMPLES = 100, 1
-
-
-def requests_optimizer(args) -> bool:
-    """``--optimizer_type LoliClustered`` (short name) or the dotted ``loli_plugin.LoliClustered``."""
-    opt_type = str(getattr(args, "optimizer_type", "") or "").strip()
-    return opt_type.lower() in SHORT_NAMES or opt_type in (DOTTED_NAME, "loli_plugin.clustered.LoliClustered")
-
-
-def requests_loss(args) -> bool:
-    return getattr(args, "loss_type", None) == "loli"
 
 
 def requests_probe(args) -> bool:
@@ -73,46 +55,14 @@ def requests_probe(args) -> bool:
     return mode == "on" or (mode == "auto" and requests_optimizer(args) and logs)
 
 
-def check_timestep_range(clusters: int, args) -> None:
-    """sd-scripts' get_timesteps and musubi-tuner's "sigma" sampling draw integer timesteps in
-    [--min_timestep, --max_timestep) (defaults 0 and 1000): each cluster needs at least one of them."""
-    lo = getattr(args, "min_timestep", None) or 0
-    hi = 1000 if getattr(args, "max_timestep", None) is None else args.max_timestep
-    if hi > lo and clusters > hi - lo:
-        raise LoliConfigError(
-            f"optimizer_args clusters={clusters} is larger than the {hi - lo} timesteps between "
-            f"--min_timestep {lo} and --max_timestep {hi}; lower clusters or widen the range"
-        )
-
-
-def check_mode_scale(args) -> None:
-    """``--weighting_scheme mode`` draws through an inverse CDF that exists only for some --mode_scale."""
-    from ..sampling import ModeScale
-
-    try:
-        ModeScale(getattr(args, "mode_scale", 1.29))
-    except LoliConfigError as exc:
-        raise LoliConfigError(f"--mode_scale: {exc}") from None
-
-
 # --------------------------------------------------------------------------- parser
 def add_training_arguments(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``add_training_arguments(parser, support_dreambooth)`` defines the closed
     ``--loss_type`` choices; add ``loli`` to them and the ``--loli_loss_weights`` option."""
     result = wrapped(*args, **kwargs)
     parser = bind_arguments(wrapped, args, kwargs)["parser"]
-    for action in parser._actions:
-        if "--loss_type" in action.option_strings and action.choices is not None and "loli" not in action.choices:
-            action.choices = [*action.choices, "loli"]
-            action.help = (action.help or "") + " / loli: loli-plugin's MSE+L1+cosine loss (see --loli_loss_weights)"
+    add_loss_options(parser)
     known = {option for a in parser._actions for option in a.option_strings}
-    if "--loli_loss_weights" not in known:
-        parser.add_argument(
-            "--loli_loss_weights",
-            type=str,
-            default=None,
-            help='loli-plugin: weights of --loss_type loli, e.g. "mse=0.4,l1=0.4,cos=0.2" (the default)',
-        )
     if "--loli_probe" not in known:
         parser.add_argument(
             "--loli_probe",
@@ -146,33 +96,6 @@ def add_training_arguments(context, wrapped, instance, args, kwargs):
 
 
 # --------------------------------------------------------------------------- optimizer
-def call_routed(wrapped, args, kwargs, run_args):
-    """Call an optimizer factory that takes ``args`` (sd-scripts' ``get_optimizer``, musubi's
-    ``NetworkTrainer.get_optimizer``), sending the short name ``LoliClustered`` to its dotted-class
-    branch with bare names in ``--optimizer_args`` quoted; any other optimizer_type goes through as is."""
-    if str(getattr(run_args, "optimizer_type", "") or "").strip().lower() not in SHORT_NAMES:
-        return wrapped(*args, **kwargs)
-    routed = copy.copy(run_args)
-    routed.optimizer_type = DOTTED_NAME
-    routed.optimizer_args = quote_name_args(getattr(run_args, "optimizer_args", None))
-    return call_replacing(wrapped, args, kwargs, args=routed)
-
-
-def quote_name_args(optimizer_args):
-    """Quote bare values of the plugin's name keys (``inner=AdamW8bit`` -> ``inner='AdamW8bit'``)."""
-    out = []
-    for arg in optimizer_args or []:
-        key, sep, value = arg.partition("=")
-        if sep and key.strip() in NAME_KEYS:
-            try:
-                ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                value = repr(value.strip())
-            arg = f"{key.strip()}={value}"
-        out.append(arg)
-    return out
-
-
 def get_optimizer(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``get_optimizer(args, trainable_params)``: route the short name to the
     dotted-class branch of the same function (so kohya's own argument parsing and logging run), and
@@ -360,23 +283,6 @@ def _flow_sampler(family: str, module_name: str):
     return wrapper
 
 
-_LAST_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
-
-
-def _density_clamp(module_name: str):
-    def wrapper(context, wrapped, instance, args, kwargs):
-        """``compute_density_for_timestep_sampling``: under "mode" a draw near 0 maps to u == 1.0 in
-        float32, and the caller's ``noise_scheduler.timesteps[(u * N).long()]`` indexes past the end.
-        While a cluster draw is in progress (the module's ``torch`` is the stand-in), clamp u just below 1."""
-        u = wrapped(*args, **kwargs)
-        if isinstance(sys.modules[module_name].torch, StratifiedTorch):
-            u = u.clamp(max=_LAST_BELOW_ONE)
-        return u
-
-    return wrapper
-
-
-_DENSITY_PARAMS = ["weighting_scheme", "batch_size", "logit_mean", "logit_std", "mode_scale"]
 _FLOW_PARAMS = ["args", "noise_scheduler", "latents", "noise", "device", "dtype"]
 
 
@@ -399,9 +305,9 @@ def _family(module: str, params, with_density: bool, family: str, why: str) -> I
                 "compute_density_for_timestep_sampling",
                 "keeps u < 1 so the scheduler-table index stays in range",
                 "sampler",
-                params=_DENSITY_PARAMS,
+                params=DENSITY_PARAMS,
                 reads=[],
-                wrapper=_density_clamp(module),
+                wrapper=keep_density_below_one(module),
             )
         )
     return Instrumentor(LIBRARY, SUPPORTED, patches)

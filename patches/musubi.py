@@ -46,19 +46,12 @@ import sys
 
 import torch
 
-from ..errors import LoliConfigError
-from .base import FunctionPatch, Instrumentor, LoliUnsupportedTrainerError, bind_arguments, call_replacing
-from .draws import StratifiedTorch, cluster_draw
+from ..errors import LoliConfigError, LoliUnsupportedTrainerError
+from .draws import cluster_draw
+from .instrument import FunctionPatch, Instrumentor, bind_arguments, call_replacing
 
-# musubi-tuner reads --optimizer_type / --optimizer_args exactly like sd-scripts (same author): one
-# `key=value` per argument, each value through ast.literal_eval, and the same dotted-class branch.
-from .kohya import (  # noqa: F401 - the checks and requests_optimizer: for the adapter
-    call_routed,
-    check_mode_scale,
-    check_timestep_range,
-    requests_loss,
-    requests_optimizer,
-)
+# musubi-tuner reads --optimizer_type / --optimizer_args exactly like sd-scripts (same author)
+from .kohya_ss import DENSITY_PARAMS, add_loss_options, call_routed, keep_density_below_one, requests_loss
 
 SUPPORTED = "kohya-ss/musubi-tuner at commit 30c658c (v0.3.4) and later ones with the same functions"
 LIBRARY = "kohya-ss/musubi-tuner"
@@ -80,23 +73,14 @@ def setup_parser_common(context, wrapped, instance, args, kwargs):
     from: add ``--loss_type`` (musubi-tuner has none: ``mse`` is its own loss, ``loli`` the plugin's) and
     ``--loli_loss_weights``. A parser that already has ``--loss_type`` gets ``loli`` added to its choices."""
     parser = wrapped(*args, **kwargs)
-    loss_type = next((a for a in parser._actions if "--loss_type" in a.option_strings), None)
-    if loss_type is None:
-        parser.add_argument(
-            "--loss_type",
+    add_loss_options(
+        parser,
+        new_loss_type=dict(
             choices=["mse", "loli"],
             default="mse",
             help="loli-plugin: mse = musubi-tuner's own loss (default); loli = MSE+L1+cosine (see --loli_loss_weights)",
-        )
-    elif loss_type.choices is not None and "loli" not in loss_type.choices:
-        loss_type.choices = [*loss_type.choices, "loli"]
-    if not any("--loli_loss_weights" in a.option_strings for a in parser._actions):
-        parser.add_argument(
-            "--loli_loss_weights",
-            type=str,
-            default=None,
-            help='loli-plugin: weights of --loss_type loli, e.g. "mse=0.4,l1=0.4,cos=0.2" (the default)',
-        )
+        ),
+    )
     return parser
 
 
@@ -297,21 +281,6 @@ def _check_in_slice(timesteps: torch.Tensor, ends: torch.Tensor, run_args) -> No
         )
 
 
-_LAST_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
-
-
-def keep_density_below_one(context, wrapped, instance, args, kwargs):
-    """training/timesteps.py ``compute_density_for_timestep_sampling(weighting_scheme, batch_size, logit_mean,
-    logit_std, mode_scale)``, as trainer_base.py calls it: under "mode" a cluster draw close to 0 maps to
-    u == 1.0 in float32, and ``noise_scheduler.timesteps[(u * (max - min) + min).long()]`` would index past
-    the table's end. While a cluster draw is in progress (the module's ``torch`` is the stand-in), u is
-    kept just below 1."""
-    u = wrapped(*args, **kwargs)
-    if isinstance(sys.modules[TIMESTEPS].torch, StratifiedTorch):
-        u = u.clamp(max=_LAST_BELOW_ONE)
-    return u
-
-
 # --------------------------------------------------------------------------- loss
 class _Overlay:
     """A module seen with some attributes replaced (``torch.nn.functional`` with another ``mse_loss``)."""
@@ -445,9 +414,9 @@ TRAINING = Instrumentor(
             "compute_density_for_timestep_sampling",
             "keeps u < 1 so the scheduler-table index stays in range",
             "sampler",
-            params=["weighting_scheme", "batch_size", "logit_mean", "logit_std", "mode_scale"],
+            params=DENSITY_PARAMS,
             reads=[],
-            wrapper=keep_density_below_one,
+            wrapper=keep_density_below_one(TIMESTEPS),
         ),
         # also where every training loss is recorded under its cluster, hence "logs"
         FunctionPatch(

@@ -26,8 +26,8 @@ import torch
 
 from ..errors import LoliConfigError
 from ..options import DEFAULT_CLUSTERS
-from .base import EnumMemberPatch, FunctionPatch, Instrumentor, MappingEntryPatch, bind_arguments
 from .draws import cluster_draw
+from .instrument import EnumMemberPatch, FunctionPatch, Instrumentor, MappingEntryPatch, bind_arguments
 
 SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one with the same functions"
 LIBRARY = "Nerogar/OneTrainer"

@@ -1,6 +1,8 @@
 """Drifted copies of a real trainer tree, for the failure-policy tests: the copy differs from the
 pinned tree only in the edited files (every other entry is a symlink to the original), and is made in
-the test's temporary folder, never committed."""
+the test's temporary folder, never committed. The checks the trainers' drift tests share, and what
+their drivers (tests/<trainer>/drift_driver.py, run as scripts in the trainer's venv) share: exact
+values as hex, one optimizer step on fixed gradients."""
 
 from __future__ import annotations
 
@@ -36,6 +38,14 @@ def drifted_copy(src: Path, dest: Path, edits: dict[str, list[tuple[str, str]]])
     return dest
 
 
+def drifted_copies(src: Path, tmp_path_factory, rel: str, drifts: dict[str, list[tuple[str, str]]]) -> dict[str, Path]:
+    """One drifted copy of ``src`` per entry of ``drifts`` (``{how: edits of the file rel}``)."""
+    return {
+        how: drifted_copy(src, tmp_path_factory.mktemp("drift") / src.name, {rel: edits})
+        for how, edits in drifts.items()
+    }
+
+
 def run_driver(driver: Path, tree: Path, argv: list[str], disable: bool = False, extra_env: dict | None = None):
     """Run ``driver`` (a script printing one JSON line last) in a fresh interpreter of this venv, from
     ``tree``; returns (completed process, parsed JSON or None)."""
@@ -59,6 +69,32 @@ def plugin_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "loli-plugin" in line]
 
 
+def hexes(t) -> list[str]:
+    """A tensor's values, exactly (float64 hex), for bit-for-bit comparisons of two runs."""
+    return [float(v).hex() for v in t.detach().double().flatten().tolist()]
+
+
+def step_once(optimizer, params) -> list[str]:
+    """One step of ``optimizer`` on fixed gradients; the parameters after it (``hexes``)."""
+    import torch
+
+    for p in params:
+        p.grad = torch.sin(p.detach() * 3) + 0.1
+    optimizer.step()
+    return hexes(torch.cat([p.flatten() for p in params]))
+
+
+def check_compatible_drift(driver: Path, tree: Path, argv: list[str]) -> dict:
+    """A Loli run on a tree drifted in a compatible way: it runs with LoliClustered, the plugin says it is
+    active and nothing else; returns the driver's result."""
+    proc, result = run_driver(driver, tree, argv)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = plugin_lines(proc.stderr)
+    assert result["optimizer"] == "LoliClustered" and "loli-plugin active" in proc.stderr
+    assert lines == [line for line in lines if line.startswith("loli-plugin active")], lines
+    return result
+
+
 def check_plain_run_is_stock(
     driver: Path, tree: Path, argv: list[str], unfit: str | None, pin: str, extra_env: dict | None = None
 ) -> None:
@@ -79,21 +115,23 @@ def check_plain_run_is_stock(
     assert plugin_lines(disabled.stderr) == []
 
 
-def refusal(driver: Path, tree: Path, argv: list[str], unfit: str, pin: str, extra_env: dict | None = None):
+def refusal(driver: Path, tree: Path, argv: list[str], unfit: str, pin: str, extra_env: dict | None = None, asked=()):
     """A Loli run on a drifted tree: it fails with LoliUnsupportedTrainerError naming the unfit target,
-    the supported commit and LOLI_PLUGIN_DISABLE=1; returns (process, the message from the error on)."""
+    the supported commit, LOLI_PLUGIN_DISABLE=1 and each of ``asked`` (the Loli options it was given);
+    returns (process, the message from the error on)."""
     proc, result = run_driver(driver, tree, argv, extra_env=extra_env)
     assert proc.returncode != 0 and result is None
     assert "LoliUnsupportedTrainerError" in proc.stderr, proc.stderr[-3000:]
     message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError") :]
     assert unfit in message and pin in message and "LOLI_PLUGIN_DISABLE=1" in message
+    assert all(option in message for option in asked), (asked, message)
     return proc, message
 
 
 def snapshot(patch) -> object:
     """What a patch changes, as identities and contents: the attribute object itself (a function, a
     staticmethod...), an enum's member names, a dict's keys."""
-    from loli_plugin.patches.base import EnumMemberPatch, MappingEntryPatch, _own_attribute, _owner
+    from loli_plugin.patches.instrument import EnumMemberPatch, MappingEntryPatch, _own_attribute, _owner
 
     owner, leaf = _owner(patch.module, patch.attr)
     value = _own_attribute(owner, leaf) if owner is not None else None

@@ -370,7 +370,7 @@ def test_inner_by_class_callable_and_dotted_path():
         LoliClustered(make_params(), inner="torch.optim.NoSuchOpt")
 
 
-def test_sgdnesterov_name_implies_kohya_defaults_and_user_overrides():
+def test_sgdnesterov_name_implies_its_defaults_and_user_overrides():
     opt = LoliClustered(make_params(), inner="SGDNesterov", lr=0.1)
     assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
     opt = LoliClustered(make_params(), inner="SGDNesterov", lr=0.1, momentum=0.5)

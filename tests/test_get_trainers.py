@@ -4,6 +4,7 @@ the trainers' skip messages read, and the README's instructions that name the sa
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,13 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from .trainer_support import how_to_get, pins_module
+from .trainer_support import how_to_get, trainer_list
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-TRAINERS = ("sd-scripts", "OneTrainer", "mgds", "musubi-tuner")
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+def entry(trainer: str, sources: dict[str, str], commit: str, **source_keys) -> str:
+    """A trainers.toml entry: trainer ``trainer`` with ``sources`` {name: repo} pinned at ``commit``."""
+    text = (
+        f'[{trainer}]\nlibrary = "owner/{trainer}"\ntests = "tests/{trainer}"\nvenv = ".venv-{trainer}-ci"\n'
+        f'install = "tree"\ncheck = "import {trainer}"\n'
+    )
+    for name, repo in sources.items():
+        text += f'\n[{trainer}.sources.{name}]\nrepo = "{repo}"\ncommit = "{commit}"\nmarker = "train.py"\n'
+        text += f'dir_variable = "LOLI_{name.upper()}_DIR"\n'
+        text += "".join(f'{k} = "{v}"\n' for k, v in source_keys.get(name, {}).items())
+    return text + "\n"
 
 
 def git(*args, cwd):
@@ -45,15 +58,15 @@ def tiny(tmp_path):
     (work / "train.py").write_text("newer\n")
     git("commit", "-qam", "newer", cwd=work)
     remote = tmp_path / "remote"
-    for name in ("owner/tiny.git", "owner/sd-scripts.git"):
+    for name in ("owner/tiny.git", "owner/other.git"):
         git("clone", "-q", "--bare", str(work), str(remote / name), cwd=tmp_path)
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     shutil.copy(SCRIPTS / "get-trainers", scripts)
-    shutil.copy(SCRIPTS / "trainer_pins.py", scripts)
+    shutil.copy(SCRIPTS / "trainer_list.py", scripts)
     (scripts / "trainers.toml").write_text(
-        f'[tiny]\nrepo = "owner/tiny"\ncommit = "{pinned}"\n\n'
-        f'[sd-scripts]\nrepo = "owner/sd-scripts"\ncommit = "{pinned}"\n'
+        entry("tiny", {"tiny": "owner/tiny"}, pinned)
+        + entry("pair", {"other": "owner/other", "companion": "owner/tiny"}, pinned, companion={"beside": "other"})
     )
 
     class Tiny:
@@ -124,11 +137,20 @@ def test_a_folder_it_did_not_write_is_never_replaced(tiny):
     assert (own / "mine.txt").read_text() == "my work\n"
 
 
-def test_the_per_trainer_variable_chooses_the_folder(tiny):
-    own = tiny.tmp / "elsewhere" / "sd"
-    out = tiny.run("sd-scripts", "--base-url", tiny.url, LOLI_KOHYA_DIR=str(own))
+def test_the_per_source_variable_chooses_the_folder(tiny):
+    own = tiny.tmp / "elsewhere" / "other"
+    out = tiny.run("other", "--base-url", tiny.url, LOLI_OTHER_DIR=str(own))
     assert out.returncode == 0, out.stderr
-    assert (own / "train.py").read_text() == "pinned\n" and not (tiny.cache / "sd-scripts").exists()
+    assert (own / "train.py").read_text() == "pinned\n" and not (tiny.cache / "other").exists()
+
+
+def test_a_trainer_name_fetches_its_sources_and_beside_follows_the_other_folder(tiny):
+    own = tiny.tmp / "elsewhere" / "other"
+    out = tiny.run("pair", "--base-url", tiny.url, LOLI_OTHER_DIR=str(own))
+    assert out.returncode == 0, out.stderr
+    assert (own / "train.py").read_text() == "pinned\n"
+    assert (own.parent / "companion" / ".exported-commit").read_text().strip() == tiny.pinned
+    assert not (tiny.cache / "tiny").exists()  # the other trainer's source is not fetched
 
 
 def test_a_mirror_lacking_some_blobs_still_gives_the_rest(tiny):
@@ -171,28 +193,49 @@ def test_unknown_trainer_name_is_refused(tiny):
     assert out.returncode == 2 and "unknown trainer no-such-trainer" in out.stderr
 
 
-def test_pins_file_holds_every_trainer_and_reads_the_same_without_tomllib():
-    pins = pins_module()
-    read = pins.read_pins()
-    assert tuple(read) == TRAINERS
-    assert all(len(p.commit) == 40 and "/" in p.repo for p in read.values())
+def test_the_list_holds_each_trainer_with_its_sources_and_reads_the_same_without_tomllib():
+    module = trainer_list()
+    trainers = module.read_trainers()
+    assert trainers and all(t.sources and t.tests == f"tests/{t.name}" for t in trainers.values())
+    assert all((ROOT / t.tests).is_dir() and (ROOT / "adapters" / f"{t.name}.py").is_file() for t in trainers.values())
+    pins = module.read_pins()
+    assert all(len(p.commit) == 40 and "/" in p.repo for p in pins.values())
     tomllib = pytest.importorskip("tomllib")
-    text = pins.PINS_FILE.read_text()
-    assert pins.parse_pins_subset(text) == tomllib.loads(text)  # the Python 3.10 reader
+    text = module.LIST_FILE.read_text()
+    assert module.parse_toml_subset(text) == tomllib.loads(text)  # the Python 3.10 reader
     with pytest.raises(ValueError, match="line 2"):
-        pins.parse_pins_subset('[a]\nrepo = ["not", "a string"]\n')
+        module.parse_toml_subset('[a]\nrepo = {inline = "table"}\n')
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (('install = "tree"', 'install = "conda"'), "install must be one of requirements, tree"),
+        (("check = ", "chek = "), "unknown key(s) chek"),
+        (('marker = "train.py"\n', ""), "has no marker"),
+        (('commit = "', 'commit = "abc'), "full 40-hex-digit SHA"),
+        (("[pair.sources.other]", "[pair.sources.tiny]"), "the source name tiny is also used by [tiny]"),
+    ],
+)
+def test_an_entry_that_cannot_be_used_is_a_clear_error(tmp_path, change, message):
+    text = entry("tiny", {"tiny": "owner/tiny"}, "0" * 40) + entry("pair", {"other": "owner/other"}, "0" * 40)
+    path = tmp_path / "trainers.toml"
+    path.write_text(text.replace(*change, 1))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer_list().read_trainers(path)
 
 
 def test_skip_messages_and_readme_name_the_script_and_the_pinned_commits():
-    read = pins_module().read_pins()
-    for names in (("sd-scripts",), ("OneTrainer", "mgds")):
-        text = how_to_get(names[0], names, "LOLI_X_DIR", ".venv-x")
-        assert f"python scripts/get-trainers {' '.join(names)}" in text
-        assert all(read[n].short in text for n in names)
+    module = trainer_list()
+    for trainer in module.read_trainers().values():
+        text = how_to_get(trainer.name)
+        names = [s.name for s in trainer.sources]
+        assert f"python scripts/get-trainers {' '.join(names)}" in text and f"LOLI_TRAINERS={trainer.name}" in text
+        assert all(s.short in text and s.dir_variable in text for s in trainer.sources)
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Testing against the real trainers") :]
     section = section[: section.index("\n## ")]
-    assert "scripts/get-trainers" in section and all(read[n].short in section for n in TRAINERS)
+    assert "scripts/get-trainers" in section and all(p.short in section for p in module.read_pins().values())
     for text in (
         readme,
         *(p.read_text() for p in (ROOT / "tests").glob("*/conftest.py")),

@@ -1,5 +1,7 @@
 """The package's shape, checked on its source: no import cycles (function-level imports included), the
-core imports no trainer adapter, patches never import their adapter, and nothing inspects stack frames."""
+core imports no trainer adapter, patches never import their adapter, each trainer of scripts/trainers.toml
+has its adapter, manifest, patch module and entry point, nothing inspects stack frames, and the renamed
+modules answer to their old names."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from .trainer_support import trainer_list
 
 REPO = Path(__file__).resolve().parents[1]
 # source folder -> package name (pyproject.toml's package-dir)
@@ -63,12 +67,12 @@ def imports_of(name: str) -> set[str]:
 GRAPH = {name: imports_of(name) for name in MODULES}
 
 
+TRAINERS = trainer_list().read_trainers()
+
+
 def test_the_source_tree_is_what_pyproject_installs():
-    assert (
-        "loli_plugin.host" in MODULES
-        and "loli_plugin.adapters.kohya" in MODULES
-        and "loli_plugin.patches.base" in MODULES
-    )
+    assert "loli_plugin.adapter" in MODULES and "loli_plugin.patches.instrument" in MODULES
+    assert all(f"loli_plugin.adapters.{name}" in MODULES for name in TRAINERS)
 
 
 def test_no_import_cycles():
@@ -101,9 +105,15 @@ def test_the_core_imports_no_adapter_and_patches_import_no_adapter():
         assert adapters == [], f"{name} imports {adapters}"
 
 
-def test_each_adapter_imports_its_own_patches():
-    for name in ("kohya", "onetrainer"):
-        assert f"loli_plugin.patches.{name}" in GRAPH[f"loli_plugin.adapters.{name}"]
+def test_each_trainer_has_its_adapter_manifest_patches_and_entry_point():
+    import toml
+
+    entry_points = toml.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["loli_plugin"]
+    for name in TRAINERS:
+        assert f"loli_plugin.patches.{name}" in GRAPH[f"loli_plugin.adapters.{name}"]  # its own patches
+        assert (REPO / "adapters" / f"{name}.watch").is_file()
+        assert entry_points.get(name) == f"loli_plugin.adapters.{name}"
+    assert set(entry_points) == set(TRAINERS)  # and no adapter the list does not name
 
 
 FRAME_INSPECTION = re.compile(
@@ -122,10 +132,10 @@ def test_no_stack_frame_inspection_at_start_up():
 
 def test_watch_manifests_are_the_adapters_watches():
     import _loli_plugin_autoload
-    from loli_plugin.host import adapters
+    from loli_plugin.adapter import adapters
 
     shipped = {a.name: set(a.watches) for a in adapters()}
-    assert {"kohya", "onetrainer"} <= set(shipped)
+    assert set(TRAINERS) <= set(shipped)
     assert set().union(*shipped.values()) <= _loli_plugin_autoload.read_manifests()
     for a in adapters():  # every module an import-time patch lives in is watched (else it is never applied)
         patched = set().union(*(inst.modules() for inst, scope in a.instrumentors() if scope == "import"))
@@ -150,3 +160,33 @@ def test_the_sdist_carries_the_start_up_hook_and_the_watch_manifests(tmp_path):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"loli_plugin.pth", "_loli_plugin_autoload.py", "setup.py"} <= names
     assert {f"adapters/{p.name}" for p in (REPO / "adapters").glob("*.watch")} <= names
+
+
+RENAMED = {
+    # old module -> (new module, names a third-party adapter may import from the old one)
+    "loli_plugin.host": ("loli_plugin.adapter", "TrainerAdapter, adapters, adapter, on_watched_import, pushed, warn"),
+    "loli_plugin.patches.base": (
+        "loli_plugin.patches.instrument",
+        "FunctionPatch, EnumMemberPatch, MappingEntryPatch, Instrumentor, Patch, bind_arguments, call_replacing, "
+        "signature_problem, unsupported_message, LoliUnsupportedTrainerError, ENV_DISABLE",
+    ),
+}
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_a_renamed_module_is_still_importable_by_its_old_name(old):
+    """The old path is the new module itself (one object: a monkeypatch through either name reaches both),
+    its names import from it, and it says once, as a DeprecationWarning, where they went."""
+    import subprocess
+    import sys
+
+    new, names = RENAMED[old]
+    code = (
+        f"import importlib; old = importlib.import_module({old!r}); new = importlib.import_module({new!r}); "
+        f"assert old is new, (old, new); from {old} import {names}; print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "always::DeprecationWarning", "-c", code], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert proc.stderr.count("DeprecationWarning") == 1 and f"{old} was renamed {new}" in proc.stderr, proc.stderr

@@ -1,10 +1,9 @@
-"""The patch machinery, the start-up finder, the failure policy and the launcher, against a stand-in
-``library.train_util`` written here (the real sd-scripts is exercised in tests/kohya)."""
+"""The patch machinery (instrumentors, the compatibility rule, the call helpers, the one-cluster draw), the
+start-up finder and the launcher. How each adapter uses them against a stand-in of its trainer written by
+the test is in that trainer's folder (tests/<trainer>/test_<trainer>_standin.py)."""
 
 import enum
 import inspect
-import os
-import subprocess
 import sys
 import textwrap
 import types
@@ -13,82 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from loli_plugin.patches import kohya as kp
-from loli_plugin.patches.base import (
+from loli_plugin.errors import LoliUnsupportedTrainerError
+from loli_plugin.patches.draws import StratifiedTorch
+from loli_plugin.patches.instrument import (
     EnumMemberPatch,
     FunctionPatch,
     Instrumentor,
-    LoliUnsupportedTrainerError,
     MappingEntryPatch,
     bind_arguments,
     call_replacing,
     signature_problem,
 )
-from loli_plugin.patches.draws import StratifiedTorch
 
-# Stand-in with sd-scripts' function *signatures* only (bodies are ours and trivial).
-FAKE_TRAIN_UTIL = """
-import argparse
-
-def add_training_arguments(parser, support_dreambooth):
-    parser.add_argument("--loss_type", type=str, default="l2", choices=["l1", "l2"])
-
-def add_optimizer_arguments(parser):
-    parser.add_argument("--optimizer_type", default="")
-
-def get_optimizer(args, trainable_params):
-    return "stock", "", None
-
-def prepare_accelerator(args):
-    return "accelerator"
-
-def conditional_loss(model_pred, target, loss_type, reduction, huber_c):
-    return (model_pred - target) ** 2
-
-def get_timesteps(min_timestep, max_timestep, b_size, device):
-    import torch
-    return torch.randint(min_timestep, max_timestep, (b_size,), device="cpu").to(device)
-"""
+from .trainer_support import run_python
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def fake_kohya(tmp_path):
-    pkg = tmp_path / "library"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "train_util.py").write_text(FAKE_TRAIN_UTIL)
-    (pkg / "config_util.py").write_text("")  # sd-scripts is recognised by its library's files
-    return tmp_path
-
-
-def drift(tree: Path, old: str, new: str) -> None:
-    path = tree / "library" / "train_util.py"
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
-
-
-def run_python(code, path, env_extra=None, args=()):
-    env = {**os.environ, "PYTHONPATH": str(path), **(env_extra or {})}
-    if "LOLI_PLUGIN_DISABLE" not in (env_extra or {}):
-        env.pop("LOLI_PLUGIN_DISABLE", None)
-    return subprocess.run(
-        [sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True, env=env, cwd=path
-    )
-
-
-# the core venv installs loli-plugin editable (no .pth): install the finder as the .pth line would
-STARTUP = "import _loli_plugin_autoload as a; assert a.install(); "
-PLAIN_RUN = textwrap.dedent("""
-    import argparse, sys, torch
-    from library import train_util
-    p = argparse.ArgumentParser(); train_util.add_training_arguments(p, True); train_util.add_optimizer_arguments(p)
-    args = p.parse_args(sys.argv[1:])
-    print("accelerator:", train_util.prepare_accelerator(args))
-    print("optimizer:", train_util.get_optimizer(args, [torch.nn.Parameter(torch.zeros(2))])[0])
-""")
 
 
 def test_startup_imports_nothing_and_watches_the_manifests():
@@ -101,146 +39,24 @@ def test_startup_imports_nothing_and_watches_the_manifests():
     assert out.returncode == 0, out.stderr
     new_modules, watched, first = out.stdout.splitlines()
     assert new_modules == "['_loli_plugin_autoload']"  # no torch, no wrapt, no importlib.metadata
-    assert "'library.train_util'" in watched and "'modules.util.create'" in watched
+    manifests = [p for p in (REPO / "adapters").glob("*.watch")]
+    listed = {
+        line.strip() for p in manifests for line in p.read_text().splitlines() if line.strip()[:1] not in ("", "#")
+    }
+    assert manifests and watched == repr(sorted(listed))  # every adapter's manifest, nothing else
     assert first == "_Finder" and out.stderr == ""
 
 
-def test_finder_hands_train_util_to_the_adapter(fake_kohya):
-    code = STARTUP + textwrap.dedent("""
-        import argparse, sys
-        assert "loli_plugin" not in sys.modules and "torch" not in sys.modules
-        from library import train_util
-        p = argparse.ArgumentParser(); train_util.add_training_arguments(p, True)
-        a = p.parse_args(["--loss_type", "loli", "--loli_loss_weights", "mse=1"])
-        print(a.loss_type, a.loli_loss_weights, type(train_util.get_optimizer).__name__)
-        print(train_util.__loader__.__class__.__name__, train_util.__spec__.loader.__class__.__name__)
-    """)
-    out = run_python(code, fake_kohya)
-    assert out.returncode == 0, out.stderr
-    first, second = out.stdout.splitlines()
-    assert first.split() == ["loli", "mse=1", "FunctionWrapper"]
-    assert second.split() == ["SourceFileLoader", "SourceFileLoader"]  # the module keeps its real loader
-
-
-def test_disable_switch(fake_kohya):
-    code = (
-        "import _loli_plugin_autoload as a; print(a.install()); "
-        "from library import train_util; print(type(train_util.get_optimizer).__name__)"
-    )
-    out = run_python(code, fake_kohya, {"LOLI_PLUGIN_DISABLE": "1"})
-    assert out.stdout.split() == ["False", "function"]
-
-
-@pytest.mark.parametrize(
-    "how, old, new, reason",
-    [
-        (
-            "renamed parameter",
-            "def get_optimizer(args, trainable_params)",
-            "def get_optimizer(arguments, trainable_params)",
-            "no parameter 'args'",
-        ),
-        (
-            "removed function",
-            "def get_optimizer(args, trainable_params):",
-            "def get_optimizer_v2(args, trainable_params):",
-            "get_optimizer: not found",
-        ),
-        (
-            "reordered parameters",
-            "def get_optimizer(args, trainable_params)",
-            "def get_optimizer(trainable_params, args)",
-            "parameter 'args' moved",
-        ),
-    ],
-)
-def test_drifted_target_is_logged_once_a_plain_run_works_and_a_loli_run_is_refused(fake_kohya, how, old, new, reason):
-    drift(fake_kohya, old, new)
-    # the stand-in script calls the drifted function the way the drifted trainer would
-    plain = (
-        PLAIN_RUN
-        if how != "removed function"
-        else PLAIN_RUN.replace("train_util.get_optimizer(", "train_util.get_optimizer_v2(")
-    )
-    if how == "reordered parameters":
-        plain = plain.replace("get_optimizer(args, [", "get_optimizer([").replace("(2))])[0]", "(2))], args)[0]")
-    out = run_python(STARTUP + plain, fake_kohya, args=["--optimizer_type", "AdamW"])
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["accelerator:", "accelerator", "optimizer:", "stock"]
-    lines = [line for line in out.stderr.splitlines() if "loli-plugin" in line]
-    assert len(lines) == 1, out.stderr  # logged once, in one line
-    assert reason in lines[0] and "v0.10.0 or newer" in lines[0] and "LOLI_PLUGIN_DISABLE" in lines[0]
-    loli = run_python(STARTUP + plain, fake_kohya, args=["--optimizer_type", "LoliClustered"])
-    assert loli.returncode != 0 and "LoliUnsupportedTrainerError" in loli.stderr
-    assert (
-        reason in loli.stderr
-        and "--optimizer_type LoliClustered" in loli.stderr
-        and "LOLI_PLUGIN_DISABLE=1" in loli.stderr
-    )
-    assert "accelerator:" not in loli.stdout  # refused in prepare_accelerator, before any work
-
-
-def test_added_optional_parameter_is_compatible_and_forwarded(fake_kohya):
-    drift(
-        fake_kohya,
-        'def get_optimizer(args, trainable_params):\n    return "stock", "", None',
-        'def get_optimizer(args, trainable_params, model=None):\n    return "stock", str(model), None',
-    )
-    code = STARTUP + textwrap.dedent("""
-        import argparse, torch
-        from library import train_util
-        args = argparse.Namespace(optimizer_type="AdamW", loss_type="l2")
-        print(type(train_util.get_optimizer).__name__, train_util.get_optimizer(args, [], model="unet")[1])
-    """)
-    out = run_python(code, fake_kohya)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["FunctionWrapper", "unet"] and "loli-plugin" not in out.stderr
-
-
-def test_other_library_packages_are_left_alone(tmp_path):
-    (tmp_path / "library").mkdir()
-    (tmp_path / "library" / "__init__.py").write_text("")
-    (tmp_path / "library" / "train_util.py").write_text("X = 1\n")  # someone else's `library`
-    out = run_python(
-        STARTUP + "from library import train_util; print(train_util.X, sorted(vars(train_util)))", tmp_path
-    )
-    assert out.returncode == 0 and out.stdout.startswith("1 "), out.stderr
-    assert "get_optimizer" not in out.stdout and out.stderr == ""  # not patched, nothing logged
-
-
-def test_a_broken_install_never_stops_the_trainer(fake_kohya, tmp_path):
-    # loli_plugin cannot be imported (a half-removed install): the trainer imports and runs, one line says why
-    shadow = tmp_path / "shadow"
-    (shadow / "loli_plugin").mkdir(parents=True)
-    (shadow / "loli_plugin" / "__init__.py").write_text("raise ImportError('No module named torch (simulated)')\n")
-    code = (
-        f"import sys; sys.path.insert(0, {str(shadow)!r}); "
-        + STARTUP
-        + "from library import train_util; print(train_util.get_optimizer(None, None)[0])"
-    )
-    out = run_python(code, fake_kohya)
-    assert out.returncode == 0 and out.stdout.strip() == "stock", out.stderr
-    assert out.stderr.count("loli-plugin:") == 1 and "simulated" in out.stderr and "LOLI_PLUGIN_DISABLE" in out.stderr
-
-
-@pytest.mark.parametrize("launcher", ["loli_plugin.launch", "loli_plugin.kohya", "loli_plugin.onetrainer"])
-def test_launcher_runs_the_script_as_main(fake_kohya, launcher):
-    script = fake_kohya / "train_fake.py"
+def test_launcher_runs_the_script_as_main(tmp_path):
+    script = tmp_path / "train_fake.py"
     script.write_text(
-        textwrap.dedent("""
-        import argparse, sys
-        from library import train_util
-        if __name__ == "__main__":
-            p = argparse.ArgumentParser(); train_util.add_training_arguments(p, True)
-            print(p.parse_args(sys.argv[1:]).loss_type)
-    """)
+        "import os, sys\nif __name__ == '__main__':\n    print(sys.argv[1:], os.path.dirname(__file__)==sys.path[0])\n"
     )
     out = run_python(
-        None, fake_kohya, {"LOLI_PLUGIN_DISABLE": "1"}, args=["-m", launcher, str(script), "--loss_type", "loli"]
+        None, tmp_path, {"LOLI_PLUGIN_DISABLE": "1"}, args=["-m", "loli_plugin.launch", str(script), "--x", "1"]
     )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "loli"
-    bad = run_python(None, fake_kohya, args=["-m", launcher, "no_such_script.py"])
+    assert out.returncode == 0 and out.stdout.strip() == "['--x', '1'] True", out.stderr
+    bad = run_python(None, tmp_path, args=["-m", "loli_plugin.launch", "no_such_script.py"])
     assert bad.returncode != 0 and "no such script" in bad.stderr
 
 
@@ -360,7 +176,7 @@ def test_wrong_kinds_are_problems_not_crashes(fake_module):
 
 
 def test_bind_arguments_and_call_replacing():
-    from loli_plugin.patches import base
+    from loli_plugin.patches import instrument
 
     class Setup:
         def draw(self, n, deterministic=False, **extra):
@@ -370,7 +186,7 @@ def test_bind_arguments_and_call_replacing():
     assert bind_arguments(a.draw, (3,), {}) == {"self": a, "n": 3, "deterministic": False, "extra": {}}
     assert bind_arguments(b.draw, (), {"n": 4, "deterministic": True})["self"] is b
     assert bind_arguments(Setup.draw, (a, 5), {})["n"] == 5  # called through the class
-    cached = [k for k in base._SIGNATURES if getattr(k, "__qualname__", "").endswith("Setup.draw")]
+    cached = [k for k in instrument._SIGNATURES if getattr(k, "__qualname__", "").endswith("Setup.draw")]
     assert len(cached) == 1  # one entry for the function, none per instance
     # only the named argument changes; new keyword arguments of a newer trainer are forwarded
     assert call_replacing(a.draw, (3,), {"deterministic": True, "added": 1}, n=7) == (7, True, {"added": 1})
@@ -379,13 +195,6 @@ def test_bind_arguments_and_call_replacing():
         return args, trainable_params, model
 
     assert call_replacing(get_optimizer, ("old", [1]), {"model": "unet"}, args="new") == ("new", [1], "unet")
-
-
-def test_quote_name_args():
-    assert kp.quote_name_args(
-        ["inner=AdamW8bit", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner = Lion"]
-    ) == ["inner='AdamW8bit'", "schedule='shuffle'", "clusters=4", "betas=(0.9,0.99)", "inner='Lion'"]
-    assert kp.quote_name_args(None) == []
 
 
 def test_stratified_torch_replaces_only_the_first_draw():

@@ -46,7 +46,7 @@ def logs(tmp_path):
     without loss scalars and a stray event file three levels down."""
     root = tmp_path / "logs"
     write_run(root / "20240101120000" / "network_train", "loss/current")
-    write_run(root / "onetrainer-run", "loss/train_step")
+    write_run(root / "flat-run", "loss/train_step")
     write_run(root / "lr-only", losses=False)
     write_run(root / "a" / "b" / "too-deep")
     return root
@@ -55,7 +55,7 @@ def logs(tmp_path):
 def test_one_png_per_run_in_the_output_folder(logs, tmp_path, capsys):
     out = tmp_path / "plots"
     assert main(["plot", str(logs), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["20240101120000_network_train.png", "onetrainer-run.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["20240101120000_network_train.png", "flat-run.png"]
     assert all(p.read_bytes()[:8] == PNG and p.stat().st_size > 10_000 for p in out.iterdir())
     assert not list(logs.rglob("*.png"))  # nothing written next to the runs
     printed = capsys.readouterr().out
@@ -64,9 +64,9 @@ def test_one_png_per_run_in_the_output_folder(logs, tmp_path, capsys):
 
 def test_default_output_folder_is_named_and_in_the_current_folder(logs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["plot", str(logs / "onetrainer-run")]) == 0  # one run's own folder
-    assert (tmp_path / "loli-plots" / "onetrainer-run.png").read_bytes()[:8] == PNG
-    assert "loli-plots/onetrainer-run.png" in capsys.readouterr().out
+    assert main(["plot", str(logs / "flat-run")]) == 0  # one run's own folder
+    assert (tmp_path / "loli-plots" / "flat-run.png").read_bytes()[:8] == PNG
+    assert "loli-plots/flat-run.png" in capsys.readouterr().out
 
 
 def test_next_to_runs_only_when_asked(logs, tmp_path, monkeypatch):
@@ -74,7 +74,7 @@ def test_next_to_runs_only_when_asked(logs, tmp_path, monkeypatch):
     assert main(["plot", str(logs), "--next-to-runs"]) == 0
     assert sorted(p.relative_to(logs).as_posix() for p in logs.rglob("*.png")) == [
         "20240101120000/network_train/loli_clusters.png",
-        "onetrainer-run/loli_clusters.png",
+        "flat-run/loli_clusters.png",
     ]
     assert not (tmp_path / "loli-plots").exists()
 

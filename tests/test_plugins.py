@@ -120,3 +120,39 @@ def test_adafactor_inner_is_driven_by_the_hosts_learning_rate():
     p[0].grad = torch.ones(4, 4)
     opt.step()  # lr is 0 now: nothing moves
     assert torch.equal(p[0], before) and not torch.equal(before, torch.ones(4, 4))
+
+
+def test_a_new_optimizer_is_announced_once_adapters_first_then_observers():
+    """One hook call tells every trainer adapter, then every observer, each exactly once."""
+    from loli_plugin.adapter import TrainerAdapter
+    from loli_plugin.hookspecs import hookimpl
+
+    calls = []
+
+    class Recording(TrainerAdapter):
+        name = "recording"
+
+        def instrumentors(self):
+            return []
+
+        def on_optimizer_created(self, optimizer):
+            calls.append(("adapter", optimizer))
+
+    class Plugin:
+        adapter = Recording()
+
+        @hookimpl
+        def loli_trainer_adapters(self):
+            return [self.adapter]
+
+        @hookimpl
+        def loli_optimizer_created(self, optimizer):
+            calls.append(("observer", optimizer))
+
+    pm = get_plugin_manager()
+    pm.register(Plugin(), name="test-announced-once")
+    try:
+        opt = LoliClustered([torch.nn.Parameter(torch.ones(1))], clusters=2)
+    finally:
+        pm.unregister(name="test-announced-once")
+    assert calls == [("adapter", opt), ("observer", opt)]

@@ -4,34 +4,59 @@ folder collection hook."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PINS_MODULE = Path(__file__).resolve().parents[1] / "scripts" / "trainer_pins.py"
+LIST_MODULE = Path(__file__).resolve().parents[1] / "scripts" / "trainer_list.py"
 
 
-def pins_module():
-    """scripts/trainer_pins.py, the reader of scripts/trainers.toml (a script folder, not a package)."""
-    spec = importlib.util.spec_from_file_location("loli_trainer_pins", PINS_MODULE)
+@functools.cache
+def trainer_list():
+    """scripts/trainer_list.py, the reader of scripts/trainers.toml (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location("loli_trainer_list", LIST_MODULE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
 
-def how_to_get(tests: str, names: tuple[str, ...], dir_variables: str, venv: str) -> str:
+def trainer(name: str):
+    """The trainer ``name`` of scripts/trainers.toml (its sources, venv and test folder)."""
+    return trainer_list().read_trainers()[name]
+
+
+def source_dir(source: str) -> Path:
+    """Where the tests read the export of ``source`` (the folder scripts/get-trainers writes)."""
+    pins = trainer_list().read_pins()
+    return trainer_list().source_dir(pins[source], pins)
+
+
+def missing_export(name: str, how_to: str) -> str | None:
+    """Why the trainer's exports are not usable (the first source without its marker), or None."""
+    for source in trainer(name).sources:
+        folder = source_dir(source.name)
+        if not (folder / source.marker).exists():
+            return f"{source.name} not found at {folder}; {how_to}"
+    return None
+
+
+def how_to_get(name: str) -> str:
     """The instructions a skipped trainer test gives: the script, the pinned commits, the venv."""
-    pins = pins_module().read_pins()
-    pinned = " and ".join(f"{pins[n].repo} at commit {pins[n].short}" for n in names)
+    t = trainer(name)
+    names = " ".join(s.name for s in t.sources)
+    pinned = " and ".join(f"{s.repo} at commit {s.short}" for s in t.sources)
     return (
-        f"to run the real-{tests} tests: `python scripts/get-trainers {' '.join(names)}` fetches {pinned} "
+        f"to run the real-{t.sources[0].name} tests: `python scripts/get-trainers {names}` fetches {pinned} "
         "(the pins in scripts/trainers.toml) from GitHub into the folder these tests read (offline: add "
-        f"`--mirror NAME=/path/to/bare-clone.git`), or point {dir_variables} at your own checkout; then "
-        f"`bash .ci/run`, which builds {venv} (the trainer's own pins + loli-plugin from a wheel) "
-        "and runs these tests in it"
+        f"`--mirror NAME=/path/to/bare-clone.git`), or point {' / '.join(s.dir_variable for s in t.sources)} at "
+        f"your own checkout; then `LOLI_TRAINERS={name} bash .ci/run`, which builds {t.venv} (the trainer's own "
+        "pins + loli-plugin from a wheel) and runs these tests in it"
     )
 
 
@@ -50,12 +75,41 @@ def venv_problem(required: tuple[str, ...], trainer: str, how_to: str) -> str | 
 
 
 def skip_items_below(folder: Path, reason: str | None, items) -> None:
-    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one)."""
+    """Mark every collected test under ``folder`` as skipped with ``reason`` (if there is one), except the
+    ``standin`` ones: those run against a stand-in of the trainer that they write themselves."""
     if reason is None:
         return
     for item in items:
-        if folder in Path(str(item.fspath)).parents:
+        if folder in Path(str(item.fspath)).parents and item.get_closest_marker("standin") is None:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def run_python(code, path, env_extra=None, args=()):
+    """Run ``python -c code`` (or ``python ARGS``) in ``path`` with ``path`` on PYTHONPATH, the way a trainer
+    starts: LOLI_PLUGIN_DISABLE unset unless ``env_extra`` sets it."""
+    env = {**os.environ, "PYTHONPATH": str(path), **(env_extra or {})}
+    if "LOLI_PLUGIN_DISABLE" not in (env_extra or {}):
+        env.pop("LOLI_PLUGIN_DISABLE", None)
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args], capture_output=True, text=True, env=env, cwd=path
+    )
+
+
+def run_logged(cmd: list[str], cwd: Path, out: Path) -> subprocess.CompletedProcess:
+    """Run a trainer's script from its folder; its output goes to ``out/train.log``, a failure shows its end."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    (out / "train.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def logged_scalars(log_dir: Path, run_glob: str = "*/network_train") -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars of the one run under ``log_dir`` that ``run_glob`` finds (read by
+    ``loli-plugin plot``'s reader); the default is where a LoRA script's ``--logging_dir`` run goes."""
+    from loli_plugin.plot import read_scalars
+
+    (run_dir,) = log_dir.glob(run_glob)
+    return read_scalars(run_dir)
 
 
 def fresh_run_fixture(adapter_module: str):

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..cli_args import cluster_count, positive_float, positive_int, require
+from ..cli_args import add_clusters_option, positive_float, positive_int, require
 from ..errors import LoliConfigError
-from ..options import DEFAULT_CLUSTERS
 
 
 def run(args) -> int:
@@ -240,12 +239,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", default="out/demo", help="folder for the PNG (default out/demo)")
     p.add_argument("--steps", type=positive_int, default=400, help="LoRA steps (default 400)")
-    p.add_argument(
-        "--clusters",
-        type=cluster_count,
-        default=DEFAULT_CLUSTERS,
-        help="K, the number of timestep clusters (default 10)",
-    )
+    add_clusters_option(p)
     p.add_argument("--batch", type=positive_int, default=2, help="images per step (default 2)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate (default 3e-3)")
     p.add_argument(

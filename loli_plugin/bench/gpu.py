@@ -35,10 +35,9 @@ from pathlib import Path
 
 import torch
 
-from ..cli_args import cluster_count, positive_float, positive_int
+from ..cli_args import add_clusters_option, positive_float, positive_int
 from ..clustered import LoliClustered
 from ..inner import resolve_inner
-from ..options import DEFAULT_CLUSTERS
 from ..plugins import inner_specs
 from .machine import machine_line
 from .optimizer import lora_like_params, state_bytes
@@ -640,12 +639,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--params", type=positive_float, default=20e6, help="LoRA-shaped parameters for sections 1-2 (default 20e6)"
     )
-    p.add_argument(
-        "--clusters",
-        type=cluster_count,
-        default=DEFAULT_CLUSTERS,
-        help="K, the number of timestep clusters (default 10)",
-    )
+    add_clusters_option(p)
     p.add_argument("--steps", type=positive_int, default=50, help="timed optimizer steps in section 1 (default 50)")
     p.add_argument(
         "--sections",

@@ -16,11 +16,10 @@ import time
 
 import torch
 
-from ..cli_args import cluster_count, nonnegative_int, positive_float, positive_int, torch_device
+from ..cli_args import add_clusters_option, nonnegative_int, positive_float, positive_int, torch_device
 from ..clustered import LoliClustered
 from ..errors import LoliConfigError
 from ..inner import resolve_inner
-from ..options import DEFAULT_CLUSTERS
 from ..plugins import inner_specs
 from .machine import machine_line
 
@@ -165,12 +164,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("optimizer", help="step time and state memory of LoliClustered vs its inner optimizer")
     p.add_argument("--params", type=positive_float, default=10e6, help="number of parameters (default 10e6)")
     p.add_argument("--rank", type=positive_int, default=16, help="LoRA rank of the parameter shapes (default 16)")
-    p.add_argument(
-        "--clusters",
-        type=cluster_count,
-        default=DEFAULT_CLUSTERS,
-        help="K, the number of timestep clusters (default 10)",
-    )
+    add_clusters_option(p)
     p.add_argument("--inner", default="AdamW", help="the inner optimizer: a torch.optim class name (default AdamW)")
     p.add_argument(
         "--impl", choices=list(IMPLS), default="foreach", help="the inner optimizer's implementation (default foreach)"

@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from ..cli_args import cluster_count, positive_int
-from ..options import DEFAULT_CLUSTERS
+from ..cli_args import add_clusters_option, positive_int
 from .machine import machine_line
 
 
@@ -48,12 +47,7 @@ def bench_sampler(args) -> dict:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sampler", help="time of a cluster draw vs the plain draw")
-    s.add_argument(
-        "--clusters",
-        type=cluster_count,
-        default=DEFAULT_CLUSTERS,
-        help="K, the number of timestep clusters (default 10)",
-    )
+    add_clusters_option(s)
     s.add_argument(
         "--calls", type=positive_int, default=2000, help="timed calls per family and batch size (default 2000)"
     )

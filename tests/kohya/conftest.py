@@ -10,25 +10,23 @@ and runs them; without them every test here is skipped with the reason and the c
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from ..trainer_support import fresh_run_fixture, how_to_get, skip_items_below, venv_problem
+from ..trainer_support import fresh_run_fixture, how_to_get, missing_export, skip_items_below, source_dir, venv_problem
 
-DEFAULT_DIR = Path(os.environ.get("LOLI_TRAINERS_DIR") or "~/.cache/loli-plugin/trainers").expanduser() / "sd-scripts"
-KOHYA_DIR = Path(os.environ.get("LOLI_KOHYA_DIR") or DEFAULT_DIR)
-HOW_TO = how_to_get("sd-scripts", ("sd-scripts",), "LOLI_KOHYA_DIR", ".venv-kohya-ci")
+KOHYA_DIR = source_dir("sd-scripts")
+HOW_TO = how_to_get("kohya")
 
 
 def _skip_reason() -> str | None:
-    if not (KOHYA_DIR / "library" / "train_util.py").is_file():
-        return f"sd-scripts not found at {KOHYA_DIR}; {HOW_TO}"
     # sd-scripts' venv: its requirements install sd-scripts itself (`-e .`, the `library` package) and
     # torchvision; the core test venv has neither, whatever else it shares with it
-    return venv_problem(("library", "torchvision", "transformers", "diffusers", "accelerate"), "sd-scripts", HOW_TO)
+    return missing_export("kohya", HOW_TO) or venv_problem(
+        ("library", "torchvision", "transformers", "diffusers", "accelerate"), "sd-scripts", HOW_TO
+    )
 
 
 SKIP = _skip_reason()

@@ -6,19 +6,18 @@ bit. Used by test_kohya_drift.py on drifted copies of the pinned tree."""
 
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 tree, argv = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, tree)
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for drift_support
+
 import torch  # noqa: E402
 import train_network  # noqa: E402
+from drift_support import hexes, step_once  # noqa: E402
 from library import flux_train_utils, train_util  # noqa: E402
-
-
-def hexes(t):
-    return [float(v).hex() for v in t.detach().double().flatten().tolist()]
-
 
 out = {}
 args = train_network.setup_parser().parse_args(
@@ -34,10 +33,7 @@ params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(
 get_optimizer = getattr(train_util, "get_optimizer", None) or train_util.get_optimizer_v2
 _, _, optimizer = get_optimizer(args, params)
 out["optimizer"] = type(optimizer).__name__
-for p in params:
-    p.grad = torch.sin(p.detach() * 3) + 0.1
-optimizer.step()
-out["params_after_step"] = hexes(torch.cat([p.flatten() for p in params]))
+out["params_after_step"] = step_once(optimizer, params)
 print("stage optimizer", flush=True)
 
 torch.manual_seed(1)

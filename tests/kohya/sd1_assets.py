@@ -3,9 +3,8 @@
 * a randomly initialised SD1.x checkpoint, built with sd-scripts' own model classes and saved with its
   own ``model_util.save_stable_diffusion_checkpoint`` (the SD1 U-Net architecture is fixed in
   library/original_unet.py, so the model is full size: ~2 GB at fp16);
-* a CLIP tokenizer folder in ``--tokenizer_cache_dir`` layout with a byte-level vocabulary written
-  here (no merges: every character is its own token, which is all a test caption needs);
-* four random 64x64 images with captions.
+* a CLIP tokenizer folder in ``--tokenizer_cache_dir`` layout and four random 64x64 images with
+  captions (tests/assets_support.py).
 
 Run as a script (``python sd1_assets.py OUT``) so the ~3.5 GB of fp32 weights live in a short-lived
 process; the result is cached by the test fixture.
@@ -13,67 +12,11 @@ process; the result is cached by the test fixture.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-
-def bytes_to_unicode():
-    # GPT-2/CLIP's reversible byte -> printable-character table (public algorithm).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def write_tokenizer(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = 49406
-    vocab["<|endoftext|>"] = 49407
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "model_max_length": 77,
-                "bos_token": "<|startoftext|>",
-                "eos_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
-                "do_lower_case": True,
-                "tokenizer_class": "CLIPTokenizer",
-            }
-        )
-    )
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps(
-            {
-                "bos_token": "<|startoftext|>",
-                "eos_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
-            }
-        )
-    )
-
-
-def write_images(folder: Path, n: int = 4) -> None:
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"a photo of thing number {i}")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: tests/ for assets_support
+from assets_support import write_images, write_tokenizer  # noqa: E402
 
 
 def write_checkpoint(path: Path) -> None:

@@ -3,7 +3,7 @@
 * baseline: LOLI_PLUGIN_DISABLE=1 (the plugin installed, its start-up hook off);
 * installed but unused: the hook on, no Loli option anywhere: every test has the baseline's outcome;
 * active: a LoliClustered built through sd-scripts' real get_optimizer at session start
-  (tests/host_suite/loli_host_activation.py), so the loss, timestep and tracker patches are in place:
+  (tests/kohya/host_suite/loli_host_activation.py), so the loss, timestep and tracker patches are in place:
   every test that passes in the baseline still passes, except the ones listed below by design (also
   in the README's "Compatibility" section, with the reason).
 """
@@ -20,7 +20,7 @@ import pytest
 
 from .conftest import KOHYA_DIR
 
-HOST_SUITE = Path(__file__).resolve().parents[1] / "host_suite"
+HOST_SUITE = Path(__file__).resolve().parent / "host_suite"
 #: tests of sd-scripts' own suite that cannot pass with the plugin active, by design: {test id: reason}
 EXPECTED_TO_DIFFER: dict[str, str] = {
     "tests.library.test_flux_train_utils::test_weighting_scheme": (

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ..trainer_support import logged_scalars as scalars
+from ..trainer_support import run_logged
 from .conftest import KOHYA_DIR
 
 HERE = Path(__file__).parent
@@ -86,19 +88,7 @@ def train(assets: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
         "1",  # the progress probe: before step 1, after steps 2 and 4
         *extra,
     ]
-    proc = subprocess.run(cmd, cwd=KOHYA_DIR, capture_output=True, text=True)
-    (out / "train.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return proc
-
-
-def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (run_dir,) = log_dir.glob("*/network_train")
-    ea = EventAccumulator(str(run_dir))
-    ea.Reload()
-    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+    return run_logged(cmd, KOHYA_DIR, out)
 
 
 @pytest.fixture(scope="module")

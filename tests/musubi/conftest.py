@@ -18,17 +18,15 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import importlib
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from ..trainer_support import fresh_run_fixture, how_to_get, skip_items_below, venv_problem
+from ..trainer_support import fresh_run_fixture, how_to_get, missing_export, skip_items_below, source_dir, venv_problem
 
-DEFAULT_DIR = Path(os.environ.get("LOLI_TRAINERS_DIR") or "~/.cache/loli-plugin/trainers").expanduser() / "musubi-tuner"
-MUSUBI_DIR = Path(os.environ.get("LOLI_MUSUBI_DIR") or DEFAULT_DIR)
-HOW_TO = how_to_get("musubi-tuner", ("musubi-tuner",), "LOLI_MUSUBI_DIR", ".venv-musubi-ci")
+MUSUBI_DIR = source_dir("musubi-tuner")
+HOW_TO = how_to_get("musubi")
 PACKAGE = MUSUBI_DIR / "src" / "musubi_tuner"
 
 #: every LoRA script: module -> (trainer class, parser setup function)
@@ -74,10 +72,11 @@ def _installed_is_the_export() -> str | None:
 
 
 def _skip_reason() -> str | None:
-    if not (PACKAGE / "training" / "trainer_base.py").is_file():
-        return f"musubi-tuner not found at {MUSUBI_DIR}; {HOW_TO}"
     return (
-        venv_problem(("musubi_tuner", "torchvision", "transformers", "diffusers", "accelerate"), "musubi-tuner", HOW_TO)
+        missing_export("musubi", HOW_TO)
+        or venv_problem(
+            ("musubi_tuner", "torchvision", "transformers", "diffusers", "accelerate"), "musubi-tuner", HOW_TO
+        )
         or _installed_is_the_export()
     )
 

@@ -8,20 +8,20 @@ the musubi-tuner installed in the venv)."""
 
 import json
 import sys
+from pathlib import Path
 
 tree, argv = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, f"{tree}/src")
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for drift_support
+
 import torch  # noqa: E402
+from drift_support import hexes, step_once  # noqa: E402
 from musubi_tuner import qwen_image_train_network as script  # noqa: E402
 from musubi_tuner.modules.scheduling_flow_match_discrete import FlowMatchDiscreteScheduler  # noqa: E402
 from musubi_tuner.training.trainer_base import DiTOutput  # noqa: E402
 
 assert script.__file__.startswith(tree), script.__file__  # the drifted copy, not the venv's
-
-
-def hexes(t):
-    return [float(v).hex() for v in t.detach().double().flatten().tolist()]
 
 
 out = {}
@@ -41,10 +41,7 @@ params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(
 get_optimizer = getattr(trainer, "get_optimizer", None) or trainer.get_optimizer_v2
 _, _, optimizer, _, _ = get_optimizer(args, params)
 out["optimizer"] = type(optimizer).__name__
-for p in params:
-    p.grad = torch.sin(p.detach() * 3) + 0.1
-optimizer.step()
-out["params_after_step"] = hexes(torch.cat([p.flatten() for p in params]))
+out["params_after_step"] = step_once(optimizer, params)
 print("stage optimizer", flush=True)
 
 scheduler = FlowMatchDiscreteScheduler(shift=args.discrete_flow_shift, reverse=True, solver="euler")

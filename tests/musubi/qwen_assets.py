@@ -20,19 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: tests/ for assets_support
+from assets_support import write_images  # noqa: E402
+
 IMAGES = 4
 TOKENS = 6  # text tokens per caption
-
-
-def write_images(folder: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(IMAGES):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"a photo of thing number {i}")
 
 
 def write_dataset_config(out: Path) -> Path:
@@ -93,7 +85,7 @@ def write_dit(path: Path) -> None:
 
 def main(out: str) -> None:
     out_dir = Path(out)
-    write_images(out_dir / "data")
+    write_images(out_dir / "data", IMAGES)
     config = write_dataset_config(out_dir)
     if not any((out_dir / "cache").glob("*_te.safetensors")):
         write_caches(config)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ..drift_support import check_plain_run_is_stock, drifted_copy, plugin_lines, refusal, run_driver
+from ..drift_support import check_compatible_drift, check_plain_run_is_stock, drifted_copies, refusal
 from .conftest import MUSUBI_DIR
 
 DRIVER = Path(__file__).with_name("drift_driver.py")
@@ -51,10 +51,7 @@ UNFIT = {
 
 @pytest.fixture(scope="module")
 def trees(musubi, tmp_path_factory):
-    return {
-        how: drifted_copy(MUSUBI_DIR, tmp_path_factory.mktemp("drift") / "musubi-tuner", {TRAINER_BASE: edits})
-        for how, edits in DRIFTS.items()
-    }
+    return drifted_copies(MUSUBI_DIR, tmp_path_factory, TRAINER_BASE, DRIFTS)
 
 
 @pytest.mark.parametrize("how", list(DRIFTS))
@@ -64,20 +61,14 @@ def test_a_plain_run_is_exactly_stock(trees, how):
 
 @pytest.mark.parametrize("how", list(UNFIT))
 def test_a_loli_run_is_refused_before_any_work(trees, how):
-    proc, message = refusal(DRIVER, trees[how], LOLI, UNFIT[how], PIN)
-    assert "--optimizer_type LoliClustered" in message and "--loss_type loli" in message
+    proc, _ = refusal(
+        DRIVER, trees[how], LOLI, UNFIT[how], PIN, asked=("--optimizer_type LoliClustered", "--loss_type loli")
+    )
     assert "stage train" not in proc.stdout  # stopped in NetworkTrainer.train, before a dataset or a model
 
 
 def test_a_compatible_drift_keeps_the_plugin_working(trees):
-    proc, result = run_driver(DRIVER, trees["added optional parameter"], LOLI)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (
-        result["optimizer"] == "LoliClustered"
-        and "loli-plugin active" in proc.stderr
-        and plugin_lines(proc.stderr)
-        == [line for line in plugin_lines(proc.stderr) if line.startswith("loli-plugin active")]
-    )
+    result = check_compatible_drift(DRIVER, trees["added optional parameter"], LOLI)
     # the draw came from one cluster: a quarter of musubi's 1..1000 for clusters=4
     ts = [float.fromhex(v) for v in result["timesteps"]]
     assert max(ts) - min(ts) < 251, ts

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from loli_plugin import LoliClustered, loli_loss
 from loli_plugin.adapters.musubi import ADAPTER as adapter
-from loli_plugin.patches.base import LoliUnsupportedTrainerError
+from loli_plugin.errors import LoliUnsupportedTrainerError
 
 from .conftest import import_family
 

@@ -10,7 +10,7 @@ import torch
 
 from loli_plugin import LoliClustered, LoliConfigError
 from loli_plugin.adapters.musubi import ADAPTER as adapter
-from loli_plugin.patches.base import LoliUnsupportedTrainerError
+from loli_plugin.errors import LoliUnsupportedTrainerError
 
 from ..drift_support import check_uninstrument_restores_originals
 from .conftest import FAMILIES, PACKAGE, REQUIRED, family_parser, import_family

@@ -9,7 +9,7 @@ from scipy import stats
 
 from loli_plugin import LoliClustered, LoliConfigError
 from loli_plugin.adapters.musubi import ADAPTER as adapter
-from loli_plugin.patches.base import LoliUnsupportedTrainerError
+from loli_plugin.errors import LoliUnsupportedTrainerError
 
 from .conftest import import_family
 

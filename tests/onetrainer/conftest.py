@@ -17,20 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from ..trainer_support import fresh_run_fixture, how_to_get, skip_items_below, venv_problem
+from ..trainer_support import fresh_run_fixture, how_to_get, missing_export, skip_items_below, source_dir, venv_problem
 
-TRAINERS = Path(os.environ.get("LOLI_TRAINERS_DIR") or "~/.cache/loli-plugin/trainers").expanduser()
-OT_DIR = Path(os.environ.get("LOLI_ONETRAINER_DIR") or TRAINERS / "OneTrainer")
-MGDS_DIR = Path(os.environ.get("LOLI_MGDS_DIR") or OT_DIR.parent / "mgds")
-HOW_TO = how_to_get("OneTrainer", ("OneTrainer", "mgds"), "LOLI_ONETRAINER_DIR / LOLI_MGDS_DIR", ".venv-onetrainer-ci")
+OT_DIR, MGDS_DIR = source_dir("OneTrainer"), source_dir("mgds")
+HOW_TO = how_to_get("onetrainer")
 
 
 def _skip_reason() -> str | None:
-    if not (OT_DIR / "modules" / "util" / "create.py").is_file():
-        return f"OneTrainer not found at {OT_DIR}; {HOW_TO}"
-    if not (MGDS_DIR / "src" / "mgds").is_dir():
-        return f"mgds not found at {MGDS_DIR}; {HOW_TO}"
-    return venv_problem(("transformers", "diffusers", "customtkinter", "PySide6"), "OneTrainer", HOW_TO)
+    return missing_export("onetrainer", HOW_TO) or venv_problem(
+        ("transformers", "diffusers", "customtkinter", "PySide6"), "OneTrainer", HOW_TO
+    )
 
 
 SKIP = _skip_reason()

@@ -8,11 +8,15 @@ test_onetrainer_drift.py on drifted copies of the pinned tree."""
 import json
 import sys
 import tempfile
+from pathlib import Path
 
 tree, config = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, tree)
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for drift_support
+
 import torch  # noqa: E402
+from drift_support import hexes, step_once  # noqa: E402
 from modules.modelSetup.mixin.ModelSetupDiffusionLossMixin import ModelSetupDiffusionLossMixin  # noqa: E402
 from modules.modelSetup.mixin.ModelSetupNoiseMixin import ModelSetupNoiseMixin  # noqa: E402
 from modules.util import create  # noqa: E402
@@ -20,10 +24,6 @@ from modules.util.callbacks.TrainCallbacks import TrainCallbacks  # noqa: E402
 from modules.util.commands.TrainCommands import TrainCommands  # noqa: E402
 from modules.util.config.TrainConfig import TrainConfig  # noqa: E402
 from modules.util.NamedParameterGroup import NamedParameterGroup, NamedParameterGroupCollection  # noqa: E402
-
-
-def hexes(t):
-    return [float(v).hex() for v in t.detach().double().flatten().tolist()]
 
 
 class Setup(ModelSetupNoiseMixin, ModelSetupDiffusionLossMixin):  # what every model setup mixes in
@@ -48,10 +48,7 @@ collection = NamedParameterGroupCollection()
 collection.add_group(NamedParameterGroup("unet", params, 1e-2))
 optimizer = create.create_optimizer(collection, None, cfg)
 out["optimizer"] = type(optimizer).__name__
-for p in params:
-    p.grad = torch.sin(p.detach() * 3) + 0.1
-optimizer.step()
-out["params_after_step"] = hexes(torch.cat([p.flatten() for p in params]))
+out["params_after_step"] = step_once(optimizer, params)
 print("stage optimizer", flush=True)
 
 setup = Setup()

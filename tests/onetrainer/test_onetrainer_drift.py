@@ -103,7 +103,7 @@ def test_an_unservable_config_is_never_silently_adamw(ot, monkeypatch):
     optimizer" and keep ADAMW. The from_dict guard notes what the raw config asked for, so the run is
     refused even when the loaded optimizer reads ADAMW."""
     from loli_plugin.adapters.onetrainer import ADAPTER
-    from loli_plugin.patches.base import LoliUnsupportedTrainerError
+    from loli_plugin.errors import LoliUnsupportedTrainerError
 
     version = ot.TrainConfig.default_values().to_settings_dict(secrets=False)["__version"]
     cfg = ot.TrainConfig.default_values().from_dict(

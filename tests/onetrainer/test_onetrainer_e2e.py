@@ -44,9 +44,7 @@ STARTED = f"loli-plugin: LOLI_CLUSTERED(inner=ADAMW, clusters={K}"
 def assets(tmp_path_factory):
     """The tiny SD 1.5 diffusers folder (cached per version of its writer: ~10 s to build) and four captioned images."""
     writer = HERE / "tiny_sd15.py"
-    version = hashlib.sha256(writer.read_bytes() + (HERE.parent / "kohya" / "sd1_assets.py").read_bytes()).hexdigest()[
-        :8
-    ]
+    version = hashlib.sha256(writer.read_bytes() + (HERE.parent / "assets_support.py").read_bytes()).hexdigest()[:8]
     cache = Path(os.environ.get("LOLI_TEST_ASSETS", "~/.cache/loli-plugin/test-assets")).expanduser()
     model = cache / f"tiny-sd15-{version}" / "model"
     data = tmp_path_factory.mktemp("data") / "thing"
@@ -155,11 +153,9 @@ def train(config: Path, log: Path) -> str:
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from loli_plugin.plot import read_scalars
 
-    ea = EventAccumulator(str(run_dir))
-    ea.Reload()
-    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+    return read_scalars(run_dir)
 
 
 def backup_step(backup: Path) -> int:

@@ -1,7 +1,7 @@
 """Write a tiny, randomly initialised Stable Diffusion 1.5 model in diffusers folder layout, with no
 model hub, for a real OneTrainer run on CPU:
 
-* ``tokenizer/``: CLIPTokenizer files with a byte-level vocabulary (``tests/kohya/sd1_assets.py``'s writer:
+* ``tokenizer/``: CLIPTokenizer files with a byte-level vocabulary (``tests/assets_support.py``'s writer:
   ``<|startoftext|>`` = 49406, ``<|endoftext|>`` = 49407, no merges), made dense: OneTrainer's
   AdditionalEmbeddingWrapper keeps only the first ``len(tokenizer)`` rows of the token embedding, so the
   ids 512..49405 are filled with placeholder tokens that the merge-less BPE never produces;
@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "kohya"))
-from sd1_assets import write_images, write_tokenizer  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # run as a script: tests/ for assets_support
+from assets_support import write_images, write_tokenizer  # noqa: E402
 
 HIDDEN = 32
 
