@@ -181,6 +181,96 @@ def test_decide_plans_every_baseline_beside_its_counterpart_and_the_batch_sweep(
     assert all(j["digit"] == 9 for j in first[: len(first) // 3])  # digit by digit, 9 first
 
 
+# ------------------------------------------------------------------- the plan: estimate and budget
+def timed_row(digit, backbone, objective, variant, batch, seed, cpu, wall=None) -> dict:
+    return {
+        "digit": digit,
+        "backbone": backbone,
+        "objective": objective,
+        "variant": variant,
+        "batch": batch,
+        "lr": 1e-3,
+        "seed": seed,
+        "eval": quality.eval_settings([2, 3], 4, 2),
+        "horizons": {},
+        "seconds": wall if wall is not None else cpu,
+        "cpu_seconds": cpu,
+    }
+
+
+def plan_job(digit, backbone, objective, variant, batch, seed) -> dict:
+    return dict(
+        digit=digit,
+        backbone_name=backbone,
+        objective_name=objective,
+        variant_name=variant,
+        batch=batch,
+        lr=1e-3,
+        seed=seed,
+    )
+
+
+def test_a_missing_run_costs_what_the_finished_runs_most_like_it_cost():
+    from loli_plugin.bench import quality_plan
+
+    model = quality_plan.CostModel(
+        [
+            timed_row(9, "unet", "eps", "AdamW", 1, 0, 10.0, wall=40.0),
+            timed_row(9, "unet", "eps", "AdamW", 1, 1, 30.0, wall=120.0),
+            timed_row(9, "unet", "eps", "Prodigy", 1, 0, 50.0, wall=200.0),
+            timed_row(9, "dit", "flow", "AdamW", 2, 0, 4.0, wall=16.0),
+        ]
+    )
+    assert model.seconds(plan_job(3, "unet", "eps", "AdamW", 1, 2)) == 20.0  # same setup, batch, variant
+    assert model.seconds(plan_job(3, "unet", "eps", "AdamW8bit", 1, 0)) == 30.0  # same setup and batch
+    assert model.seconds(plan_job(3, "unet", "eps", "AdamW", 8, 0)) == 30.0  # same setup
+    assert model.seconds(plan_job(3, "unet", "flow", "AdamW", 1, 0)) == 30.0  # same backbone
+    assert model.seconds(plan_job(3, "dit", "flow", "AdamW", 8, 0)) == 4.0
+    assert model.wall / model.cpu == 4.0
+    untimed = {k: v for k, v in timed_row(9, "unet", "eps", "AdamW", 1, 0, 1.0).items() if k != "cpu_seconds"}
+    assert quality_plan.CostModel([untimed]).seconds(plan_job(9, "unet", "eps", "AdamW", 1, 0)) is None
+
+
+def test_max_hours_takes_whole_cells_in_order_while_they_fit():
+    from loli_plugin.bench import quality_plan
+
+    model = quality_plan.CostModel([timed_row(9, "unet", "eps", "AdamW", b, 0, 600.0 * b) for b in (1, 2)])
+    cell = lambda batch, digit=9: [plan_job(digit, "unet", "eps", v, batch, s) for s in (0, 1) for v in ("AdamW", "X")]  # noqa: E731
+    todo = cell(1) + cell(2) + cell(1, digit=3)  # 40, 80 and 40 minutes of CPU time
+    assert quality_plan.within(todo, model, hours=1.0, workers=2) == cell(1) + cell(2)  # 120 min / 2 workers
+    assert quality_plan.within(todo, model, hours=1.0, workers=1) == cell(1)  # the next cell does not fit: stop there
+    assert quality_plan.within(todo, model, hours=0.5, workers=1) == []
+    assert quality_plan.within(todo, model, hours=10, workers=1) == todo
+    with pytest.raises(quality.LoliConfigError, match="--max-hours: no finished run"):
+        quality_plan.within(todo, quality_plan.CostModel([]), hours=1.0, workers=1)
+
+
+def test_plan_prints_the_missing_runs_and_their_time_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    finished = [timed_row(9, "unet", "eps", "AdamW", 2, 0, 30.0, wall=90.0)]
+    (out / "quality.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finished))
+    before = (out / "quality.jsonl").read_text()
+    tiny = [*TINY[: TINY.index("--batch")], "--batch", "1", "2", *TINY[TINY.index("--lr") :]]
+    tiny[tiny.index("--lr") + 1] = "1e-3"
+    assert main(["bench", "quality", "--out", str(out), *tiny, "--plan", "--workers", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "8 runs of 3 steps; 1 already in" in text and "7 missing" in text
+    assert "| digit 9 unet eps lr 0.001 batch 1 | 4 | 2 min | 1 min |" in text
+    assert "| digit 9 unet eps lr 0.001 batch 2 | 3 | 2 min | 2 min |" in text
+    assert "7 runs: 4 min of CPU time, about 2 min with --workers 2 on idle cores" in text
+    assert "their wall time was 3.0 x their CPU time" in text
+    assert main(["bench", "quality", "--out", str(out), *tiny, "--plan", "--max-hours", "0.04"]) == 0
+    text = capsys.readouterr().out
+    assert "the first 4 of them" in text and "4 runs (of the 7 missing): 2 min" in text
+    assert (out / "quality.jsonl").read_text() == before and sorted(p.name for p in out.iterdir()) == ["quality.jsonl"]
+    # nothing to estimate from: --max-hours is refused before any work
+    fresh = tmp_path / "fresh"
+    assert main(["bench", "quality", "--out", str(fresh), *tiny, "--max-hours", "1"]) == 2
+    assert "no finished run in the results file has a measured CPU time" in capsys.readouterr().err
+    assert not fresh.exists()
+
+
 def test_min_snr_weight_is_sd_scripts_formula():
     """min(SNR, 5) / SNR per sample, SNR = alpha_bar / (1 - alpha_bar), on the DDPM schedule."""
     from loli_plugin.bench.digits import Objective
@@ -331,6 +421,22 @@ def test_crossover_table_reads_the_batch_sweep():
     assert set(by_batch) == {"1", "2", "8"}
     assert by_batch["1"].endswith("| 2 | 0 | 0 |")  # better on every seed, for both scorers
     assert by_batch["8"].endswith("| 0 | 2 | 2 |")  # worse on every seed, and beyond the spread, both scorers
+
+
+def test_coverage_counts_the_finished_runs_of_each_planned_cell():
+    rows = made_up({"AdamW": [10.0, 11.0], "Loli K=10": [9.0, 9.5]}, batches=(1,))
+    jobs = [
+        plan_job(d, "unet", "eps", v, b, s)
+        for d in (9, 3)
+        for b in (1, 8)
+        for v in ("AdamW", "Loli K=10", "Prodigy")
+        for s in (0, 1)
+    ]
+    lines = quality_report.coverage_lines(rows, jobs)
+    assert lines[0] == "| held-out digit | setup | batch 1 | batch 8 |"
+    assert "| 9 | UNet eps | 4 of 6 (incomplete) | 0 of 6 (incomplete) |" in lines
+    assert "| 3 | UNet eps | 0 of 6 (incomplete) | 0 of 6 (incomplete) |" in lines
+    assert lines[-1] == "Planned but not run at all: Prodigy."
 
 
 def test_gradients_command_writes_scale_and_direction_per_cluster(tmp_path, capsys):

@@ -584,31 +584,46 @@ def command_line(args, settings: dict) -> str:
 
 def run(args) -> int:
     require("sklearn", "peft", "matplotlib", extra="demo")
-    from . import quality_report
+    from . import quality_plan, quality_report
 
     settings = settings_from(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LoliConfigError(f"--out {out} is a file; give a folder for {RESULTS}, quality.md and the plots")
-    out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
-    done = {run_key(r) for r in load_rows(path, settings)}
+    finished = load_rows(path, settings)
+    done = {run_key(r) for r in finished}
+    reused = []
     for other in args.reuse or []:
         taken = [r for r in load_rows(Path(other), settings) if run_key(r) not in done]
-        if taken:
-            append_rows(path, taken)
-            done |= {run_key(r) for r in taken}
+        reused += taken
+        finished += taken
+        done |= {run_key(r) for r in taken}
         print(f"{len(taken)} finished run(s) taken from {other} (same settings and evaluation)")
+    cost = quality_plan.CostModel(finished)
     jobs = planned(settings)
     todo = [j for j in jobs if job_key(j) not in done]
+    missing = len(todo)
     print(f"# machine: {machine_line()}")
     print(
-        f"{len(jobs)} runs of {max(settings['horizons'])} steps; {len(jobs) - len(todo)} already in {path}, "
-        + (
-            f"{len(todo)} missing (--report-only: none run)"
-            if args.report_only
-            else f"{len(todo)} to run with {args.workers} worker(s)"
-        ),
+        f"{len(jobs)} runs of {max(settings['horizons'])} steps; {len(jobs) - missing} already in {path}, "
+        f"{missing} missing",
+        flush=True,
+    )
+    if args.max_hours is not None and not args.report_only:
+        todo = quality_plan.within(todo, cost, args.max_hours, args.workers)
+        print(
+            f"--max-hours {args.max_hours:g}: the first {len(todo)} of them (whole cells, in the profile's order) fit "
+            f"with {args.workers} worker(s) on idle cores; the rest stay for the next command"
+        )
+    if args.plan:
+        print("\n".join(quality_plan.plan_lines(todo, cost, args.workers, missing)))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    if reused:
+        append_rows(path, reused)
+    print(
+        "--report-only: none run" if args.report_only else f"{len(todo)} to run with {args.workers} worker(s)",
         flush=True,
     )
     if args.report_only:
@@ -658,7 +673,8 @@ def add_parser(sub) -> None:
         help="decide (the committed results): every baseline (AdamW, AdamW8bit, Prodigy, AdamW + Min-SNR 5) "
         "beside its LoliClustered counterpart at batch 1 and 2, the recommended configuration against AdamW at "
         "batch 4 and 8, UNet (eps, flow) and transformer (flow), held-out digits 9 3 6, 3 seeds, horizons 100 and "
-        "400 (~3 h with --workers 2 on 2 idle cores); smoke: the same pipeline on digit 9, 2 seeds, 100 steps; "
+        "400 (576 runs; --plan estimates the time of the missing ones from the finished ones); smoke: the same "
+        "pipeline on digit 9, 2 seeds, 100 steps; "
         "options: LoliClustered's own options on the UNet (digit 9, 1000 steps); quick: 4 variants, 200 steps "
         "(~10 min). Default quick",
     )
@@ -668,6 +684,19 @@ def add_parser(sub) -> None:
         action="store_true",
         help="run nothing: write the tables and plots from the finished runs already in --out (an interrupted or "
         "still-running benchmark's partial results; missing cells and seeds are marked)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="run nothing, write nothing: print the missing runs and their estimated time (from the CPU time of the "
+        "finished runs in --out most like each one), with --max-hours the part that fits",
+    )
+    p.add_argument(
+        "--max-hours",
+        type=positive_float,
+        metavar="H",
+        help="run only the first missing runs (whole cells, in the profile's order) whose estimated time with "
+        "--workers on idle cores fits H hours; the next command with the same settings goes on from there",
     )
     p.add_argument(
         "--reuse",

@@ -517,6 +517,36 @@ def reference_lines(references: dict) -> list[str]:
     return lines
 
 
+def coverage_lines(rows: list[dict], jobs: list[dict]) -> list[str]:
+    """What the finished runs cover of the planned ones: per held-out digit, setup and batch, runs done of
+    planned; then the planned variants without a single finished run."""
+    from .quality import job_key, run_key
+
+    done = {run_key(r) for r in rows}
+    batches = sorted({j["batch"] for j in jobs})
+    counts: dict = defaultdict(lambda: [0, 0])
+    for j in jobs:
+        c = counts[j["digit"], j["backbone_name"], j["objective_name"], j["batch"]]
+        c[0] += job_key(j) in done
+        c[1] += 1
+    groups = list(dict.fromkeys((d, b, o) for d, b, o, _ in counts))
+    lines = [
+        "| held-out digit | setup | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---|---|" + "---|" * len(batches),
+    ]
+    for d, b, o in groups:
+        values = []
+        for batch in batches:
+            c = counts.get((d, b, o, batch))
+            values.append("–" if c is None else f"{c[0]} of {c[1]}" + ("" if c[0] == c[1] else " (incomplete)"))
+        lines.append(f"| {d} | {setup_name(b, o)} | {' | '.join(values)} |")
+    ran = {r["variant"] for r in rows}
+    never = list(dict.fromkeys(j["variant_name"] for j in jobs if j["variant_name"] not in ran))
+    if never:
+        lines += ["", f"Planned but not run at all: {', '.join(never)}."]
+    return lines
+
+
 def write(rows: list[dict], settings: dict, references: dict, out: Path, command: str, machine: str) -> list[Path]:
     """Write quality.md, quality-cells.md, quality-bands.md and the plots into ``out``; returns their paths."""
     from .classifier import KINDS, accuracy
@@ -526,7 +556,8 @@ def write(rows: list[dict], settings: dict, references: dict, out: Path, command
     wanted = list(dict.fromkeys(v for g in settings["grids"] for v in g["variants"]))
     variants = [v for v in wanted if any(v in by_variant for by_variant in table.values())]
     seeds = len(settings["seeds"])
-    n_planned = len(planned(settings))
+    jobs = planned(settings)
+    n_planned = len(jobs)
 
     def hours(seconds: float) -> str:
         return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
@@ -573,10 +604,31 @@ def write(rows: list[dict], settings: dict, references: dict, out: Path, command
         "beyond it. Every cell of every variant, with means and spreads: [quality-cells.md](quality-cells.md); "
         "the held-out MSE per noise band: [quality-bands.md](quality-bands.md).",
         "",
+        *(
+            [
+                "## What the finished runs cover",
+                "",
+                "Runs done of planned, per cell:",
+                "",
+                *coverage_lines(rows, jobs),
+                "",
+            ]
+            if len(rows) < n_planned
+            else []
+        ),
         "## The default rule",
         "",
         RULE,
         "",
+        *(
+            [
+                "**Incomplete results:** each verdict below judges only the cells that have runs (above: what they "
+                "cover), so a variant run in fewer cells, digits or setups has passed less; a claim needs the rest.",
+                "",
+            ]
+            if len(rows) < n_planned
+            else []
+        ),
         "### Against AdamW",
         "",
         *verdict_lines(table, variants, REFERENCE),
