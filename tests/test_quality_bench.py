@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
-from loli_plugin.bench import quality, quality_report  # noqa: E402
+from loli_plugin.bench import quality, quality_grid, quality_report  # noqa: E402
 from loli_plugin.cli import main  # noqa: E402
 
 TINY = [
@@ -153,7 +153,7 @@ def test_decide_plans_every_baseline_beside_its_counterpart_and_the_batch_sweep(
     assert len(keys) == len(jobs)
     setups = {(j["backbone_name"], j["objective_name"]) for j in jobs}
     assert setups == {("unet", "eps"), ("unet", "flow"), ("dit", "flow")}  # the transformer: flow only
-    for base, counterpart in quality.BASELINES.items():
+    for base, counterpart in quality_grid.BASELINES.items():
         for j in jobs:
             if j["variant_name"] == base:  # the counterpart runs on the same digit, setup, batch and seed
                 assert (
@@ -168,7 +168,7 @@ def test_decide_plans_every_baseline_beside_its_counterpart_and_the_batch_sweep(
     min_snr = {j["objective_name"] for j in jobs if "Min-SNR" in j["variant_name"]}
     assert min_snr == {"eps"}  # sd-scripts' Min-SNR weighting is for epsilon (and v) prediction
     large = {j["variant_name"] for j in jobs if j["batch"] > 2}
-    assert large == {"AdamW", quality.RECOMMENDED, quality.CANDIDATE}
+    assert large == {"AdamW", quality_grid.RECOMMENDED, quality_grid.CANDIDATE}
     assert {j["digit"] for j in jobs} == {9, 3, 6} and {j["batch"] for j in jobs} == {1, 2, 4, 8}
     eight_bit = [i for i, j in enumerate(jobs) if "AdamW8bit" in j["variant_name"]]
     first = jobs[: eight_bit[0]]
@@ -177,7 +177,7 @@ def test_decide_plans_every_baseline_beside_its_counterpart_and_the_batch_sweep(
         (d, b, o) for d in (9, 3, 6) for b, o in setups
     }
     after = jobs[eight_bit[-1] + 1 :]
-    assert {j["variant_name"] for j in after} == {quality.CANDIDATE} and {j["batch"] for j in after} == {4, 8}
+    assert {j["variant_name"] for j in after} == {quality_grid.CANDIDATE} and {j["batch"] for j in after} == {4, 8}
     assert all(j["digit"] == 9 for j in first[: len(first) // 3])  # digit by digit, 9 first
 
 
@@ -271,7 +271,7 @@ def test_plan_prints_the_missing_runs_and_their_time_and_writes_nothing(tmp_path
     assert not fresh.exists()
 
 
-def test_min_snr_weight_is_sd_scripts_formula():
+def test_min_snr_weight_is_the_trainers_formula():
     """min(SNR, 5) / SNR per sample, SNR = alpha_bar / (1 - alpha_bar), on the DDPM schedule."""
     from loli_plugin.bench.digits import Objective
 
@@ -414,9 +414,9 @@ def test_paired_change_is_per_seed():
 
 
 def test_crossover_table_reads_the_batch_sweep():
-    small = made_up({"AdamW": [10.0, 11.0, 12.0], quality.RECOMMENDED: [8.0, 9.0, 10.0]}, batches=(1, 2))
-    large = made_up({"AdamW": [10.0, 11.0, 12.0], quality.RECOMMENDED: [13.0, 14.0, 15.0]}, batches=(8,))
-    lines = quality_report.crossover_summary(quality_report.cells(small + large), quality.RECOMMENDED)
+    small = made_up({"AdamW": [10.0, 11.0, 12.0], quality_grid.RECOMMENDED: [8.0, 9.0, 10.0]}, batches=(1, 2))
+    large = made_up({"AdamW": [10.0, 11.0, 12.0], quality_grid.RECOMMENDED: [13.0, 14.0, 15.0]}, batches=(8,))
+    lines = quality_report.crossover_summary(quality_report.cells(small + large), quality_grid.RECOMMENDED)
     by_batch = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
     assert set(by_batch) == {"1", "2", "8"}
     assert by_batch["1"].endswith("| 2 | 0 | 0 |")  # better on every seed, for both scorers

@@ -146,20 +146,18 @@ def pretrain(
     seed: int | None = None,
     progress: Callable[[Iterable], Iterable] = iter,
     after_step: Callable[[int, dict], None] | None = None,
-    backbone=None,
+    *,
+    backbone,
     held_out: int = HELD_OUT,
 ) -> dict:
-    """Train ``backbone`` (default the UNet) on every digit but ``held_out`` with its recipe (batch 64,
-    AdamW); returns its state_dict. ``steps`` and ``seed`` override the recipe's. ``progress`` wraps the
-    step range (e.g. a tqdm progress bar); ``after_step(n, state_dict)`` is called after optimizer step
-    n (1-based).
+    """Train ``backbone`` (a ``backbones.Backbone``; passed in, since backbones imports this module) on
+    every digit but ``held_out`` with its recipe (batch 64, AdamW); returns its state_dict. ``steps`` and
+    ``seed`` override the recipe's. ``progress`` wraps the step range (e.g. a tqdm progress bar);
+    ``after_step(n, state_dict)`` is called after optimizer step n (1-based).
 
     Runs on ONE CPU thread: oneDNN's convolutions and the vectorized reductions split their sums by
     thread count, so 1 and 2 threads give different bits; with one thread the result is the same
     bits on every run and thread setting of the same CPU type and torch build."""
-    from .backbones import UNET
-
-    backbone = backbone or UNET
     recipe = backbone.recipe
     steps = recipe["steps"] if steps is None else steps
     seed = recipe["seed"] if seed is None else seed

@@ -54,7 +54,7 @@ RULE = (
 
 
 def baselines() -> dict:
-    from .quality import BASELINES
+    from .quality_grid import BASELINES
 
     return BASELINES
 
@@ -520,7 +520,7 @@ def reference_lines(references: dict) -> list[str]:
 def coverage_lines(rows: list[dict], jobs: list[dict]) -> list[str]:
     """What the finished runs cover of the planned ones: per held-out digit, setup and batch, runs done of
     planned; then the planned variants without a single finished run."""
-    from .quality import job_key, run_key
+    from .quality_grid import job_key, run_key
 
     done = {run_key(r) for r in rows}
     batches = sorted({j["batch"] for j in jobs})
@@ -550,7 +550,7 @@ def coverage_lines(rows: list[dict], jobs: list[dict]) -> list[str]:
 def write(rows: list[dict], settings: dict, references: dict, out: Path, command: str, machine: str) -> list[Path]:
     """Write quality.md, quality-cells.md, quality-bands.md and the plots into ``out``; returns their paths."""
     from .classifier import KINDS, accuracy
-    from .quality import RECOMMENDED, planned
+    from .quality_grid import RECOMMENDED, planned
 
     table = cells(rows)
     wanted = list(dict.fromkeys(v for g in settings["grids"] for v in g["variants"]))
