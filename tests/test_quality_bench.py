@@ -271,6 +271,31 @@ def test_plan_prints_the_missing_runs_and_their_time_and_writes_nothing(tmp_path
     assert not fresh.exists()
 
 
+def test_max_hours_runs_the_cells_that_fit_and_the_next_command_goes_on(tmp_path, capsys):
+    metrics = {"fd": 5.0, "fd_cnn": 5.0, "share": 0.5, "mean": 0.1, "geomean": 0.01, "bands": [0.1] * 10}
+    timed = timed_row(9, "unet", "eps", "AdamW", 2, 0, 30.0) | {"horizons": {"2": metrics, "3": metrics}}
+    (tmp_path / "quality.jsonl").write_text(json.dumps(timed) + "\n")
+    tiny = [*TINY[: TINY.index("--batch")], "--batch", "1", "2", *TINY[TINY.index("--lr") :]]
+    tiny[tiny.index("--lr") + 1] = "1e-3"
+    # 30 s per run by the estimate: the batch-1 cell (4 runs, 120 s) fits 144 s, the batch-2 cell does not
+    assert main(["bench", "quality", "--out", str(tmp_path), *tiny, "--max-hours", "0.04"]) == 0
+    assert "the first 4 of them" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "quality.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and {r["batch"] for r in rows[1:]} == {1}
+    assert "5 of 8 runs (**incomplete**" in (tmp_path / "quality.md").read_text()
+    assert main(["bench", "quality", "--out", str(tmp_path), *tiny, "--max-hours", "0.04"]) == 0
+    assert "5 already in" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "quality.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {quality.run_key(r) for r in rows} == {quality.job_key(j) for j in planned_tiny(tiny)}
+    assert "8 of 8 runs;" in (tmp_path / "quality.md").read_text()
+
+
+def planned_tiny(argv) -> list[dict]:
+    from loli_plugin.cli import build_parser
+
+    return quality.planned(quality.settings_from(build_parser().parse_args(["bench", "quality", *argv])))
+
+
 def test_min_snr_weight_is_the_trainers_formula():
     """min(SNR, 5) / SNR per sample, SNR = alpha_bar / (1 - alpha_bar), on the DDPM schedule."""
     from loli_plugin.bench.digits import Objective
