@@ -259,7 +259,7 @@ def test_plan_prints_the_missing_runs_and_their_time_and_writes_nothing(tmp_path
     assert "| digit 9 unet eps lr 0.001 batch 1 | 4 | 2 min | 1 min |" in text
     assert "| digit 9 unet eps lr 0.001 batch 2 | 3 | 2 min | 2 min |" in text
     assert "7 runs: 4 min of CPU time, about 2 min with --workers 2 on idle cores" in text
-    assert "their wall time was 3.0 x their CPU time" in text
+    assert "their wall time was 3.0 x their CPU time (3.0 x to 3.0 x per run" in text
     assert main(["bench", "quality", "--out", str(out), *tiny, "--plan", "--max-hours", "0.04"]) == 0
     text = capsys.readouterr().out
     assert "the first 4 of them" in text and "4 runs (of the 7 missing): 2 min" in text

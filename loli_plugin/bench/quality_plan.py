@@ -39,6 +39,8 @@ class CostModel:
         self.timed = len(timed)
         self.wall = sum(r["seconds"] for r in timed)
         self.cpu = sum(r["cpu_seconds"] for r in timed)
+        ratios = [r["seconds"] / r["cpu_seconds"] for r in timed if r["cpu_seconds"] > 0]
+        self.ratio_range = (min(ratios), max(ratios)) if ratios else None
 
     def seconds(self, job: dict) -> float | None:
         """The job's estimated CPU seconds; None when no finished run has a measured CPU time."""
@@ -120,7 +122,8 @@ def plan_lines(todo: list[dict], model: CostModel, workers: int, missing: int | 
         f"--workers {workers} on idle cores (each run's cost: the median CPU time of the {model.timed} finished "
         "runs most like it in the results file).",
         f"On the machine that ran those {model.timed}, their wall time was {model.wall / model.cpu:.1f} x their CPU "
-        f"time (other jobs shared it): at that load, about {_hours(total / workers * model.wall / model.cpu)}.",
+        f"time ({model.ratio_range[0]:.1f} x to {model.ratio_range[1]:.1f} x per run; 1 x would be an idle core): "
+        f"at that load, about {_hours(total / workers * model.wall / model.cpu)}.",
     ]
     missing = bases_to_make(todo)
     if missing:
