@@ -1,5 +1,6 @@
-"""``loli-plugin`` command line: ``bench`` (speed, memory, quality, base models), ``doctor`` (trainer
-checks), ``plot`` (per-cluster loss picture from TensorBoard logs), ``demo``.
+"""``loli-plugin`` command line: ``demo`` (AdamW against LoliClustered on a tiny LoRA), ``doctor`` (trainer
+checks), ``memory`` (optimizer-state GiB), ``plot`` (per-cluster loss picture from TensorBoard logs),
+``bench`` (speed, memory, quality, base models). Without a command it prints its usage and the commands.
 
 A bad argument, or a LoliError a command raises while checking its arguments, ends the command with
 ONE line on stderr and exit status 2, argparse-style (``loli-plugin bench optimizer: error: ...``):
@@ -15,26 +16,46 @@ from .cli_args import OneLineParser
 from .errors import LoliError
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("loli-plugin")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> OneLineParser:
-    from . import doctor, plot
+    from . import doctor, memory, plot
     from .bench import add_bench_parsers, demo
 
-    parser = OneLineParser(prog="loli-plugin", description="loli-plugin tools")
-    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to run")
+    parser = OneLineParser(
+        prog="loli-plugin",
+        description="loli-plugin tools: timestep-clustered optimizer states for your diffusion trainer. Start with "
+        "`loli-plugin demo`; `loli-plugin COMMAND --help` explains each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"loli-plugin {version()}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to run")
+    demo.add_parser(top)
+    doctor.add_parser(top)
+    memory.add_parser(top)
+    plot.add_parser(top)
     bench_parser = top.add_parser("bench", help="benchmarks (speed, memory, quality) and the digits base models")
     add_bench_parsers(bench_parser.add_subparsers(dest="what", required=True, metavar="WHAT", help="which benchmark"))
-    doctor.add_parser(top)
-    plot.add_parser(top)
-    demo.add_parser(top)
     return parser
 
 
 def main(argv=None) -> int:
     """Run a command; returns its exit status (2 for a bad argument, also when argparse found it)."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its one line (or --help); hand back the status
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one line (or --help, --version); hand back the status
         return int(exc.code or 0)
+    if args.command is None:  # no command: what there is to run, not an error line
+        parser.print_help()
+        return 2
     try:
         rc = args.func(args)
     except LoliError as exc:  # a bad value (combination) a command found, or a missing optional package

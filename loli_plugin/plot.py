@@ -9,7 +9,8 @@ Deeper folders are not searched, and runs without loss scalars are skipped.
 
 Where the PNGs go: one per run, into one output folder (``--out``, default ``loli-plots`` in the
 current folder), named after the run's path below LOGDIR; next to each run only with
-``--next-to-runs``.
+``--next-to-runs``. ``--out NAME.png`` writes that one file when LOGDIR holds one run (and refuses
+with the count when it holds several).
 
 Top panel: the raw step loss (what the trainer's loss curve shows) with the per-cluster loss EMAs
 over it. Middle panel, when the run logged a progress probe (``loli_plugin.probe``): the probe per
@@ -160,7 +161,8 @@ def add_parser(sub) -> None:
         "-o",
         "--out",
         default="loli-plots",
-        help="folder for the PNGs, one per run (default: loli-plots in the current folder)",
+        help="folder for the PNGs, one per run (default: loli-plots in the current folder); a name ending in .png: "
+        "that file, for a LOGDIR with one run",
     )
     where.add_argument(
         "--next-to-runs", action="store_true", help="write loli_clusters.png into each run's own folder instead"
@@ -174,8 +176,11 @@ def run(args) -> int:
     if not logdir.is_dir():
         raise LoliConfigError(f"{logdir}: no such folder")
     out_dir = Path(args.out)
-    if not args.next_to_runs and out_dir.exists() and not out_dir.is_dir():
+    one_file = not args.next_to_runs and out_dir.suffix.lower() == ".png"  # --out x.png: that file, one run
+    if not args.next_to_runs and not one_file and out_dir.exists() and not out_dir.is_dir():
         raise LoliConfigError(f"--out {out_dir} is a file; give a folder for the PNGs")
+    if one_file and out_dir.is_dir():
+        raise LoliConfigError(f"--out {out_dir} is a folder; name a .png file or give a folder without .png")
     runs = find_runs(logdir)
     if not runs:
         raise LoliConfigError(
@@ -188,12 +193,20 @@ def run(args) -> int:
         raise LoliConfigError(
             f"{logdir}: {len(runs)} run(s) found, none with loss scalars ({', '.join(RAW_TAGS)} or loss/cluster_XX)"
         )
+    if one_file and len(drawable) > 1:
+        raise LoliConfigError(
+            f"--out {out_dir} names one PNG, but {logdir} holds {len(drawable)} runs with loss scalars; give a folder "
+            "(one PNG per run) or one run's folder as LOGDIR"
+        )
     for run_dir in runs:
         if run_dir not in drawable:
             print(f"{run_dir}: skipped, no loss scalars")
             continue
         name = run_name(run_dir, logdir)
-        if args.next_to_runs:
+        if one_file:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            out = out_dir
+        elif args.next_to_runs:
             out = run_dir / "loli_clusters.png"
         else:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -510,6 +510,11 @@ TRAINING = Instrumentor(
 #   the rows.
 # * Training tab (modules/ui/BaseTrainingTabView.py ``__create_loss_frame``, private): a "Cosine
 #   Strength" entry on the first free row of the loss section, beside MSE and MAE strength.
+# * Optimizer window, every optimizer: the progress probe's four TrainConfig fields (``CONFIG_FIELDS``) on
+#   the rows below the optimizer's own, bound to the window's training-config state (``self.ui_state``,
+#   set by CtkOptimizerParamsWindowView / PySide6OptimizerParamsWindowView before they build the dynamic
+#   content). Every optimizer, not only LOLI_CLUSTERED: ``Progress Probe on`` measures an AdamW run on the
+#   same fixed samples, the comparison a user makes.
 #
 # Both views are shared by the customtkinter and the PySide6 UI (``self.components`` is the toolkit's
 # component module), so one patch covers both. On a layout without these targets the UI shows no plugin
@@ -517,16 +522,67 @@ TRAINING = Instrumentor(
 
 SCHEDULES = ["shuffle", "random", "round_robin"]
 COSINE_ROW = 9  # rows 0-8 of the loss frame are OneTrainer's (MSE ... Loss Scaler) for every model type
+PROBE_TITLE = "Progress Probe (loli-plugin)"
+#: the probe's rows in the optimizer window: (TrainConfig field, title, tooltip, kind)
+PROBE_ROWS = [
+    (
+        "loli_probe",
+        "Progress Probe",
+        "auto: on with LOLI_CLUSTERED; on: with any optimizer (to compare runs on the same samples); off. "
+        "TensorBoard: probe/cluster_XX, the loss of fixed samples with fixed noise at each cluster's timestep",
+        "mode",
+    ),
+    ("loli_probe_every", "Probe Every", "Optimizer steps between two probes", "int"),
+    (
+        "loli_probe_samples",
+        "Probe Samples",
+        "Training samples the probe keeps, in whole batches: 1 = the first batch",
+        "int",
+    ),
+    ("loli_probe_clusters", "Probe Clusters", "The probe's timesteps when the optimizer is not LOLI_CLUSTERED", "int"),
+]
+PROBE_MODES = ["auto", "on", "off"]
+
+
+def first_free_row(keys) -> int:
+    """The first row below the optimizer's own: build_dynamic_content puts key i at row i // 2 + 1."""
+    return (len(keys) - 1) // 2 + 2 if len(keys) else 1
+
+
+def add_probe_rows(instance, master, row: int) -> None:
+    """The probe's rows from ``row`` on, bound to the window's training-config state. A window without
+    one (another layout) shows none: configs and the CLI still carry the fields."""
+    ui_state = getattr(instance, "ui_state", None)
+    if ui_state is None or not hasattr(ui_state, "get_var"):
+        return
+    components = instance.components
+    try:
+        components.label(master, row, 0, PROBE_TITLE, tooltip="loli-plugin's progress probe (TrainConfig fields)")
+        for index, (key, title, tooltip, kind) in enumerate(PROBE_ROWS):
+            cell_row, col = row + 1 + index // 2, 3 * (index % 2)
+            components.label(master, cell_row, col, title, tooltip=tooltip)
+            if kind == "mode":
+                components.options(master, cell_row, col + 1, PROBE_MODES, ui_state, key)
+            else:
+                components.entry(master, cell_row, col + 1, ui_state, key)
+    except Exception as exc:  # the window must open whatever this layout does differently
+        sys.stderr.write(
+            f"loli-plugin: progress probe rows not shown in the optimizer window ({type(exc).__name__}: {exc})\n"
+        )
 
 
 def build_dynamic_content(context, wrapped, instance, args, kwargs):
     bound = bind_arguments(wrapped, args, kwargs)
     instance = bound.get("self", instance)
     controller = bound["controller"]
-    if str(controller.config.optimizer.optimizer) != MEMBER:
-        return wrapped(*args, **kwargs)
-    from modules.util.enum.Optimizer import Optimizer
     from modules.util.optimizer_util import OPTIMIZER_DEFAULT_PARAMETERS as table
+
+    selected = controller.config.optimizer.optimizer
+    if str(selected) != MEMBER:
+        result = wrapped(*args, **kwargs)
+        add_probe_rows(instance, bound["master"], first_free_row(table.get(selected, {})))
+        return result
+    from modules.util.enum.Optimizer import Optimizer
 
     member = Optimizer[MEMBER]
     inner_name = rows_of(str(getattr(controller.config.optimizer, "loli_inner", "ADAMW")))
@@ -535,6 +591,7 @@ def build_dynamic_content(context, wrapped, instance, args, kwargs):
     saved = table[member]
     # the plugin's keys first (skipped by the original: not in its KEY_DETAIL_MAP), then the inner's keys
     table[member] = {**{k: saved[k] for k in own}, **{k: v for k, v in table[inner].items() if k not in own}}
+    shown = list(table[member])
     try:
         result = wrapped(*args, **kwargs)
     finally:
@@ -573,6 +630,7 @@ def build_dynamic_content(context, wrapped, instance, args, kwargs):
             components.options(master, row, col + 1, SCHEDULES, ui_state, key, command=lambda *_: update and update())
         else:
             components.entry(master, row, col + 1, ui_state, key, command=update)
+    add_probe_rows(instance, master, first_free_row(shown))
     return result
 
 

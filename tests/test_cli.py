@@ -55,9 +55,13 @@ BAD = {
         ["bench", "make-base", "--objective", "flow", "--steps", "-1", "--out", "x.safetensors"],
         "argument --steps: must be a whole number >= 1, got -1",
     ),
-    "demo --clusters 0": (["demo", "--clusters", "0"], "argument --clusters: --clusters must be >= 1, got 0"),
+    "demo --steps 0": (["demo", "--steps", "0"], "argument --steps: must be a whole number >= 1, got 0"),
     "demo --batch 0": (["demo", "--batch", "0"], "argument --batch: must be a whole number >= 1, got 0"),
-    "no command": ([], "the following arguments are required: COMMAND"),
+    "demo --seed -1": (["demo", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got -1"),
+    "memory --clusters 0": (
+        ["memory", "--params", "1M", "--clusters", "0"],
+        "argument --clusters: --clusters must be >= 1, got 0",
+    ),
 }
 
 
@@ -100,6 +104,30 @@ def test_bad_path_is_one_line_on_stderr_and_exit_2(argv, what, tmp_path, capsys)
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"{prog(argv)}: error: {what.format(tmp=tmp_path)}"), err
+
+
+def test_no_command_prints_the_usage_and_every_command(capsys):
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: loli-plugin [-h] [--version] COMMAND ...") and err == ""
+    for command in ("demo", "doctor", "memory", "plot", "bench"):
+        assert f"\n    {command} " in out, out
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"loli-plugin {version('loli-plugin')}\n"
+
+
+def test_demo_out_that_cannot_be_made_is_one_line(capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("peft")
+    assert main(["demo", "--out", "/proc/nope"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("loli-plugin demo: error: --out /proc/nope: cannot create that folder"), err
 
 
 def test_the_installed_entry_point_prints_no_traceback():

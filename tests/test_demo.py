@@ -30,18 +30,49 @@ from loli_plugin.cli import main  # noqa: E402
 SHIPPED = [("unet", "eps"), ("unet", "flow"), ("dit", "flow")]
 
 
-def test_demo_runs_and_writes_the_plot(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--clusters", "5"]) == 0
-    out = capsys.readouterr().out
-    assert (
-        "| cluster | t range | steps | start | now | now / start | noise of now / start (2 s.e.) |" in out
-        and "| 04 |" in out
-    )
-    assert "held-out digit-9 loss (MSE) on a fixed t grid with fixed noise, per noise band" in out
-    assert all(f"| {band} |" in out for band in ("low", "mid", "high", "all"))
-    assert "| cluster | probe t | step 0 | step 30 | last / first |" in out and "probe/normalized" in out
-    png = tmp_path / "demo_clusters.png"
-    assert png.read_bytes()[:4] == b"\x89PNG"
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """``loli-plugin demo`` for 3 steps: both runs, every table and the PNG, in seconds."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "--steps", "3", "--batch", "2", "--lr", "1e-3", "--seed", "0"]) == 0
+    return printed.getvalue(), out
+
+
+def test_demo_prints_both_runs_side_by_side(demo_run):
+    out, _ = demo_run
+    assert "| | base model | AdamW | LoliClustered | LoliClustered vs AdamW |" in out
+    assert "| FD |" in out and "| share labelled 9 |" in out
+    assert "| band | t | base model | AdamW | LoliClustered | LoliClustered vs AdamW |" in out
+    assert all(f"\n| {band} | " in out for band in range(10)) and "| geometric mean |" in out
+    assert "| cluster | t | both at step 0 | AdamW step 3 | LoliClustered step 3 | LoliClustered vs AdamW |" in out
+    assert "What to look at:" in out
+
+
+def test_demo_with_few_steps_prints_no_nan(demo_run):
+    out, _ = demo_run
+    assert "nan" not in out.lower(), [line for line in out.splitlines() if "nan" in line.lower()]
+    assert "too few steps to say how much of it the timesteps explain" in out
+
+
+def test_demo_writes_the_png(demo_run):
+    _, folder = demo_run
+    assert (folder / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_runs_are_bench_quality_runs(demo_run):
+    """The demo's numbers are `bench quality`'s for the same settings, so its multi-seed command extends them."""
+    from loli_plugin.bench.demo import RUNS, SAMPLE_STEPS, SAMPLES
+    from loli_plugin.bench.quality import fit
+
+    out, _ = demo_run
+    row = fit("eps", RUNS["LoliClustered"], 2, 1e-3, 0, [3], SAMPLES, SAMPLE_STEPS)
+    fd_line = next(line for line in out.splitlines() if line.startswith("| FD |"))
+    assert fd_line.split(" | ")[3] == f"{row['horizons']['3']['fd']:.2f}"
 
 
 @pytest.mark.parametrize("backbone,objective", SHIPPED)

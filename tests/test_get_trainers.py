@@ -232,12 +232,13 @@ def test_skip_messages_and_readme_name_the_script_and_the_pinned_commits():
         names = [s.name for s in trainer.sources]
         assert f"python scripts/get-trainers {' '.join(names)}" in text and f"LOLI_TRAINERS={trainer.name}" in text
         assert all(s.short in text and s.dir_variable in text for s in trainer.sources)
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Testing against the real trainers") :]
+    development = (ROOT / "docs" / "development.md").read_text()
+    section = development[development.index("## Testing against the real trainers") :]
     section = section[: section.index("\n## ")]
     assert "scripts/get-trainers" in section and all(p.short in section for p in module.read_pins().values())
     for text in (
-        readme,
+        (ROOT / "README.md").read_text(),
+        *(p.read_text() for p in (ROOT / "docs").rglob("*.md")),
         *(p.read_text() for p in (ROOT / "tests").glob("*/conftest.py")),
         (ROOT / "tests" / "trainer_support.py").read_text(),
     ):

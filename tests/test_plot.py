@@ -93,3 +93,19 @@ def test_probe_curves_get_their_own_panel(tmp_path):
     assert main(["plot", str(tmp_path / "logs"), "--out", str(tmp_path / "plots")]) == 0
     plain, probed = (imread(tmp_path / "plots" / f"{name}.png") for name in ("plain", "probed"))
     assert probed.shape[0] > plain.shape[0] * 1.3  # a third panel: probe per cluster
+
+
+def test_out_png_writes_that_file_for_one_run(tmp_path, capsys):
+    write_run(tmp_path / "logs" / "run")
+    target = tmp_path / "pictures" / "x.png"
+    assert main(["plot", str(tmp_path / "logs"), "--out", str(target)]) == 0
+    assert target.is_file() and target.read_bytes()[:8] == PNG  # a file, not a folder named x.png
+    assert f": {target}" in capsys.readouterr().out
+
+
+def test_out_png_with_several_runs_is_refused_with_the_count(logs, tmp_path, capsys):
+    target = tmp_path / "x.png"
+    assert main(["plot", str(logs), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "names one PNG" in err and "holds 2 runs with loss scalars" in err and len(err.strip().splitlines()) == 1
+    assert not target.exists()

@@ -7,12 +7,9 @@ the held-out one (9 by default) and a peft LoRA for the held-out digit.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Iterable
 
 import torch
-
-BANDS = ("low", "mid", "high")  # noise-level thirds of the fixed validation grid
 
 
 def digits(classes) -> torch.Tensor:
@@ -127,12 +124,6 @@ class Objective:
                 xt, tt, target = self.noisy(x_val, t, g)
                 per_t.append(torch.nn.functional.mse_loss(model(xt, tt).sample, target).item())
         return per_t
-
-    def validation(self, model, x_val) -> dict:
-        """The grid losses per noise band (thirds of the grid) and averaged."""
-        per_t = self.grid_losses(model, x_val)
-        thirds = [per_t[0:3], per_t[3:6], per_t[6:9]]
-        return {band: statistics.mean(v) for band, v in zip(BANDS, thirds)} | {"mean": statistics.mean(per_t)}
 
 
 # The recipe of the shipped UNet base models (``loli-plugin bench make-base`` regenerates them);

@@ -129,8 +129,13 @@ def fit(
     sample_steps: int,
     backbone_name: str = "unet",
     digit: int = 9,
+    observer=None,
 ) -> dict:
-    """Fit one LoRA for max(horizons) steps and evaluate it at every horizon; returns the JSONL row."""
+    """Fit one LoRA for max(horizons) steps and evaluate it at every horizon; returns the JSONL row.
+    ``observer(step, model, objective, loss, t)``, if given, is called with step 0 (loss and t None)
+    before the first step and after every optimizer step with that step's training loss and timesteps
+    (``loli-plugin demo`` draws its curves from it); it must not draw from the run's generators (the
+    probe and the samples use their own fixed noise)."""
     from .. import LoliClustered
     from ..schedule import ClusterSchedule
     from ..weighting import ClusterLossNormalizer
@@ -161,6 +166,8 @@ def fit(
         stratified = isinstance(opt, LoliClustered) or variant.get("sampler", False)
         normalizer = ClusterLossNormalizer(schedule.clusters) if variant.get("weighting") == "cluster_norm" else None
         evaluations = {}
+        if observer is not None:
+            observer(0, model, objective, None, None)
         for step in range(1, max(horizons) + 1):
             x0 = x_train[torch.randint(len(x_train), (batch,), generator=data_g)]
             if stratified:
@@ -177,6 +184,8 @@ def fit(
             opt.step()
             if not isinstance(opt, LoliClustered):
                 schedule.advance()
+            if observer is not None:
+                observer(step, model, objective, loss.item(), t)
             if step in horizons:
                 evaluations[str(step)] = evaluate(model, objective, samples, sample_steps, backbone, digit)
         learned = group_values(opt)

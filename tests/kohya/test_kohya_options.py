@@ -152,6 +152,22 @@ def test_doctor_reports_the_checkout(kohya, tmp_path):
     assert "start-up hook: active (pth)" in out.stdout and out.stdout.strip().endswith("result: every patch fits")
 
 
+def test_doctor_without_the_trainers_dependencies_says_wrong_venv(kohya, tmp_path):
+    """The real sd-scripts seen from an interpreter that cannot import torchvision (a None entry in
+    sys.modules: what a venv without it gives), as when doctor runs from another venv: "wrong venv",
+    with what to do, not "incompatible trainer"."""
+    code = (
+        "import sys; sys.modules['torchvision'] = None; from loli_plugin.cli import main; "
+        "raise SystemExit(main(['doctor', sys.argv[1]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(kohya.dir)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 3, out.stdout[-3000:] + out.stderr[-3000:]
+    result = out.stdout.strip().splitlines()[-1]
+    assert result.startswith("result: wrong venv:") and "(torchvision)" in result, result
+    assert "library.train_util.get_optimizer: not checked" in out.stdout
+    assert "incompatible" not in out.stdout
+
+
 @pytest.mark.parametrize(
     "script, toml", [("sdxl_train_network", "sdxl_lora_loli.toml"), ("flux_train_network", "flux_lora_loli.toml")]
 )

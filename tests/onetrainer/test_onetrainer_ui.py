@@ -36,6 +36,8 @@ PRODIGY_ROWS = ["Beta3", "Initial D", "D Coefficient", "Growth Rate", "Safeguard
 #: (row, column) of the plugin's labels in the dynamic part of the window (its keys come first)
 PLUGIN_SLOTS = {"Inner Optimizer": (1, 0), "Timestep Clusters": (1, 3), "Cluster Schedule": (2, 0)}
 COSINE_ROW = 9
+#: the progress probe's rows (TrainConfig fields), in every optimizer window, below the optimizer's rows
+PROBE_ROWS = ["Progress Probe (loli-plugin)", "Progress Probe", "Probe Every", "Probe Samples", "Probe Clusters"]
 XVFB_HELP = "install it with `apt-get install -y xvfb` (Debian/Ubuntu)"
 
 
@@ -149,6 +151,40 @@ def test_qt_optimizer_window_without_loli_has_no_plugin_rows(ot, qapp):
         assert set(ADAMW_ROWS) <= set(labels), labels
         assert not set(PLUGIN_ROWS) & set(labels), labels
         assert window.optimizer_ui_state.get_var("loli_inner") is not None  # the fields exist, only hidden
+        qt_check_probe_rows(window, config)  # the probe works with any optimizer: its rows are there
+
+
+def qt_check_probe_rows(window, config) -> None:
+    """The probe's rows sit below every row of the optimizer, in the same grid, bound to TrainConfig."""
+    from PySide6.QtWidgets import QComboBox, QLabel, QLineEdit
+
+    labels = qt_labels(window)
+    assert all(labels.count(title) == 1 for title in PROBE_ROWS), labels
+    frame = window._dynamic_frame
+    probe_rows = {qt_cell(qt_label(window, title))[0] for title in PROBE_ROWS}
+    other_rows = {
+        qt_cell(label)[0]
+        for label in frame.findChildren(QLabel)
+        if label.parentWidget() is frame and label.isVisibleTo(window) and label.text() not in PROBE_ROWS
+    }
+    assert other_rows and min(probe_rows) > max(other_rows), (probe_rows, other_rows)
+    assert all(qt_label(window, title).parentWidget() is frame for title in PROBE_ROWS)
+    qt_assert_no_overlap(frame)
+    mode = qt_beside(qt_label(window, "Progress Probe"))
+    assert isinstance(mode, QComboBox) and [mode.itemText(i) for i in range(mode.count())] == ["auto", "on", "off"]
+    assert mode.currentText() == config.loli_probe == "auto"
+    every = qt_beside(qt_label(window, "Probe Every"))
+    assert isinstance(every, QLineEdit) and every.text() == "100"
+    mode.setCurrentText("on")  # the user turns it on: the training config changes, not the optimizer's
+    window.ui_state.get_var("loli_probe_every").set("25")
+    assert config.loli_probe == "on" and config.loli_probe_every == 25
+    assert ot_requests_probe(config)
+
+
+def ot_requests_probe(config) -> bool:
+    import loli_plugin.patches.onetrainer as patches
+
+    return patches.requests_probe(config)
 
 
 def test_qt_optimizer_window_loli_clustered(ot, qapp):
@@ -186,6 +222,7 @@ def test_qt_optimizer_window_loli_clustered(ot, qapp):
         path = artifacts_dir() / "onetrainer_qt_optimizer_window.png"
         assert window.grab().save(str(path))
         assert_not_blank(path)
+        qt_check_probe_rows(window, config)
 
         # the user picks another inner optimizer: its rows (and OneTrainer's defaults for it) replace AdamW's
         inner.setCurrentText("PRODIGY")
@@ -204,6 +241,8 @@ def test_qt_optimizer_window_loli_clustered(ot, qapp):
         assert config.optimizer.d_coef == prodigy["d_coef"]
         assert config.optimizer.weight_decay == prodigy["weight_decay"]
         assert config.optimizer_defaults["LOLI_CLUSTERED"].loli_inner == "PRODIGY"  # remembered by OneTrainer
+        probe_rows = {qt_cell(qt_label(window, title))[0] for title in PROBE_ROWS}
+        assert min(probe_rows) > qt_cell(qt_label(window, "D Coefficient"))[0]  # below Prodigy's rows now
         assert qt_beside(qt_label(window, "Inner Optimizer")).currentText() == "PRODIGY"
         path = artifacts_dir() / "onetrainer_qt_optimizer_window_prodigy.png"
         assert window.grab().save(str(path))
@@ -298,7 +337,7 @@ def test_ctk_optimizer_window_and_training_tab_under_xvfb(ot, tmp_path):
             env={**os.environ, "DISPLAY": display},
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=600,  # a hang guard: the child takes ~20 s of CPU, minutes on a loaded machine
         )
     failed = f"ctk probe failed (rc {child.returncode}):\n{child.stdout[-4000:]}\n{child.stderr[-8000:]}"
     data = json.loads(report.read_text()) if report.exists() else {}  # written as far as the probe got
@@ -326,6 +365,10 @@ def test_ctk_optimizer_window_and_training_tab_under_xvfb(ot, tmp_path):
 
     adamw = data["adamw"]
     assert set(ADAMW_ROWS) <= set(adamw["labels"]) and not set(PLUGIN_ROWS) & set(adamw["labels"]), adamw["labels"]
+    for state in (loli, prodigy, adamw):  # the probe's rows, below the optimizer's, whatever the optimizer
+        assert set(state["probe_cells"]) == set(PROBE_ROWS), state["labels"]
+        assert min(row for row, _ in state["probe_cells"].values()) > state["max_other_row"], state
+        assert not state["overlaps"], state["overlaps"]
 
     tab = data["training_tab"]
     assert tab["cosine_cell"] == [COSINE_ROW, 0] and tab["same_frame_as_mse"]
@@ -410,6 +453,12 @@ def _ctk_probe(report: Path, artifacts: Path, mgds_src: str) -> None:
             "overlaps": overlaps(window.frame),
             "loli_inner": config.optimizer.loli_inner,
             "cells": {t: cell(label(window, t)) for t in PLUGIN_ROWS if t in labels(window)},
+            "probe_cells": {t: cell(label(window, t)) for t in PROBE_ROWS if t in labels(window)},
+            "max_other_row": max(
+                cell(w)[0]
+                for w in window.frame.grid_slaves()
+                if isinstance(w, ctk.CTkLabel) and w.cget("text") and w.cget("text") not in PROBE_ROWS
+            ),
         }
         if inner is not None:
             result |= {
