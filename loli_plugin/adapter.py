@@ -50,6 +50,7 @@ FEATURES = {
     "optimizer": frozenset({"activation", "sampler", "logs"}),  # LoliClustered: its clusters drive the sampler
     "loss": frozenset({"activation", "loss"}),  # the Loli loss with the trainer's own optimizer
     "probe": frozenset({"activation", "sampler", "logs", "probe"}),  # the progress probe
+    "validation": frozenset({"activation", "sampler", "logs", "validation"}),  # validation on held-out data
 }
 
 
@@ -136,6 +137,7 @@ class TrainerAdapter:
             ({"optimizer"} if run.stratify else set())
             | ({"loss"} if getattr(run, "loss_weights", None) else set())
             | ({"probe"} if run.probe is not None else set())
+            | ({"validation"} if getattr(run, "validation", None) is not None else set())
         )
 
     def run_features(self) -> set[str]:

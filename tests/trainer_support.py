@@ -95,12 +95,29 @@ def run_python(code, path, env_extra=None, args=()):
     )
 
 
-def run_logged(cmd: list[str], cwd: Path, out: Path) -> subprocess.CompletedProcess:
-    """Run a trainer's script from its folder; its output goes to ``out/train.log``, a failure shows its end."""
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+def run_logged(cmd: list[str], cwd: Path, out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a trainer's script from its folder (with ``env`` added to the environment); its output goes to
+    ``out/train.log`` and the CPU seconds it took to ``out/train.cpu`` (``run_measured``); a failure shows the
+    output's end."""
+    proc, _, cpu = run_measured(
+        cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env} if env else None
+    )
     (out / "train.log").write_text(proc.stdout + proc.stderr)
+    (out / "train.cpu").write_text(f"{cpu:.2f}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
+
+
+def cpu_seconds(out: Path) -> float:
+    """The CPU seconds of the trainer run whose output is in ``out`` (``run_logged``)."""
+    return float((out / "train.cpu").read_text())
+
+
+def validation_lines(out: Path) -> list[str]:
+    """The validation's per-pass lines (size, forward passes, wall and CPU seconds) in the output of the
+    trainer run in ``out`` (``train.log``, as ``run_logged`` and the OneTrainer tests write it)."""
+    text = (out / "train.log").read_text()
+    return [line for line in text.splitlines() if line.startswith("loli-plugin: validation at step")]
 
 
 def logged_scalars(log_dir: Path, run_glob: str = "*/network_train") -> dict[str, list[tuple[int, float]]]:
@@ -129,3 +146,17 @@ def fresh_run_fixture(adapter_module: str):
             adapter.problems.update(recorded)
 
     return _fresh_run
+
+
+def run_measured(cmd, **kwargs):
+    """``subprocess.run(cmd, **kwargs)``, plus the wall and CPU seconds (user + system) the trainer process
+    took: CPU time is what the validation's cost is stated in, since wall time on a shared machine moves
+    with the other jobs on it."""
+    import resource
+    import time
+
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    proc = subprocess.run(cmd, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, time.monotonic() - start, cpu
