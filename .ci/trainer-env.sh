@@ -8,6 +8,7 @@
 # Where the exports and the venv are, and the environment variables that move them: scripts/trainers.toml.
 TRAINER_VENV= TRAINER_TESTS=
 # library tests tvenv install requirements check packages=() torch=() debian=() names=() exports=() markers=()
+# test_versions=() short=()
 recipe=$(python "$root/scripts/trainer_list.py" shell "$TRAINER") || return 1
 eval "$recipe"
 tdir=${exports[0]}  # the trainer's own tree (its companions follow)
@@ -21,6 +22,10 @@ mapfile -t to_export < <(managed)
 if [[ -d $mirrors && ${#to_export[@]} -gt 0 ]]; then
   # a failure is reported by get-trainers itself; a trainer still missing is then skipped as below
   python "$root/scripts/get-trainers" --if-missing --mirrors "$mirrors" "${to_export[@]}" >&2 || true
+fi
+if [[ -d $mirrors && ${#test_versions[@]} -gt 0 ]]; then
+  # other versions of the trainer that some of its tests read (they skip, saying how to get one, without it)
+  python "$root/scripts/get-trainers" --if-missing --mirrors "$mirrors" "${test_versions[@]}" >&2 || true
 fi
 if [[ -n $(missing_exports) ]]; then
   echo "[loli] $TRAINER: no export at $(missing_exports | paste -sd ' '): its tests are skipped." >&2

@@ -30,6 +30,7 @@ with an error that says how to enable the hook (``on_optimizer_created``).
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 from ..adapter import TrainerAdapter
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
+from ..layout import TrainerLayout
 from ..options import DEFAULT_CLUSTERS
 from ..patches import kohya as patches
 from ..patches import kohya_ss
@@ -51,6 +53,13 @@ class KohyaAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    # `library` is a common name: sd-scripts' is told by its files
+    layout = TrainerLayout(
+        "library",
+        patches.LIBRARY,
+        minimum="v0.10.0",
+        markers=("train_util.py", "config_util.py", "custom_train_functions.py", "model_util.py"),
+    )
     entry_patch = patches.GET_OPTIMIZER
 
     def __init__(self) -> None:
@@ -58,6 +67,18 @@ class KohyaAdapter(TrainerAdapter):
         self.accelerator = None
         self._measure = None  # (process_batch, its args, its kwargs) of the last training micro-batch
         self._count_probe_steps = False  # --deepspeed, the probe with another optimizer: hook the engine's step
+        self._reset_validation()
+
+    def _reset_validation(self) -> None:
+        self._val_batch = None  # the validation batch measured last (sd-scripts hands each over once per timestep)
+        self._timestep_range = None  # (--min_timestep, --max_timestep) as the last training batch drew them
+        self._val_log = None  # (the validation log that ended the last pass, its logs, its record)
+        #: copies (CPU) of the held-out batches, kept when sd-scripts' schedule may skip the end of training
+        self._held_out: list = []
+        self._validated_last = False  # a validation pass came after the last training batch (same on every rank)
+        self._passes_seen = 0
+        #: the optimizer step of sd-scripts' last step log (its epoch logs carry the epoch as their step)
+        self.logged_step = None
 
     def instrumentors(self):
         return [
@@ -77,34 +98,39 @@ class KohyaAdapter(TrainerAdapter):
     def find_checkout(self, path: Path) -> bool:
         return (path / "library" / "train_util.py").is_file()
 
-    def inside_trainer(self) -> bool:
-        train_util = sys.modules.get(patches.TRAIN_UTIL)
-        return train_util is not None and self.recognises(train_util)
-
     # ------------------------------------------------------------------ what a run asks for
     def requests(self, args) -> set[str]:
         return (
             ({"optimizer"} if kohya_ss.requests_optimizer(args) else set())
             | ({"loss"} if kohya_ss.requests_loss(args) else set())
             | ({"probe"} if patches.requests_probe(args) else set())
+            | ({"validation"} if patches.requests_validation(args) else set())
         )
 
     def asked(self, args) -> str:
-        return kohya_ss.asked(args, probe=patches.requests_probe(args))
+        asked = kohya_ss.asked(args, probe=patches.requests_probe(args))
+        if patches.requests_validation(args) and not kohya_ss.requests_optimizer(args):
+            asked = "--loli_validation on" if asked == "a Loli run" else f"{asked} and --loli_validation on"
+        return asked
 
     # ------------------------------------------------------------------ the patches' context
     def observe(self, args, accelerator) -> None:
         self.accelerator = accelerator
 
     def optimizer_built(self, args, optimizer) -> None:
-        """After get_optimizer (any route): a run with only the Loli loss or only the probe starts here,
-        with the user's optimizer; the probe counts that optimizer's steps and rides in its state."""
-        if self.run is None and (kohya_ss.requests_loss(args) or patches.requests_probe(args)):
+        """After get_optimizer (any route): a run with only the Loli loss, the probe or the validation starts
+        here, with the user's optimizer; the probe counts that optimizer's steps, and the probe's and the
+        validation's states ride in its state_dict (--save_state / --resume carry them)."""
+        if self.run is None and (
+            kohya_ss.requests_loss(args) or patches.requests_probe(args) or patches.requests_validation(args)
+        ):
             self.activate(args, optimizer=None)
-        if self.run is not None and self.run.probe is not None and optimizer is not None:
-            from ..clustered import LoliClustered
-            from ..run import attach_monitor_state, count_steps
+        if self.run is None or optimizer is None:
+            return
+        from ..clustered import LoliClustered
+        from ..run import attach_monitor_state, count_steps
 
+        if self.run.probe is not None:
             attach_monitor_state(optimizer, self.run.probe, key="loli_probe")
             if getattr(args, "deepspeed", False) and not isinstance(optimizer, LoliClustered):
                 # DeepSpeed ZeRO steps this optimizer once per param group, inside its own step: count the engine's
@@ -112,6 +138,8 @@ class KohyaAdapter(TrainerAdapter):
                 self._count_probe_steps = True
             else:
                 count_steps(optimizer, self.run.probe, self.after_step)
+        if self.run.validation is not None:
+            attach_monitor_state(optimizer, self.run.validation, key="loli_validation")
 
     def activate(self, args, optimizer=None) -> LoliRun:
         """Start a Loli run for sd-scripts: validate, patch, carry the monitor in the optimizer's state."""
@@ -130,10 +158,13 @@ class KohyaAdapter(TrainerAdapter):
         if patches.requests_probe(args):
             run.probe = _probe(args, optimizer)
             run.clusters = run.probe.clusters
+        if patches.requests_validation(args):
+            run.validation = _validation(args, optimizer)
+            run.clusters = run.validation.clusters
         if getattr(args, "deepspeed", False) and optimizer is not None:
             run.before_first_draw = lambda: self._bind_deepspeed(optimizer)
         self.run = run
-        if run.stratify:
+        if run.stratify or run.probe is not None or run.validation is not None:
             import accelerate.tracking  # noqa: F401 - the LOGS patches' module (accelerate imports it lazily)
         self.activate_run_patches()
         print(f"loli-plugin active: {self.describe(run)}", file=sys.stderr)
@@ -223,6 +254,7 @@ class KohyaAdapter(TrainerAdapter):
         super().deactivate()
         self._measure = None
         self._count_probe_steps = False
+        self._reset_validation()
 
     # ------------------------------------------------------------------ the progress probe
     def probe_batch(self, wrapped, args, kwargs) -> None:
@@ -254,37 +286,121 @@ class KohyaAdapter(TrainerAdapter):
     def _run_probe(self) -> None:
         run, (wrapped, args, kwargs) = self.run, self._measure
         bound = bind_arguments(wrapped, args, kwargs)
-        trainer, accelerator = bound["self"], bound["accelerator"]
 
         def evaluate(batch, k):
             with run.probing(k):
-                on_step_start = getattr(trainer, "on_step_start", None)  # what sd-scripts' validation calls first
-                if on_step_start is not None:
-                    on_step_start(
-                        bound["args"],
-                        accelerator,
-                        bound["network"],
-                        bound["text_encoders"],
-                        bound["unet"],
-                        batch,
-                        bound["weight_dtype"],
-                        is_train=False,
-                    )
-                return call_replacing(wrapped, args, kwargs, batch=batch, is_train=False)
+                return _measure(wrapped, args, kwargs, bound, batch)
 
-        text_encoders = (
-            bound["text_encoders"] if isinstance(bound["text_encoders"], (list, tuple)) else [bound["text_encoders"]]
-        )
-        modules = [m for m in (bound["network"], bound["unet"], *text_encoders) if isinstance(m, torch.nn.Module)]
-        reduce = None
-        if getattr(accelerator, "num_processes", 1) > 1:  # every rank probes its own samples; the log is their mean
-            reduce = lambda values: accelerator.reduce(values, reduction="mean")  # noqa: E731
-        run.probe.run(evaluate, modules, reduce)
+        accelerator = bound["accelerator"]
+        run.probe.run(evaluate, _modules(bound), _rank_mean(accelerator))
         if not getattr(accelerator, "is_main_process", True):
             # sd-scripts' trackers live on the main process only, so no other rank ever logs (takes) the probe's
             # values; left pending, its probe would never be due again while the main process waits for it in the
             # next probe's all-reduce: every multi-process run with the probe hung at its second probe
             run.probe.take_logs()
+
+    # ------------------------------------------------------------------ the validation
+    def training_batch(self, wrapped, args, kwargs, bound) -> None:
+        """A training micro-batch is about to run (NetworkTrainer.process_batch): the probe keeps it, the
+        validation notes the timestep range training draws from, and a validation pass this rank never
+        logged (trackers live on the main process only) is dropped."""
+        run = self.run
+        if run.probe is not None:
+            self.probe_batch(wrapped, args, kwargs)
+        self._measure = (wrapped, args, kwargs)
+        self._validated_last = False
+        run_args = bound["args"]
+        self._timestep_range = (getattr(run_args, "min_timestep", None), getattr(run_args, "max_timestep", None))
+        self._val_batch = None
+        if run.validation is not None and run.validation.in_pass:
+            run.validation.discard()
+
+    def validation_batch(self, wrapped, args, kwargs, bound) -> None:
+        """sd-scripts' validation loop hands a batch to process_batch once per fixed timestep of its own
+        (train_network.py ``NetworkTrainer.train``, "VALIDATION PER STEP" and "EPOCH VALIDATION"); at
+        the first of them the plugin measures the batch at each cluster's midpoint, through the same
+        process_batch (``is_train=False``), with sd-scripts' ``on_step_start`` before and
+        ``on_validation_step_end`` after each call as its loop does, on a copy of the batch (SD3's
+        ``on_step_start`` drops cached text-encoder outputs in place) and with ``--min_timestep`` /
+        ``--max_timestep`` put back to what training draws from (the loop pins both to its timestep)."""
+        from ..probe import _copy
+
+        batch = bound["batch"]
+        if batch is self._val_batch:
+            return
+        self._val_batch = batch
+        if not self._validated_last:  # the first batch of a pass (counted on every rank, logged or not)
+            self._validated_last = True
+            self._passes_seen += 1
+        every_epochs = getattr(bound["args"], "validate_every_n_epochs", None)
+        if every_epochs is not None and every_epochs > 1 and self._passes_seen == 1:
+            self._held_out.append(_copy(batch, "cpu"))  # the end of training may need them (end_of_training)
+        self._measure_held_out(wrapped, args, kwargs, bound, batch)
+
+    def _measure_held_out(self, wrapped, args, kwargs, bound, batch) -> None:
+        from ..probe import _copy
+
+        run = self.run
+        routed = copy.copy(bound["args"])
+        routed.min_timestep, routed.max_timestep = self._timestep_range or (None, None)
+
+        def evaluate(k, position, seed):
+            with run.probing(k, position):
+                return _measure(wrapped, args, kwargs, bound, _copy(batch), routed, end=True)
+
+        run.validation.add(
+            evaluate,
+            batch,
+            _batch_size(batch),
+            _modules(bound),
+            _rank_mean(bound["accelerator"]),
+            seen=lambda: run.probe_timestep,
+        )
+
+    def end_of_training(self, accelerator) -> None:
+        """Accelerator.end_training, on every rank: when no validation pass followed the last training batch
+        (sd-scripts' ``--validate_every_n_epochs`` skipped the last epoch), measure the held-out batches kept
+        from the first pass, and log at the last step."""
+        if self._passes_seen == 0:
+            if getattr(self.run.config, "loli_validation", "auto") != "on":
+                return  # auto: a run without a validation set simply has none
+            from ..adapter import warn
+
+            warn(
+                "the validation was on, but sd-scripts never validated in this run, so no val/ values were logged: "
+                "give it a held-out set with --validation_split (or validation_split in the dataset config)"
+            )
+            return
+        if self._validated_last or not self._held_out or self._measure is None:
+            return
+        from ..probe import to_device
+
+        wrapped, args, kwargs = self._measure
+        bound = bind_arguments(wrapped, args, kwargs)
+        for batch in self._held_out:
+            self._measure_held_out(wrapped, args, kwargs, bound, to_device(batch, accelerator.device))
+        validation = self.run.validation
+        logs = validation.finish(self.logged_step if self.logged_step is not None else 0)
+        validation.take_logs()
+        if logs and accelerator.trackers:
+            accelerator.log(logs, step=validation.last)
+
+    def validation_logs(self, values) -> tuple[dict, str | None]:
+        """The end of a validation pass (sd-scripts logs its average: ``values``): the plugin's values and,
+        the first time, its comparability record. The same log handed to several trackers ends one pass."""
+        if self._val_log is not None and self._val_log[0] is values:
+            return self._val_log[1], self._val_log[2]
+        validation = self.run.validation
+        if not validation.in_pass:
+            return {}, None
+        logs = validation.finish(self.logged_step if self.logged_step is not None else 0)
+        validation.take_logs()  # logged now, not again with the next step log
+        self._val_log = (values, logs, validation.take_record())
+        return self._val_log[1], self._val_log[2]
+
+    # ------------------------------------------------------------------ the optimizer's constructor
+    def config_from_argv(self, argv: list[str]):
+        return kohya_ss.namespace_from_argv(argv)
 
 
 def _probe(args, optimizer):
@@ -304,6 +420,72 @@ def _probe(args, optimizer):
         else check_clusters(getattr(args, "loli_probe_clusters", DEFAULT_CLUSTERS), option="--loli_probe_clusters")
     )
     return TrainerProbe(clusters, every, samples, seed=getattr(args, "seed", None) or 0)
+
+
+def _measure(wrapped, args, kwargs, bound, batch, run_args=None, end: bool = False):
+    """One no-grad call of sd-scripts' process_batch on ``batch`` (``is_train=False``), preceded by the
+    trainer's ``on_step_start`` and, with ``end``, followed by its ``on_validation_step_end`` (the block
+    swap of Flux/SD3 prepares the next forward there), as its validation loop calls them."""
+    trainer, accelerator = bound["self"], bound["accelerator"]
+    run_args = bound["args"] if run_args is None else run_args
+    hooks = (bound["network"], bound["text_encoders"], bound["unet"], batch, bound["weight_dtype"])
+    on_step_start = getattr(trainer, "on_step_start", None)
+    if on_step_start is not None:
+        on_step_start(run_args, accelerator, *hooks, is_train=False)
+    loss = call_replacing(wrapped, args, kwargs, batch=batch, args=run_args, is_train=False)
+    on_end = getattr(trainer, "on_validation_step_end", None) if end else None
+    if on_end is not None:
+        on_end(run_args, accelerator, *hooks)
+    return loss
+
+
+def _modules(bound) -> list:
+    """The modules a measurement puts in eval mode: the network, the U-Net/DiT and the text encoders."""
+    text_encoders = bound["text_encoders"]
+    text_encoders = text_encoders if isinstance(text_encoders, (list, tuple)) else [text_encoders]
+    return [m for m in (bound["network"], bound["unet"], *text_encoders) if isinstance(m, torch.nn.Module)]
+
+
+def _rank_mean(accelerator):
+    """The mean over ranks of a distributed run (every rank measures its own samples), or None."""
+    if getattr(accelerator, "num_processes", 1) > 1:
+        return lambda values: accelerator.reduce(values, reduction="mean")
+    return None
+
+
+#: the sd-scripts options that shape the timestep distribution (for the validation's record)
+TIMESTEP_OPTIONS = (
+    "min_timestep",
+    "max_timestep",
+    "timestep_sampling",
+    "discrete_flow_shift",
+    "sigmoid_scale",
+    "weighting_scheme",
+    "logit_mean",
+    "logit_std",
+    "mode_scale",
+)
+
+
+def _validation(args, optimizer):
+    from ..options import check_clusters
+    from ..validation import Validation
+
+    clusters = (
+        optimizer.clusters
+        if optimizer is not None
+        else check_clusters(getattr(args, "loli_probe_clusters", DEFAULT_CLUSTERS), option="--loli_probe_clusters")
+    )
+    described = ", ".join(
+        f"{name}={getattr(args, name)!r}" for name in TIMESTEP_OPTIONS if getattr(args, name, None) is not None
+    )
+    seed = getattr(args, "validation_seed", None) or 0
+    return Validation(
+        clusters,
+        seed=seed,
+        description=f"sd-scripts: {described or 'defaults'}",
+        where="each batch of sd-scripts' own validation passes",
+    )
 
 
 def _batch_size(batch) -> int:

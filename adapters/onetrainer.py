@@ -29,8 +29,10 @@ import torch
 from ..adapter import FEATURES, TrainerAdapter
 from ..errors import LoliConfigError
 from ..hookspecs import hookimpl
+from ..layout import TrainerLayout
 from ..options import DEFAULT_CLUSTERS
 from ..patches import onetrainer as patches
+from ..probe import to_device
 from ..run import LoliRun
 
 #: inner optimizers that cannot be wrapped: (reason)
@@ -49,6 +51,23 @@ class OneTrainerAdapter(TrainerAdapter):
     library = patches.LIBRARY
     supported = patches.SUPPORTED
     manifest = Path(__file__).with_suffix(".watch")
+    # `modules` is a common name: OneTrainer's is told by its files
+    layout = TrainerLayout(
+        "modules",
+        patches.LIBRARY,
+        minimum="commit 23df383 (2026-08-19)",
+        markers=("util/create.py", "util/enum/Optimizer.py", "util/config/TrainConfig.py", "trainer/GenericTrainer.py"),
+    )
+    entry_patch = patches.CREATE_OPTIMIZER
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: while OneTrainer's own validation runs: the batches it measured (patches.onetrainer.validate)
+        self.held_out: list | None = None
+
+    def deactivate(self) -> None:
+        super().deactivate()
+        self.held_out = None
 
     def instrumentors(self):
         return [
@@ -83,31 +102,54 @@ class OneTrainerAdapter(TrainerAdapter):
             asked.add("loss")
         if patches.requests_probe(config):
             asked.add("probe")
+        if patches.requests_validation(config):
+            asked.add("validation")
         return asked
 
     def run_requests(self) -> set[str]:
         run = self.run
         if run is None:
             return set()
-        return ({"loss"} if run.without_optimizer else {"optimizer"}) | ({"probe"} if run.probe is not None else set())
+        return (
+            ({"loss"} if run.without_optimizer else {"optimizer"})
+            | ({"probe"} if run.probe is not None else set())
+            | ({"validation"} if run.validation is not None else set())
+        )
 
     def asked(self, config) -> str:
         features = self.features_for(config)
-        names = (("LOLI_CLUSTERED", "sampler"), ("a Cosine Strength", "loss"), ("the progress probe", "probe"))
+        names = (
+            ("LOLI_CLUSTERED", "sampler"),
+            ("a Cosine Strength", "loss"),
+            ("the progress probe", "probe"),
+            ("loli_validation", "validation"),
+        )
         return " and ".join(n for n, f in names if f in features) or "a Loli run"
 
-    def activate_extras(self, config, optimizer, probe_state=None) -> None:
-        """A run with another optimizer: the cosine term and/or the progress probe, with that optimizer."""
+    def check_request(self, config) -> None:
+        super().check_request(config)
+        if str(getattr(config, "loli_validation", "auto")) == "on" and not getattr(config, "validation", False):
+            raise LoliConfigError(
+                "loli_validation is on, but OneTrainer's validation is off: turn on Validation in the training tab "
+                '("validation": true) and add a concept of type VALIDATION with held-out images, or set '
+                "loli_validation to auto or off"
+            )
+
+    def activate_extras(self, config, optimizer, probe_state=None, validation_state=None) -> None:
+        """A run with another optimizer: the cosine term, the progress probe and/or the validation, with
+        that optimizer."""
         cosine = (getattr(config, "cos_strength", 0.0) or 0.0) > 0
-        if self.run is None and (cosine or patches.requests_probe(config)):
+        probe, validation = patches.requests_probe(config), patches.requests_validation(config)
+        if self.run is None and (cosine or probe or validation):
             self.run = OneTrainerRun(without_optimizer=True)
-            if patches.requests_probe(config):
+            if probe:
                 self._start_probe(config, optimizer, probe_state)
+            if validation:
+                self._start_validation(config, optimizer, validation_state)
             self.activate_run_patches()
 
     def _start_probe(self, config, optimizer, probe_state=None) -> None:
         """The progress probe of this run; its state rides in the optimizer's (OneTrainer backups carry it)."""
-        from ..options import check_clusters
         from ..probe import TrainerProbe
         from ..run import attach_monitor_state, count_steps
 
@@ -119,18 +161,85 @@ class OneTrainerAdapter(TrainerAdapter):
         for label, value in (("loli_probe_every", every), ("loli_probe_samples", samples)):
             if not isinstance(value, int) or value < 1:
                 raise LoliConfigError(f"{label} must be a whole number >= 1, got {value!r}")
-        if run.stratify:
-            clusters = run.clusters
-        else:
-            clusters = check_clusters(
-                getattr(config, "loli_probe_clusters", DEFAULT_CLUSTERS), option="loli_probe_clusters"
-            )
-            run.clusters = clusters
+        clusters = self._clusters(config)
         run.probe = TrainerProbe(clusters, every, samples, seed=0)
         if probe_state is not None and probe_state.get("clusters") == clusters:
             run.probe.load_state_dict(probe_state)
         attach_monitor_state(optimizer, run.probe, key="loli_probe")
         count_steps(optimizer, run.probe, lambda: None)  # the probe itself runs in report_to_tensorboard
+
+    def _clusters(self, config) -> int:
+        """K of the probe and the validation: LOLI_CLUSTERED's clusters, else ``loli_probe_clusters``."""
+        from ..options import check_clusters
+
+        run = self.run
+        if not run.stratify and run.probe is None and run.validation is None:
+            run.clusters = check_clusters(
+                getattr(config, "loli_probe_clusters", DEFAULT_CLUSTERS), option="loli_probe_clusters"
+            )
+        return run.clusters
+
+    def _start_validation(self, config, optimizer, state=None) -> None:
+        """The validation of this run; its state rides in the optimizer's (OneTrainer backups carry it)."""
+        from ..run import attach_monitor_state
+        from ..validation import Validation
+
+        options = ", ".join(
+            f"{name}={getattr(config, name)}" for name in TIMESTEP_OPTIONS if getattr(config, name, None) is not None
+        )
+        run = self.run
+        run.validation = Validation(self._clusters(config), seed=0, description=f"OneTrainer: {options}")
+        if state is not None and state.get("clusters") == run.validation.clusters:
+            run.validation.load_state_dict(state)
+        attach_monitor_state(optimizer, run.validation, key="loli_validation")
+
+    def run_validation(self, trainer, batches, train_progress) -> None:
+        """Measure OneTrainer's validation batches at each cluster's midpoint through its own
+        ``predict(..., deterministic=True)`` (fixed noise: its generator is seeded with 0, no caption
+        dropout; the sampler, told the cluster, draws the cluster's timestep) and ``calculate_loss``, then
+        write the values (and, the first time, the comparability record) to OneTrainer's TensorBoard at
+        this step. OneTrainer validates on its master rank only; so does the plugin."""
+        run, setup, model, config = self.run, trainer.model_setup, trainer.model, trainer.config
+        device = getattr(setup, "train_device", None)
+        modules = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
+        for batch in batches:
+
+            def evaluate(k, position, seed, batch=batch):
+                with run.probing(k, position):
+                    on_device = to_device(batch, device)
+                    output = setup.predict(model, on_device, config, train_progress, deterministic=True)
+                    return setup.calculate_loss(model, on_device, output, config)
+
+            run.validation.add(evaluate, batch, _size(batch), modules, seen=lambda: run.probe_timestep)
+        step = train_progress.global_step
+        logs = run.validation.finish(step)
+        run.validation.take_logs()  # written here, at this step
+        for tag, value in logs.items():
+            trainer.tensorboard.add_scalar(tag, value, step)
+        record = run.validation.take_record()
+        if record is not None:
+            from ..validation import RECORD_TAG
+
+            trainer.tensorboard.add_text(RECORD_TAG, record, step)
+
+    def final_validation(self, trainer) -> None:
+        """The end of training (GenericTrainer.end): a last pass over the validation concepts unless the last
+        step was measured already (OneTrainer's own schedule validates at the start of its epochs)."""
+        config = trainer.config
+        progress = trainer.model.train_progress
+        loader = getattr(trainer, "validation_data_loader", None)
+        if not getattr(config, "validation", False) or loader is None or not getattr(trainer, "one_step_trained", True):
+            return
+        if not self.run.validation.due(progress.global_step, final=True):
+            return
+        import modules.util.multi_gpu_util as multi
+
+        if not multi.is_master():
+            return
+        trainer.model_setup.setup_train_device(trainer.model, config)
+        loader.get_data_set().start_next_epoch()
+        with torch.no_grad():
+            self.run_validation(trainer, loader.get_data_loader(), progress)
 
     def run_probe(self, setup, model, config) -> None:
         """Measure through OneTrainer's own ``predict`` and ``calculate_loss`` of the model setup, with a
@@ -146,16 +255,17 @@ class OneTrainerAdapter(TrainerAdapter):
 
         def evaluate(batch, k):
             with run.probing(k):
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 output = setup.predict(model, batch, config, progress)
                 return setup.calculate_loss(model, batch, output, config)
 
         modules = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
         run.probe.run(evaluate, modules)
 
-    def build_optimizer(self, create_optimizer, bound: dict):
-        """Build LoliClustered for ``create_optimizer``'s arguments (``create_optimizer`` is the original):
-        OneTrainer's own branch builds the inner optimizer, LoliClustered wraps it, a backup is loaded."""
+    def build_optimizer(self, create_inner, bound: dict):
+        """Build LoliClustered for ``create_optimizer``'s arguments ``bound``: OneTrainer's own branch builds
+        the inner optimizer (``create_inner(config)``: the original with the caller's other arguments, as
+        they came), LoliClustered wraps it, a backup is loaded."""
         from modules.util.enum.Optimizer import Optimizer
 
         from .. import LoliClustered
@@ -205,7 +315,7 @@ class OneTrainerAdapter(TrainerAdapter):
             inner_optimizer_config.optimizer = inner_member
             inner_config = copy.copy(config)
             inner_config.optimizer = inner_optimizer_config
-            inner = create_optimizer(bound["parameter_group_collection"], None, inner_config, bound.get("layer_key_fn"))
+            inner = create_inner(inner_config)
         if inner is None:
             raise LoliConfigError(f"OneTrainer built no optimizer for Inner Optimizer {inner_name}")
         optimizer = LoliClustered.wrap(
@@ -215,6 +325,8 @@ class OneTrainerAdapter(TrainerAdapter):
         self.run = run
         if patches.requests_probe(config):
             self._start_probe(config, optimizer)
+        if patches.requests_validation(config):
+            self._start_validation(config, optimizer)
         if bound.get("state_dict") is not None:
             load_backup(optimizer, bound["state_dict"], bound["parameter_group_collection"].unique_name_mapping)
         self.activate_run_patches()
@@ -226,17 +338,22 @@ class OneTrainerAdapter(TrainerAdapter):
         return optimizer
 
 
-def _to_device(value, device):
-    """A kept batch on the training device (a resumed probe's batches come back on the CPU)."""
-    if device is None:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
+#: OneTrainer's config fields that shape the timestep distribution (for the validation's record)
+TIMESTEP_OPTIONS = (
+    "timestep_distribution",
+    "min_noising_strength",
+    "max_noising_strength",
+    "noising_weight",
+    "noising_bias",
+    "timestep_shift",
+    "dynamic_timestep_shifting",
+)
+
+
+def _size(batch) -> int:
+    """Samples in a OneTrainer batch (its validation batches hold one)."""
+    latent = batch.get("latent_image") if isinstance(batch, dict) else None
+    return int(latent.shape[0]) if isinstance(latent, torch.Tensor) else 1
 
 
 def _plugin_inner(name: str, parameters, config):

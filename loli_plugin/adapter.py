@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ENV_DISABLE, LoliUnsupportedTrainerError
+from .layout import TrainerLayout, package_folder
 from .patches.instrument import Instrumentor, Patch, unsupported_message
 
 
@@ -50,6 +51,7 @@ FEATURES = {
     "optimizer": frozenset({"activation", "sampler", "logs"}),  # LoliClustered: its clusters drive the sampler
     "loss": frozenset({"activation", "loss"}),  # the Loli loss with the trainer's own optimizer
     "probe": frozenset({"activation", "sampler", "logs", "probe"}),  # the progress probe
+    "validation": frozenset({"activation", "sampler", "logs", "validation"}),  # validation on held-out data
 }
 
 
@@ -73,6 +75,9 @@ class TrainerAdapter:
     #: the patch of the trainer's function that builds its optimizer, which pushes that call's arguments
     #: (``building_optimizer``); None: the adapter builds the optimizer itself
     entry_patch: Patch | None = None
+    #: the trainer's package, the supported minimum and the layouts known unsupported (``loli_plugin.layout``):
+    #: a LoliClustered built while this package is imported, but not through ``entry_patch``, is refused
+    layout: TrainerLayout | None = None
 
     def __init__(self) -> None:
         self.run = None
@@ -96,10 +101,6 @@ class TrainerAdapter:
     def asked(self, config) -> str:
         """The run's Loli options as its user wrote them, for refusals ("--optimizer_type LoliClustered")."""
         return " and ".join(sorted(self.requests(config))) or "a Loli run"
-
-    def inside_trainer(self) -> bool:
-        """Is this trainer's code loaded in this process? (A ``LoliClustered`` built then belongs to it.)"""
-        return False
 
     def activate(self, *call, optimizer=None):
         """Start the run of the optimizer-building call ``call`` (``building_optimizer``'s arguments)."""
@@ -136,6 +137,7 @@ class TrainerAdapter:
             ({"optimizer"} if run.stratify else set())
             | ({"loss"} if getattr(run, "loss_weights", None) else set())
             | ({"probe"} if run.probe is not None else set())
+            | ({"validation"} if getattr(run, "validation", None) is not None else set())
         )
 
     def run_features(self) -> set[str]:
@@ -160,7 +162,11 @@ class TrainerAdapter:
     # ------------------------------------------------------------------ policy
     def on_import(self, module) -> None:
         """A watched module was imported: check its patches, apply the import-scope ones that fit (and
-        the run-scope ones when a run is active), record the rest."""
+        the run-scope ones when a run is active), record the rest. The trainer's top-level package (watched
+        where the adapter knows older layouts) is checked for its layout instead."""
+        if self.layout is not None and module.__name__ == self.layout.package:
+            self.check_layout(module)
+            return
         if not self.recognises(module):
             return
         name = module.__name__
@@ -208,24 +214,75 @@ class TrainerAdapter:
                 unsupported_message(self.library, self.supported, {n: r for n, (p, r) in self.problems.items()}, asked)
             )
 
-    def not_integrated_error(self, trainer: str | None = None) -> LoliUnsupportedTrainerError:
-        """For ``on_optimizer_created``: a LoliClustered is being built inside ``trainer`` (a short name,
-        by default the library's: "sd-scripts") but this adapter's entry patch is not in place, so the
-        trainer would draw its stock timesteps while the cluster banks assume one cluster per step. Says
-        why and how to fix it."""
-        trainer = trainer or self.library.rpartition("/")[2]
+    def check_layout(self, package) -> None:
+        """The trainer's package was imported: a layout this adapter does not fit (``layout.old``, or no
+        module of ``entry_patch``) is said once, in one line, and blocks Loli runs; a plain run goes on.
+        A command line that asks for Loli options is stopped here, with that line as the error."""
+        if not self.layout.recognises(package) or self.entry_patch is None:
+            return
+        folder = package_folder(package)
+        problem = self.layout.layout_problem(folder, self.entry_patch.module)
+        if problem is None or f"{self.name}:layout" in self.problems:
+            return
+        self.problems[f"{self.name}:layout"] = (None, f"{self.layout.describe(folder)}: {problem}")
+        asked = self.asked_in_argv(sys.argv[1:])
+        said = f"{self.layout.describe(folder)}: {problem} (supported: {self.layout.minimum} or later). "
+        if not asked:
+            warn(said + "Plain runs are unaffected; runs with Loli options are refused.")
+            return
+        # The command line asks for Loli options this layout cannot serve. Left to itself the trainer would
+        # either train stock or stop in its own code with an error that does not name the plugin (musubi-tuner
+        # v0.2.15 reads optimizer_args as Python, "malformed node or string"): stop here, at its import, before
+        # any step, with the reason and the way on. ``on_watched_import`` lets this error through.
+        message = (
+            said + f"This run asks for {asked}, which loli-plugin cannot serve here. Update {self.layout.library} "
+            f"to {self.layout.minimum} or later, or train without the Loli options ({ENV_DISABLE}=1 turns "
+            "loli-plugin off)."
+        )
+        warn(message)
+        raise LoliUnsupportedTrainerError(message, refused_at_import=True)
+
+    def asked_in_argv(self, argv: list[str]) -> str:
+        """The Loli options a command line asks for ("--optimizer_type LoliClustered", ...; "" for none),
+        for the one line said at the import of a layout this adapter does not fit."""
+        config = self.config_from_argv(argv)
+        return self.asked(config) if config is not None and self.requests(config) else ""
+
+    def config_from_argv(self, argv: list[str]):
+        """The options of a command line, read without the trainer's parser, as ``requests`` takes them
+        (None: this trainer's options are not on its command line)."""
+        return None
+
+    def not_integrated_error(self, folder: Path | None = None) -> LoliUnsupportedTrainerError:
+        """For ``on_optimizer_created``: a LoliClustered is being built inside this trainer (whose package
+        is at ``folder``) while its optimizer factory is imported but not patched, so the trainer would draw
+        its stock timesteps while the cluster banks assume one cluster per step. Says why and how to fix it."""
+        short = self.library.rpartition("/")[2]
+        trainer = self.layout.describe(folder) if self.layout is not None and folder is not None else short
         return LoliUnsupportedTrainerError(
             f"loli_plugin.LoliClustered is being built inside {trainer}, "
-            f"but loli-plugin's {trainer} integration is not "
+            f"but loli-plugin's {short} integration is not "
             + (
                 "installed: " + "; ".join(r for _, r in self.problems.values())
                 if self.problems
                 else f"active (the start-up hook did not run: {ENV_DISABLE} is set, "
                 "loli-plugin is an editable install, or Python runs without site)"
             )
-            + f". Without it {trainer} would draw its stock timesteps and the cluster banks would not match them. "
-            f"Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
+            + f". Without it {short} would draw its stock timesteps and the cluster banks would not match "
+            f"them. Unset {ENV_DISABLE}, install loli-plugin with `pip install` (not -e), or start the script with "
             "`python -m loli_plugin.launch SCRIPT ...`. Supported: " + self.supported
+        )
+
+    def layout_error(self, folder: Path, problem: str) -> LoliUnsupportedTrainerError:
+        """For ``on_optimizer_created``: a LoliClustered is being built inside a layout of this trainer that
+        no patch of this adapter reaches (``problem`` says why)."""
+        layout = self.layout
+        return LoliUnsupportedTrainerError(
+            f"loli_plugin.LoliClustered is being built inside {layout.describe(folder)}, but {problem}. "
+            f"loli-plugin cannot make this {layout.library} draw one cluster's timesteps per step, so it would "
+            f"train with its stock timesteps under the cluster banks. Supported: {layout.minimum} or later "
+            f"({self.supported}). Update {layout.library} to {layout.minimum} or later, or train without "
+            f"loli_plugin.LoliClustered; in a training loop of your own, do not import {layout.package}."
         )
 
     def _patch(self, name: str) -> Patch | None:
@@ -241,19 +298,37 @@ class TrainerAdapter:
         inside it starts the run of ``call`` (``activate(*call, optimizer=...)``)."""
         return pushed(self._building, call)
 
+    def inside_trainer(self) -> bool:
+        """Is this trainer's package imported in this process (and really the trainer's)? A ``LoliClustered``
+        built then belongs to it."""
+        return self.layout is not None and self.layout.imported() is not None
+
+    def is_applied(self, patch: Patch) -> bool:
+        return any(inst.is_applied(patch) for inst, _ in self.instrumentors())
+
     def on_optimizer_created(self, optimizer) -> None:
-        """A ``LoliClustered`` was built (any route). Inside the trainer's optimizer-building call it starts
-        that call's run; inside the trainer, built by other code while the entry patch is in place, it is
-        the user's own business; inside the trainer without the entry patch, the integration is not active
-        and the trainer would draw its stock timesteps: refused."""
+        """A ``LoliClustered`` was built, by any route. Never the stock sampler under it: when this
+        trainer's package is imported, either its optimizer-building call built it (inside
+        ``building_optimizer``: that call's run starts), or the user's own code did, beside a trainer whose
+        ``entry_patch`` is in place or whose entry module is not even imported. Any other way (a layout no
+        patch reaches: older, newer, a fork; the start-up hook off) the trainer would train with its stock
+        timesteps under the cluster banks, so it is refused here, before any step. Without a package of
+        this trainer (a plain PyTorch loop) nothing happens."""
         if self.entry_patch is None or not self.inside_trainer():
             return
         if self._building:
             self.activate(*self._building[-1], optimizer=optimizer)
             return
-        if any(inst.is_applied(self.entry_patch) for inst, _ in self.instrumentors()):
-            return
-        raise self.not_integrated_error()
+        package = self.layout.imported() if self.layout is not None else None
+        folder = package_folder(package) if package is not None else None
+        if self.entry_patch.module in sys.modules:
+            if self.is_applied(self.entry_patch):
+                return  # the user's own code, outside the trainer's (patched) optimizer factory
+            raise self.not_integrated_error(folder)
+        problem = self.layout.layout_problem(folder, self.entry_patch.module) if folder is not None else None
+        if problem is not None:
+            raise self.layout_error(folder, problem)
+        # the trainer's optimizer factory is not imported: the user's own loop beside the trainer's helpers
 
     def describe(self, run) -> str:
         """The run in one line, printed when it starts ("loli-plugin active: ...")."""
@@ -302,8 +377,8 @@ def on_watched_import(module) -> None:
     for a in watching:
         try:
             a.on_import(module)
-        except LoliUnsupportedTrainerError:
-            if a.run is not None:
+        except LoliUnsupportedTrainerError as exc:
+            if a.run is not None or exc.refused_at_import:
                 raise  # a Loli run asked for this trainer: stop it now, not after training stock
         except Exception as exc:
             a.fail(f"import of {module.__name__}", exc)

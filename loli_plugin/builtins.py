@@ -45,6 +45,8 @@ def _inner_specs() -> dict[str, InnerSpec]:
             ),
             "Lion": InnerSpec("lion_pytorch:Lion", pip="lion-pytorch"),
             "Prodigy": InnerSpec("prodigyopt:Prodigy", pip="prodigyopt"),
+            # Prodigy with one step-size estimate d for all clusters (each cluster keeps its own moments)
+            "ProdigySharedD": InnerSpec("loli_plugin.prodigy_shared_d:ProdigySharedD", pip="prodigyopt"),
             "CAME": InnerSpec("came_pytorch:CAME", pip="came-pytorch"),
             # kohya's AdaFactor is transformers' (relative_step etc.); torch.optim.Adafactor differs and
             # stays reachable as inner='torch.optim.Adafactor'. Inside LoliClustered the host's learning

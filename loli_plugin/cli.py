@@ -1,6 +1,7 @@
 """``loli-plugin`` command line: ``demo`` (AdamW against LoliClustered on a tiny LoRA), ``doctor`` (trainer
 checks), ``memory`` (optimizer-state GiB), ``plot`` (per-cluster loss picture from TensorBoard logs),
-``bench`` (speed, memory, quality, base models). Without a command it prints its usage and the commands.
+``compare`` (runs side by side per cluster, from their validation logs), ``bench`` (speed, memory,
+quality, base models). Without a command it prints its usage and the commands.
 
 A bad argument, or a LoliError a command raises while checking its arguments, ends the command with
 ONE line on stderr and exit status 2, argparse-style (``loli-plugin bench optimizer: error: ...``):
@@ -27,7 +28,7 @@ def version() -> str:
 
 
 def build_parser() -> OneLineParser:
-    from . import doctor, memory, plot
+    from . import compare, doctor, memory, plot
     from .bench import add_bench_parsers, demo
 
     parser = OneLineParser(
@@ -41,6 +42,7 @@ def build_parser() -> OneLineParser:
     doctor.add_parser(top)
     memory.add_parser(top)
     plot.add_parser(top)
+    compare.add_parser(top)
     bench_parser = top.add_parser("bench", help="benchmarks (speed, memory, quality) and the digits base models")
     add_bench_parsers(bench_parser.add_subparsers(dest="what", required=True, metavar="WHAT", help="which benchmark"))
     return parser

@@ -39,6 +39,10 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 
 
+def digit(text: str) -> int:
+    return _number(text, int, lambda v: 0 <= v <= 9, "a digit 0-9")
+
+
 def cluster_count(text: str) -> int:
     from .options import check_clusters
 

@@ -10,7 +10,9 @@ Design (why it is exact and cheap):
 - Some optimizers keep running values in the param group itself (Prodigy's ``d``, ``d_numerator``,
   ``k``; D-Adaptation's ``d``). Every group value that the inner's ``step()`` changes is banked
   per cluster too, so each cluster adapts on its own history. The host-owned ``lr`` and
-  ``initial_lr`` are never banked: schedulers must keep control of them.
+  ``initial_lr`` are never banked: schedulers must keep control of them. An inner optimizer may name
+  group values that are one quantity for all clusters (class attribute ``loli_shared_group_keys``,
+  e.g. ProdigySharedD's ``d``): those are never banked either.
 - Between steps the optimizer is *positioned* on ``current_cluster`` (the cluster of the next
   step): ``state`` and the banked group values are that cluster's.
 - A host may step the param groups one at a time: DeepSpeed ZeRO-1/2 (``DeepSpeedZeroOptimizer.
@@ -178,6 +180,7 @@ class LoliClustered(torch.optim.Optimizer):
         self._banked_keys: list[set] = [set() for _ in range(n_groups)]
         self._bank_values: list[list[dict]] = [[{} for _ in range(n_groups)] for _ in range(clusters)]
         self._shared_keys = frozenset(getattr(optimizer, "loli_shared_state", ()))
+        self._unbanked_group_keys = HOST_OWNED_KEYS | frozenset(getattr(optimizer, "loli_shared_group_keys", ()))
         self._shared: dict[torch.Tensor, dict[str, torch.Tensor]] = {}  # param -> its shared entries
         self._offloader = self._new_offloader() if offload else None
         self.warm_start = bool(warm_start)
@@ -405,7 +408,11 @@ class LoliClustered(torch.optim.Optimizer):
             group = groups[i]
             keys = self._banked_keys[i]
             for key, value in group.items():
-                if key not in HOST_OWNED_KEYS and key not in keys and not _same(before[i].get(key, _MISSING), value):
+                if (
+                    key not in self._unbanked_group_keys
+                    and key not in keys
+                    and not _same(before[i].get(key, _MISSING), value)
+                ):
                     keys.add(key)
                     # Its first change is now, so every bank stepped so far saw the value from before this step.
                     if key in before[i]:

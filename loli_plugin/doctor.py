@@ -182,11 +182,33 @@ def verdict(report: Report, hook_active: bool, python: str) -> tuple[int, str]:
     return 0, "every patch fits"
 
 
+def _unfit_layout(adapter, path: Path) -> Path | None:
+    """The trainer's package folder when ``path`` holds that trainer in a layout the adapter does not fit
+    (an old one it knows, ``TrainerLayout.old``, or one it does not know)."""
+    layout, entry = getattr(adapter, "layout", None), getattr(adapter, "entry_patch", None)
+    if layout is None or entry is None:
+        return None
+    folder = layout.find_package(path)
+    return folder if folder is not None and layout.layout_problem(folder, entry.module) else None
+
+
 def run(args) -> int:
     from .adapter import adapters
 
     path = Path(args.path).expanduser().resolve()
     found = [a for a in adapters() if a.find_checkout(path)]
+    unfit = [] if found else [(a, folder) for a in adapters() if (folder := _unfit_layout(a, path)) is not None]
+    if unfit:
+        for a, folder in unfit:
+            print(f"{a.library} at {path}")
+            print(f"commit: {trainer_commit(path)}")
+            print(f"supported: {a.supported}")
+            print(f"layout: {a.layout.describe(folder)}: {a.layout.layout_problem(folder, a.entry_patch.module)}")
+        print(
+            "result: a layout loli-plugin does not support; plain runs are unaffected, runs with Loli options are "
+            f"refused. Update the trainer to {', '.join(a.layout.minimum for a, _ in unfit)} or later to use them"
+        )
+        return 1
     if not found:
         names = ", ".join(a.library for a in adapters())
         print(f"loli-plugin doctor: error: {path} holds no trainer loli-plugin knows ({names})", file=sys.stderr)

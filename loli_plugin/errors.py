@@ -26,4 +26,10 @@ class LoliDependencyError(LoliError, ImportError):
 
 
 class LoliUnsupportedTrainerError(LoliError, RuntimeError):
-    """The installed trainer lacks functions (or signatures) a requested Loli feature needs."""
+    """The installed trainer lacks functions (or signatures) a requested Loli feature needs.
+    ``refused_at_import``: raised at the import of a trainer layout the plugin cannot serve, because the
+    command line asks for Loli options (the one case where a trainer's import is stopped)."""
+
+    def __init__(self, *args, refused_at_import: bool = False):
+        super().__init__(*args)
+        self.refused_at_import = refused_at_import

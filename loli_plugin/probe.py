@@ -264,6 +264,20 @@ class TrainerProbe(ProbeCurves):
         self.batches = list(state["batches"])
 
 
+def to_device(value, device):
+    """A batch with its tensors on ``device`` (containers rebuilt; the same tensor where it is there already);
+    ``device=None``: the batch itself."""
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
 def _copy(value, device=None):
     """A detached copy of a batch: tensors cloned (to ``device`` if given), containers rebuilt."""
     if isinstance(value, torch.Tensor):

@@ -1,7 +1,7 @@
 """The state of one Loli training run inside a host trainer, shared by every trainer adapter: which
 optimizer drives the clusters, which cluster the last training draw came from, the per-cluster loss
-monitor and the progress probe (both carried in the optimizer's state_dict, so the host's own
-save/resume carries them)."""
+monitor, the progress probe and the validation (all carried in the optimizer's state_dict, so the
+host's own save/resume carries them)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,14 @@ class LoliRun:
     drawn_cluster: int | None = None
     #: the progress probe (loli_plugin.probe.TrainerProbe), or None
     probe: object = field(default=None, repr=False)
-    #: while the probe measures: the cluster whose midpoint timestep the host's sampler must draw
+    #: the validation on held-out data (loli_plugin.validation.Validation), or None
+    validation: object = field(default=None, repr=False)
+    #: while the probe or the validation measures: the cluster whose fixed timestep the host's sampler must draw
     probe_cluster: int | None = None
+    #: where in that cluster's quantile slice: 0.5, its midpoint (the measurement); near 0 and 1, its edges
+    probe_position: float = 0.5
+    #: the host's timestep of the last fixed draw, as its sampler noted it (``note_timesteps``)
+    probe_timestep: float | None = None
     #: the weights of the Loli loss's terms; None: the trainer's own loss
     loss_weights: dict | None = None
     #: the trainer's options for this run (its parsed arguments or config object)
@@ -68,17 +74,28 @@ class LoliRun:
         self.drawn_cluster = None
 
     @contextlib.contextmanager
-    def probing(self, k: int):
-        """The probe measures cluster k: the host's sampler draws its midpoint; no loss is recorded."""
-        self.probe_cluster, self.drawn_cluster = k, None
+    def probing(self, k: int, position: float = 0.5):
+        """The probe or the validation measures cluster k: the host's sampler draws the quantile
+        ``(k + position) / K`` of its own distribution (the midpoint by default); no loss is recorded."""
+        self.probe_cluster, self.probe_position, self.probe_timestep, self.drawn_cluster = k, position, None, None
         try:
             yield
         finally:
-            self.probe_cluster, self.drawn_cluster = None, None
+            self.probe_cluster, self.probe_position, self.drawn_cluster = None, 0.5, None
+
+    def fixed_quantile(self) -> float:
+        """The quantile a fixed draw takes: ``(k + position) / K`` of cluster k being measured."""
+        return (self.probe_cluster + self.probe_position) / self.clusters
+
+    def note_timesteps(self, timesteps) -> None:
+        """A sampler's fixed draw (every sample has the same timestep): kept for the validation's record."""
+        if self.probe_cluster is not None and isinstance(timesteps, torch.Tensor) and timesteps.numel():
+            self.probe_timestep = float(timesteps.detach().reshape(-1)[0])
 
     def describe(self) -> list[str]:
         """What the run does, one phrase per feature (the adapter joins them into its start-up line)."""
-        return [part for part in (self.describe_optimizer(), self.describe_loss(), self.describe_probe()) if part]
+        parts = (self.describe_optimizer(), self.describe_loss(), self.describe_probe(), self.describe_validation())
+        return [part for part in parts if part]
 
     def describe_optimizer(self) -> str | None:
         opt = self.optimizer
@@ -100,12 +117,19 @@ class LoliRun:
         probe = self.probe
         return f"progress probe: {probe.clusters} timesteps on {probe.samples} samples every {probe.every} steps"
 
+    def describe_validation(self) -> str | None:
+        if self.validation is None:
+            return None
+        return f"validation: {self.validation.clusters} timesteps on {self.validation.where}"
+
     def logs(self) -> dict[str, float]:
         """The run's scalars for the host's trackers: per-cluster losses, normalized, current cluster, and
-        the last probe's values once."""
+        the last probe's and the last validation's values once."""
         logs = self.monitor.logs() if self.monitor is not None else {}
         if self.probe is not None:
             logs.update(self.probe.take_logs())
+        if self.validation is not None:
+            logs.update(self.validation.take_logs())
         return logs
 
     def record_loss(self, loss) -> None:

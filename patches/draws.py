@@ -36,10 +36,20 @@ class StratifiedTorch:
     """Stands in for a sampler module's ``torch`` global during one sampler call."""
 
     def __init__(
-        self, real, k: int, clusters: int, batch: int, where: str, supported: str = "", midpoint: bool = False
+        self,
+        real,
+        k: int,
+        clusters: int,
+        batch: int,
+        where: str,
+        supported: str = "",
+        midpoint: bool = False,
+        position: float | None = None,
     ):
         self._real, self._k, self._clusters, self._batch = real, k, clusters, batch
-        self._where, self._supported, self._midpoint = where, supported, midpoint
+        self._where, self._supported = where, supported
+        #: a fixed draw: every sample gets the quantile (k + position) / K (midpoint: position 0.5)
+        self._position = 0.5 if midpoint and position is None else position
         self.drawn = False
 
     def __getattr__(self, name):
@@ -60,8 +70,8 @@ class StratifiedTorch:
                 f"expected the timestep draw to have one value per sample ({self._batch}), got size {tuple(size)}"
             )
         self.drawn = True
-        if self._midpoint:  # the progress probe: the cluster's quantile midpoint, (k + 1/2) / K, for every sample
-            return torch.full(tuple(size), (self._k + 0.5) / self._clusters, dtype=dtype)
+        if self._position is not None:  # the probe / validation: (k + position) / K for every sample
+            return torch.full(tuple(size), (self._k + self._position) / self._clusters, dtype=dtype)
         return cluster_uniform(n, self._k, self._clusters, generator=generator, dtype=dtype).reshape(tuple(size))
 
     @staticmethod
@@ -137,14 +147,23 @@ class _StratifiedDistributions:
 
 @contextlib.contextmanager
 def cluster_draw(
-    module, k: int, clusters: int, batch: int, where: str, supported: str, options: str, midpoint: bool = False
+    module,
+    k: int,
+    clusters: int,
+    batch: int,
+    where: str,
+    supported: str,
+    options: str,
+    midpoint: bool = False,
+    position: float | None = None,
 ):
     """Run the body with ``module.torch`` replaced by a ``StratifiedTorch`` for cluster ``k``; afterwards
     refuse loudly if the sampler made no draw the stand-in recognised (a trainer branch this plugin does
     not know would otherwise silently train with unrestricted timesteps). ``options`` describes the
     trainer's sampler settings for that message. ``midpoint``: every sample gets the cluster's quantile
-    midpoint through the trainer's own transform (the progress probe's fixed timestep)."""
-    proxy = StratifiedTorch(module.torch, k, clusters, batch, where, supported, midpoint)
+    midpoint through the trainer's own transform (the progress probe's fixed timestep); ``position``:
+    the quantile ``(k + position) / K`` instead (the validation also measures the cluster's edges)."""
+    proxy = StratifiedTorch(module.torch, k, clusters, batch, where, supported, midpoint, position)
     real = module.torch
     module.torch = proxy
     try:

@@ -22,6 +22,8 @@ runs; ``run`` = applied only when a run uses a Loli feature):
 * ``TRAINING`` (run): the loss and the SD1/SD2/SDXL timestep sampler.
 * ``FAMILIES`` (run): the SD3, Flux/Chroma and Lumina samplers.
 * ``LOGS`` (run): accelerate's trackers.
+* ``PROBE`` (run): ``NetworkTrainer.process_batch``, where the progress probe keeps training batches and
+  the validation measures sd-scripts' own validation batches.
 """
 
 from __future__ import annotations
@@ -47,12 +49,22 @@ TRAIN_UTIL = "library.train_util"
 PROBE_EVERY, PROBE_SAMPLES = 100, 1
 
 
+def _logs_somewhere(args) -> bool:
+    return getattr(args, "logging_dir", None) is not None or getattr(args, "log_with", None) is not None
+
+
+def requests_validation(args) -> bool:
+    """``--loli_validation on``, or ``auto`` (the default) with LoliClustered when the run logs somewhere.
+    It measures only when sd-scripts validates (a validation split or dataset is configured)."""
+    mode = getattr(args, "loli_validation", "auto")
+    return mode == "on" or (mode == "auto" and requests_optimizer(args) and _logs_somewhere(args))
+
+
 def requests_probe(args) -> bool:
     """``--loli_probe on``, or ``auto`` (the default) with LoliClustered when the run logs somewhere
     (``--logging_dir`` / ``--log_with``: without a tracker the probe's values would go nowhere)."""
     mode = getattr(args, "loli_probe", "auto")
-    logs = getattr(args, "logging_dir", None) is not None or getattr(args, "log_with", None) is not None
-    return mode == "on" or (mode == "auto" and requests_optimizer(args) and logs)
+    return mode == "on" or (mode == "auto" and requests_optimizer(args) and _logs_somewhere(args))
 
 
 # --------------------------------------------------------------------------- parser
@@ -89,8 +101,19 @@ def add_training_arguments(context, wrapped, instance, args, kwargs):
             "--loli_probe_clusters",
             type=int,
             default=DEFAULT_CLUSTERS,
-            help=f"loli-plugin: probe timesteps when the optimizer is not LoliClustered (default {DEFAULT_CLUSTERS}; "
-            "with LoliClustered its clusters)",
+            help=f"loli-plugin: probe and validation timesteps (K) when the optimizer is not LoliClustered (default "
+            f"{DEFAULT_CLUSTERS}; with LoliClustered its clusters)",
+        )
+    if "--loli_validation" not in known:
+        parser.add_argument(
+            "--loli_validation",
+            choices=["auto", "on", "off"],
+            default="auto",
+            help="loli-plugin validation: wherever sd-scripts validates (--validation_split or a validation dataset; "
+            "--validate_every_n_steps / --validate_every_n_epochs), also the loss on each held-out batch at one fixed "
+            "timestep per cluster (the quantile midpoints of this run's own distribution) with fixed noise, logged as "
+            "val/cluster_KK, val/mean, val/normalized (for `loli-plugin compare`). auto (default): on with "
+            "--optimizer_type LoliClustered when --logging_dir or --log_with is set; on: with any optimizer",
         )
     return result
 
@@ -178,15 +201,18 @@ def conditional_loss(context, wrapped, instance, args, kwargs):
 def get_timesteps(context, wrapped, instance, args, kwargs):
     """library/train_util.py ``get_timesteps(min_timestep, max_timestep, b_size, device)``: the uniform
     integer draw ``torch.randint(min, max)`` becomes a draw from the current cluster's slice of the
-    same range. ``min >= max`` is kohya's fixed-timestep validation: handed to the original."""
+    same range. ``min >= max`` is kohya's fixed-timestep validation: handed to the original. While the
+    probe or the validation measures, every sample gets the quantile the run asks for."""
     bound = bind_arguments(wrapped, args, kwargs)
     run = context.run
     lo, hi = int(bound["min_timestep"]), int(bound["max_timestep"])
     from ..sampling import DiscreteUniform
 
-    if run is not None and run.probe_cluster is not None and lo < hi:  # the probe: the cluster's midpoint
-        u = torch.full((int(bound["b_size"]),), (run.probe_cluster + 0.5) / run.clusters, dtype=torch.float64)
-        return DiscreteUniform(lo, hi).quantile(u).long().to(bound["device"])
+    if run is not None and run.probe_cluster is not None and lo < hi:  # probe/validation: the cluster's midpoint
+        u = torch.full((int(bound["b_size"]),), run.fixed_quantile(), dtype=torch.float64)
+        t = DiscreteUniform(lo, hi).quantile(u).long().to(bound["device"])
+        run.note_timesteps(t)
+        return t
     if run is None or not run.stratify or lo >= hi:
         if run is not None:
             run.untracked_draw()
@@ -273,9 +299,12 @@ def _flow_sampler(family: str, module_name: str):
             f"{module_name}.get_noisy_model_input_and_timesteps",
             SUPPORTED,
             options,
-            midpoint=probing,
+            position=run.probe_position if probing else None,
         ):
-            return wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs)
+        if probing:  # (noisy_model_input, timesteps, sigmas): the timestep the validation records
+            run.note_timesteps(result[1])
+        return result
 
     wrapper.__doc__ = (
         f"library/{module_name.split('.')[-1]}.py get_noisy_model_input_and_timesteps: draw from one cluster"
@@ -338,6 +367,9 @@ FAMILIES = {
 # --------------------------------------------------------------------------- logs
 #: train_network.py's step logs carry "loss/current"; fine_tune.py / sdxl_train.py's carry "loss"
 STEP_LOSS_KEYS = ("loss/current", "loss")
+#: train_network.py's logs at the end of a validation pass (after a step; at an epoch's end)
+VALIDATION_KEYS = ("loss/validation/step_average", "loss/validation/epoch_average")
+RECORD_TAG = "loli/validation"
 TRACKING = "accelerate.tracking"
 
 
@@ -349,11 +381,37 @@ def tracker_log(context, wrapped, instance, args, kwargs):
     run = context.run
     if run is None:
         return wrapped(*args, **kwargs)
-    values = bind_arguments(wrapped, args, kwargs)["values"]
-    if not isinstance(values, dict) or not any(k in values for k in STEP_LOSS_KEYS):
+    bound = bind_arguments(wrapped, args, kwargs)
+    values, step = bound["values"], bound["step"]
+    if not isinstance(values, dict):
         return wrapped(*args, **kwargs)
+    if run.validation is not None and any(k in values for k in VALIDATION_KEYS):
+        return _log_validation(context, wrapped, args, kwargs, bound["self"], values, step)
+    if not any(k in values for k in STEP_LOSS_KEYS):
+        return wrapped(*args, **kwargs)
+    if step is not None:
+        context.logged_step = step
     extra = run.logs()
     return call_replacing(wrapped, args, kwargs, values={**values, **extra}) if extra else wrapped(*args, **kwargs)
+
+
+def _log_validation(context, wrapped, args, kwargs, tracker, values, step):
+    """sd-scripts logs the average of its validation pass (``loss/validation/step_average`` after a step,
+    ``loss/validation/epoch_average`` at an epoch's end, with the epoch as TensorBoard's step): the plugin's
+    pass over the same batches ends here. Its values go to each tracker at the optimizer step of the last
+    step log (merged into the same log for a tracker that takes no step, W&B: sd-scripts hands it the
+    step in the values), and its comparability record to TensorBoard as text."""
+    logs, record = context.validation_logs(values)
+    if not logs:
+        return wrapped(*args, **kwargs)
+    if step is None:
+        return call_replacing(wrapped, args, kwargs, values={**values, **logs})
+    at = context.logged_step if context.logged_step is not None else step
+    extra = dict(logs)
+    if record is not None and getattr(tracker, "name", None) == "tensorboard":
+        extra[RECORD_TAG] = record  # accelerate's TensorBoardTracker writes a str as text
+    call_replacing(wrapped, args, kwargs, values=extra, step=at)
+    return wrapped(*args, **kwargs)
 
 
 def _tracker(cls: str, optional: bool) -> FunctionPatch:
@@ -363,10 +421,21 @@ def _tracker(cls: str, optional: bool) -> FunctionPatch:
         "per-cluster scalars next to sd-scripts' loss",
         "logs",
         params=["self", "values", "step"],
-        reads=["values"],
+        reads=["self", "values", "step"],
         wrapper=tracker_log,
         optional=optional,
     )
+
+
+def end_training(context, wrapped, instance, args, kwargs):
+    """accelerate/accelerator.py ``Accelerator.end_training(self)``: every sd-scripts script calls it on every
+    rank once its loop is over, before the trackers close. If sd-scripts' own schedule skipped the end of
+    training (``--validate_every_n_epochs`` > 1), the validation measures its held-out batches once more
+    here (``context.end_of_training``)."""
+    run = context.run
+    if run is not None and run.validation is not None:
+        context.end_of_training(instance)
+    return wrapped(*args, **kwargs)
 
 
 #: TensorBoard and W&B are the trackers sd-scripts special-cases; the others are patched when this
@@ -378,6 +447,16 @@ LOGS = Instrumentor(
     + [
         _tracker(cls, True)
         for cls in ("CometMLTracker", "AimTracker", "MLflowTracker", "ClearMLTracker", "DVCLiveTracker")
+    ]
+    + [
+        FunctionPatch(
+            "accelerate.accelerator",
+            "Accelerator.end_training",
+            "validation: a last pass when sd-scripts' schedule skipped the end of training",
+            "validation",
+            params=["self"],
+            wrapper=end_training,
+        )
     ],
 )
 
@@ -389,12 +468,17 @@ def process_batch(context, wrapped, instance, args, kwargs):
     tokenize_strategy, is_train=True, train_text_encoder=True, train_unet=True)``: one micro-batch's
     forward and loss for every family that inherits it (SD1/2, SDXL, SD3, Flux/Chroma, Lumina). The
     progress probe keeps the first training batches seen here and measures through this very function,
-    with ``is_train=False`` as sd-scripts' own validation calls it (``context.probe_batch``)."""
+    with ``is_train=False`` as sd-scripts' own validation calls it (``context.probe_batch``). The
+    validation measures each batch of sd-scripts' own validation loop here, once, when the loop first
+    hands it over (``context.validation_batch``)."""
     run = context.run
-    if run is None or run.probe is None or run.probe_cluster is not None:
+    if run is None or (run.probe is None and run.validation is None) or run.probe_cluster is not None:
         return wrapped(*args, **kwargs)
-    if bind_arguments(wrapped, args, kwargs)["is_train"]:
-        context.probe_batch(wrapped, args, kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
+    if bound["is_train"]:
+        context.training_batch(wrapped, args, kwargs, bound)
+    elif run.validation is not None and _validating(bound["args"]):
+        context.validation_batch(wrapped, args, kwargs, bound)
     return wrapped(*args, **kwargs)
 
 
@@ -423,8 +507,8 @@ PROBE = Instrumentor(
         FunctionPatch(
             module,
             "NetworkTrainer.process_batch",
-            "progress probe: keeps training batches, measures through them",
-            "probe",
+            "progress probe: keeps training batches, measures through them; validation on sd-scripts' own batches",
+            ("probe", "validation"),
             params=_PROCESS_BATCH,
             reads=[
                 "self",

@@ -10,6 +10,7 @@ combinations before training, the short-name routing and the density clamp live 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 import sys
@@ -50,6 +51,20 @@ def asked(args, probe: bool = False) -> str:
     if probe and not requests_optimizer(args):
         parts.append("--loli_probe on")
     return " and ".join(parts) or "a Loli run"
+
+
+def namespace_from_argv(argv: list[str]) -> argparse.Namespace:
+    """The options a Loli run is asked for with (``requests_*``), read from a command line without the
+    trainer's parser (for the one line said at the import of a layout loli-plugin cannot serve)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--optimizer_type", default="")
+    parser.add_argument("--loss_type", default=None)
+    parser.add_argument("--loli_probe", default="auto")
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except SystemExit:  # an option given without its value: the trainer's parser says so
+        return argparse.Namespace(optimizer_type="", loss_type=None, loli_probe="auto")
+    return args
 
 
 def add_loss_options(parser, new_loss_type: dict | None = None) -> None:

@@ -36,6 +36,9 @@ Instrumentors (``import`` scope: applied when the module is imported, passing th
   ``get_optimizer``.
 * ``TRAINING`` (run): the sampler, the loss and the per-cluster logs on ``NetworkTrainer``.
 * ``OVERRIDES`` (run): the three non-delegating overrides above.
+
+The validation (``--loli_validation_dataset_config``) adds ``NetworkTrainer.process_batch`` to ``TRAINING``:
+the adapter measures the held-out set through the call it remembers there.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import sys
 import torch
 
 from ..errors import LoliConfigError, LoliUnsupportedTrainerError
+from ..options import DEFAULT_CLUSTERS
 from .draws import cluster_draw
 from .instrument import FunctionPatch, Instrumentor, bind_arguments, call_replacing
 
@@ -62,6 +66,9 @@ TIMESTEPS = "musubi_tuner.training.timesteps"
 HIDREAM = "musubi_tuner.hidream_o1_train_network"
 IDEOGRAM4 = "musubi_tuner.ideogram4_train_network"
 SELF_FLOW = "musubi_tuner.flux_2_train_network_self_flow"
+
+#: optimizer steps between two validation passes (musubi-tuner has no validation schedule of its own)
+VALIDATION_EVERY = 100
 
 #: samplings that mix several samplers per sample (musubi draws which one with its own torch.rand)
 MIXTURES = ("qinglong_flux", "qinglong_qwen")
@@ -81,7 +88,37 @@ def setup_parser_common(context, wrapped, instance, args, kwargs):
             help="loli-plugin: mse = musubi-tuner's own loss (default); loli = MSE+L1+cosine (see --loli_loss_weights)",
         ),
     )
+    known = {option for a in parser._actions for option in a.option_strings}
+    if "--loli_validation_dataset_config" not in known:
+        parser.add_argument(
+            "--loli_validation_dataset_config",
+            type=str,
+            default=None,
+            help="loli-plugin validation: a second dataset config (.toml) of held-out images or videos, cached with "
+            "musubi-tuner's own *_cache_latents.py / *_cache_text_encoder_outputs.py like --dataset_config; their "
+            "loss at one fixed timestep per cluster (the quantile midpoints of this run's own distribution) with "
+            "fixed noise is logged as val/cluster_KK, val/mean, val/normalized (for `loli-plugin compare`), with any "
+            "optimizer",
+        )
+        parser.add_argument(
+            "--loli_validation_every",
+            type=int,
+            default=VALIDATION_EVERY,
+            help=f"loli-plugin: optimizer steps between two validation passes (default {VALIDATION_EVERY}); one more "
+            "before the first step and one at the end of training",
+        )
+        parser.add_argument(
+            "--loli_validation_clusters",
+            type=int,
+            default=DEFAULT_CLUSTERS,
+            help=f"loli-plugin: validation timesteps (K) when the optimizer is not LoliClustered (default "
+            f"{DEFAULT_CLUSTERS}; with LoliClustered its clusters)",
+        )
     return parser
+
+
+def requests_validation(args) -> bool:
+    return getattr(args, "loli_validation_dataset_config", None) is not None
 
 
 # --------------------------------------------------------------------------- activation
@@ -101,8 +138,10 @@ def get_optimizer(context, wrapped, instance, args, kwargs):
     run_args = bind_arguments(wrapped, args, kwargs)["args"]
     with context.building_optimizer(instance, run_args):
         result = call_routed(wrapped, args, kwargs, run_args)
-    if requests_loss(run_args) and context.run is None:
-        context.activate(instance, run_args, optimizer=None)  # the Loli loss alone, with the user's optimizer
+    if (requests_loss(run_args) or requests_validation(run_args)) and context.run is None:
+        # the Loli loss or the validation alone, with the user's optimizer
+        context.activate(instance, run_args, optimizer=None)
+    context.optimizer_built(result[2] if isinstance(result, tuple) and len(result) > 2 else None)
     return result
 
 
@@ -112,15 +151,26 @@ def sample_from_cluster(context, wrapped, instance, args, kwargs):
     latents, timesteps, noise_scheduler, device, dtype)`` (and HiDream-O1's override of it): the step's
     timesteps come from the optimizer's cluster, through musubi's own transform, shift and
     ``min_timestep``/``max_timestep``. An override that calls ``super()`` while this wrapper is drawing
-    reaches the base method unchanged (``context.drawing_now``)."""
+    reaches the base method unchanged (``context.drawing_now``). While the validation measures, every
+    sample gets the quantile the run asks for (``run.probing``) through the same transform."""
     run = context.run
-    if run is None or not run.stratify or context.drawing_now:
+    probing = run is not None and run.probe_cluster is not None
+    if run is None or not (run.stratify or probing) or context.drawing_now:
         return wrapped(*args, **kwargs)
     bound = bind_arguments(wrapped, args, kwargs)
     with context.drawing():
         if getattr(bound["args"], "timestep_sampling", "sigma") == "sigma":
-            return _draw_sigma(run, wrapped, args, kwargs, bound)
-        return _draw_through_uniforms(run, wrapped, args, kwargs, bound)
+            result = _draw_sigma(run, wrapped, args, kwargs, bound)
+        else:
+            result = _draw_through_uniforms(run, wrapped, args, kwargs, bound)
+    if probing:  # (noisy_model_input, timesteps): the timestep the validation records
+        run.note_timesteps(result[1])
+    return result
+
+
+def _cluster(run) -> int:
+    """The cluster of this draw: the one being measured, else the optimizer step's."""
+    return run.probe_cluster if run.probe_cluster is not None else run.take_cluster()
 
 
 def _draw_sigma(run, wrapped, args, kwargs, bound):
@@ -129,7 +179,7 @@ def _draw_sigma(run, wrapped, args, kwargs, bound):
     the timestep; that draw is replaced by one from the cluster's slice (patches/draws.py). The slice is
     mirrored where u's transform falls, so cluster 0 always holds the lowest timesteps."""
     run_args, table = bound["args"], bound["noise_scheduler"].timesteps
-    k = run.take_cluster()
+    k = _cluster(run)
     falling = bool(table[0] > table[-1])  # musubi's FlowMatchDiscreteScheduler(reverse=True) lists 1000 ... 1
     if getattr(run_args, "weighting_scheme", "none") == "mode":
         falling = not falling  # the mode map 1 - u - s (cos^2(pi u / 2) - 1 + u) falls as well
@@ -144,6 +194,7 @@ def _draw_sigma(run, wrapped, args, kwargs, bound):
         f"{TIMESTEPS}.compute_density_for_timestep_sampling",
         SUPPORTED,
         options,
+        position=run.probe_position if run.probe_cluster is not None else None,
     ):
         return wrapped(*args, **kwargs)
 
@@ -167,10 +218,14 @@ def _draw_through_uniforms(run, wrapped, args, kwargs, bound):
         call_args = _untruncated(run_args)
         lo, hi = _truncation_bounds(probe, call_args, run_args)
     mixture = getattr(run_args, "timestep_sampling", None) in MIXTURES
-    k = run.take_cluster()
+    k = _cluster(run)
     if not mixture and not probe.rising(call_args, lo, hi):
         k = run.clusters - 1 - k
-    positions = _positions(bound["timesteps"], bound["noise"].shape[0], k, run.clusters)
+    n = bound["noise"].shape[0]
+    if run.probe_cluster is not None:  # the validation: every sample at the quantile asked for
+        positions = torch.full((n,), (k + run.probe_position) / run.clusters, dtype=torch.float64)
+    else:
+        positions = _positions(bound["timesteps"], n, k, run.clusters)
     result = call_replacing(wrapped, args, kwargs, args=call_args, timesteps=(lo + (hi - lo) * positions).tolist())
     if not mixture:
         ends = probe(call_args, [lo + (hi - lo) * k / run.clusters, lo + (hi - lo) * (k + 1) / run.clusters])
@@ -353,12 +408,26 @@ def extra_step_logs(context, wrapped, instance, args, kwargs):
     """training/trainer_base.py ``NetworkTrainer.extra_step_logs(self, args, logs)`` (and Self-Flow's
     override of it): the loop merges what it returns into the step's logs before ``accelerator.log``, so
     ``loss/cluster_KK``, ``loss/normalized`` and ``loli/cluster`` reach every tracker next to
-    ``loss/current``. Reading them costs one small device-to-host copy, after musubi's own ``loss.item()``."""
+    ``loss/current``. Reading them costs one small device-to-host copy, after musubi's own ``loss.item()``.
+    (The validation writes its passes itself, at the step they measured: ``context.log_validation``.)"""
     extra = wrapped(*args, **kwargs)
     run = context.run
     if run is None or run.monitor is None:
         return extra
     return {**extra, **run.logs()}
+
+
+# --------------------------------------------------------------------------- validation
+def process_batch(context, wrapped, instance, args, kwargs):
+    """training/trainer_base.py ``NetworkTrainer.process_batch(self, args, accelerator, transformer, network,
+    batch, latents, noise, noise_scheduler, dit_dtype, network_dtype, vae, global_step)``: one training
+    micro-batch's forward and loss (Self-Flow's override calls it through ``super()``). The validation
+    remembers the call, to measure its held-out batches through the same method with the same models and
+    dtypes (``context.training_call``)."""
+    run = context.run
+    if run is not None and run.validation is not None and run.probe_cluster is None:
+        context.training_call(bind_arguments(wrapped, args, kwargs))
+    return wrapped(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- instrumentors
@@ -395,6 +464,21 @@ _SAMPLER_PARAMS = ["self", "args", "noise", "latents", "timesteps", "noise_sched
 _SAMPLER_READS = ["args", "noise", "latents", "timesteps", "noise_scheduler"]
 _LOSS_PARAMS = ["self", "args", "output", "timesteps", "noise_scheduler", "dit_dtype", "network_dtype", "global_step"]
 _LOGS_PARAMS = ["self", "args", "logs"]
+_BATCH_PARAMS = [
+    "self",
+    "args",
+    "accelerator",
+    "transformer",
+    "network",
+    "batch",
+    "latents",
+    "noise",
+    "noise_scheduler",
+    "dit_dtype",
+    "network_dtype",
+    "vae",
+    "global_step",
+]
 
 TRAINING = Instrumentor(
     LIBRARY,
@@ -436,6 +520,14 @@ TRAINING = Instrumentor(
             params=_LOGS_PARAMS,
             reads=[],
             wrapper=extra_step_logs,
+        ),
+        FunctionPatch(
+            TRAINER_BASE,
+            "NetworkTrainer.process_batch",
+            "validation: measures the held-out set through the trainer's own forward and loss",
+            "validation",
+            params=_BATCH_PARAMS,
+            wrapper=process_batch,
         ),
     ],
 )

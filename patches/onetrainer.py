@@ -2,7 +2,7 @@
 version number, so support is decided by the presence and signatures of the targets below).
 
 Wrappers receive the adapter as ``context`` (handed over at instrument time) and use ``context.run``,
-``context.check_request(config)``, ``context.build_optimizer(create_optimizer, bound)`` and
+``context.check_request(config)``, ``context.build_optimizer(create_inner, bound)`` and
 ``context.activate_loss(config)``. Every wrapper passes through unless the run uses a Loli option.
 
 Instrumentors (scope ``import``: applied when the module is imported; ``run``: when a run asks for a
@@ -14,7 +14,8 @@ Loli feature):
   (OneTrainer would otherwise fall back to its default optimizer with "Could not set optimizer").
 * ``ENTRY`` (import): ``create_trainer`` (refuses an unservable Loli run before any work) and
   ``create_optimizer`` (builds LOLI_CLUSTERED, activates Loli runs).
-* ``TRAINING`` (run): timesteps, the cosine term, per-cluster loss recording, TensorBoard, the probe.
+* ``TRAINING`` (run): timesteps, the cosine term, per-cluster loss recording, TensorBoard, the probe, the
+  validation (inside OneTrainer's own ``GenericTrainer.__validate``, and a last pass in ``end``).
 * ``UI`` (import): the plugin's rows in the optimizer window and Cosine Strength in the loss section.
 """
 
@@ -27,7 +28,7 @@ import torch
 from ..errors import LoliConfigError
 from ..options import DEFAULT_CLUSTERS
 from .draws import cluster_draw
-from .instrument import EnumMemberPatch, FunctionPatch, Instrumentor, MappingEntryPatch, bind_arguments
+from .instrument import EnumMemberPatch, FunctionPatch, Instrumentor, MappingEntryPatch, bind_arguments, call_replacing
 
 SUPPORTED = "Nerogar/OneTrainer at commit 23df383 (2026-08-19) or a later one with the same functions"
 LIBRARY = "Nerogar/OneTrainer"
@@ -59,12 +60,23 @@ CONFIG_FIELDS = [
     ("loli_probe_every", PROBE_EVERY, int, False),
     ("loli_probe_samples", PROBE_SAMPLES, int, False),
     ("loli_probe_clusters", DEFAULT_CLUSTERS, int, False),
+    # the validation on OneTrainer's VALIDATION concepts (auto: on with LOLI_CLUSTERED when OneTrainer validates)
+    ("loli_validation", "auto", str, False),
 ]
 
 
 def requests_probe(config) -> bool:
     mode = str(getattr(config, "loli_probe", "auto") or "auto")
     return mode == "on" or (mode == "auto" and str(config.optimizer.optimizer) == MEMBER)
+
+
+def requests_validation(config) -> bool:
+    """``loli_validation: on`` (any optimizer), or ``auto`` with LOLI_CLUSTERED when OneTrainer's own
+    validation is on (``validation: true`` and VALIDATION concepts)."""
+    mode = str(getattr(config, "loli_validation", "auto") or "auto")
+    return mode == "on" or (
+        mode == "auto" and str(config.optimizer.optimizer) == MEMBER and bool(getattr(config, "validation", False))
+    )
 
 
 #: what the optimizer window shows for the plugin's rows (title, tooltip, kind)
@@ -111,7 +123,7 @@ def maybe_adjust_lrs(context, wrapped, instance, args, kwargs):
     if member._name_ == MEMBER:
         inner = type(member)._member_map_.get(str(getattr(optimizer, "inner_name", "")))
         if inner is not None and inner._name_ != MEMBER:
-            return getattr(wrapped, "__func__", wrapped)(inner, bound["lrs"], optimizer)
+            return call_replacing(wrapped, args, kwargs, self=inner)  # every other argument as it came
     return wrapped(*args, **kwargs)
 
 
@@ -164,6 +176,8 @@ def config_requests(data) -> set[str]:
         pass
     if str(data.get("loli_probe")) == "on":
         asked.add("probe")
+    if str(data.get("loli_validation")) == "on":
+        asked.add("validation")
     return asked
 
 
@@ -199,6 +213,7 @@ REGISTRATION = Instrumentor(
             "lr/<group> shows d*lr for adaptive inner optimizers",
             "logs",
             params=["self", "lrs", "optimizer"],
+            reads=["self", "optimizer"],
             wrapper=maybe_adjust_lrs,
             optional=True,
         ),
@@ -251,20 +266,39 @@ def create_optimizer(context, wrapped, instance, args, kwargs):
     """modules/util/create.py ``create_optimizer(parameter_group_collection, state_dict, config, layer_key_fn)``:
     for LOLI_CLUSTERED, OneTrainer's own branch builds the inner optimizer (so every inner parameter
     keeps working), LoliClustered wraps it, and the backup state is loaded into the wrapper; a run with
-    only a cosine strength activates the loss."""
+    only a cosine strength activates the loss. The inner call gets the caller's arguments with only
+    ``state_dict`` and ``config`` replaced: the last parameter (``layer_key_fn`` here, ``model`` in
+    OneTrainer pull requests #1344 and #1557) is passed on as it came, whatever its name."""
     bound = bind_arguments(wrapped, args, kwargs)
     config = bound["config"]
     context.check_request(config)
     if str(config.optimizer.optimizer) == MEMBER:
-        return context.build_optimizer(wrapped, bound)
+
+        def create_inner(inner_config):
+            return call_replacing(wrapped, args, kwargs, state_dict=None, config=inner_config)
+
+        return context.build_optimizer(create_inner, bound)
     saved = bound["state_dict"]
-    # the probe's saved state: taken out before OneTrainer's own load, which knows nothing of it
+    # the probe's and the validation's saved states: taken out before OneTrainer's own load, which knows
+    # nothing of them
     probe_state = saved.pop("loli_probe", None) if isinstance(saved, dict) else None
+    validation_state = saved.pop("loli_validation", None) if isinstance(saved, dict) else None
     optimizer = wrapped(*args, **kwargs)
-    context.activate_extras(config, optimizer, probe_state)
+    context.activate_extras(config, optimizer, probe_state, validation_state)
     return optimizer
 
 
+#: where every Loli run activates (feature "activation"); it reads and replaces only the first three
+#: parameters and forwards the fourth (``layer_key_fn``, or ``model`` in OneTrainer PRs #1344/#1557) untouched
+CREATE_OPTIMIZER = FunctionPatch(
+    CREATE,
+    "create_optimizer",
+    "builds LOLI_CLUSTERED around the inner optimizer; activates Loli runs",
+    "activation",
+    params=["parameter_group_collection", "state_dict", "config", "layer_key_fn"],
+    reads=["parameter_group_collection", "state_dict", "config"],
+    wrapper=create_optimizer,
+)
 ENTRY = Instrumentor(
     LIBRARY,
     SUPPORTED,
@@ -278,14 +312,7 @@ ENTRY = Instrumentor(
             reads=["config"],
             wrapper=create_trainer,
         ),
-        FunctionPatch(
-            CREATE,
-            "create_optimizer",
-            "builds LOLI_CLUSTERED around the inner optimizer; activates Loli runs",
-            "activation",
-            params=["parameter_group_collection", "state_dict", "config", "layer_key_fn"],
-            wrapper=create_optimizer,
-        ),
+        CREATE_OPTIMIZER,
     ],
 )
 
@@ -310,7 +337,10 @@ def get_timestep_discrete(context, wrapped, instance, args, kwargs):
     (and ``_get_timestep_continuous``) draws its training timesteps here. The first draw (rand, normal,
     multinomial over the pmf, or Beta) becomes a draw from the optimizer's cluster; OneTrainer's own
     transform and shift run unchanged, with OneTrainer's generator. Deterministic (validation) calls and
-    the UI's distribution preview (TimestepGenerator) are handed over untouched."""
+    the UI's distribution preview (TimestepGenerator) are handed over untouched, except while the probe or
+    the validation measures: then every sample gets the quantile the run asks for, also in a deterministic
+    call (the plugin's validation runs OneTrainer's own deterministic validation predict, whose only
+    timestep is then the cluster's)."""
     bound = bind_arguments(wrapped, args, kwargs)
     instance = bound.get("self", instance)
     run = context.run
@@ -318,7 +348,7 @@ def get_timestep_discrete(context, wrapped, instance, args, kwargs):
     if (
         run is None
         or not (run.stratify or probing)
-        or bound["deterministic"]
+        or (bound["deterministic"] and not probing)
         or type(instance).__name__ == "TimestepGenerator"
     ):
         if run is not None and bound.get("deterministic"):
@@ -350,9 +380,15 @@ def get_timestep_discrete(context, wrapped, instance, args, kwargs):
         "ModelSetupNoiseMixin._get_timestep_discrete",
         SUPPORTED,
         f"timestep_distribution={config.timestep_distribution}",
-        midpoint=probing,
+        position=run.probe_position if probing else None,
     ):
-        return wrapped(*args, **kwargs)
+        if bound["deterministic"]:  # a fixed draw through the random branch (it draws from the stand-in first)
+            t = call_replacing(wrapped, args, kwargs, deterministic=False)
+        else:
+            t = wrapped(*args, **kwargs)
+    if probing:
+        run.note_timesteps(t)
+    return t
 
 
 # --------------------------------------------------------------------------- loss
@@ -417,6 +453,10 @@ def record_losses(context, wrapped, instance, args, kwargs):
         if run.probe is not None and run.probe_cluster is None and torch.is_grad_enabled() and run.probe.wants():
             batch = bind_arguments(wrapped, args, kwargs)["batch"]  # the batch as OneTrainer prepared it
             run.probe.keep(batch, int(losses.shape[0]) if isinstance(losses, torch.Tensor) and losses.ndim else 1)
+        if context.held_out is not None and run.probe_cluster is None and not torch.is_grad_enabled():
+            batch = bind_arguments(wrapped, args, kwargs)["batch"]  # a batch of OneTrainer's validation
+            if not context.held_out or context.held_out[-1] is not batch:
+                context.held_out.append(batch)
     return losses
 
 
@@ -438,7 +478,40 @@ def report_to_tensorboard(context, wrapped, instance, args, kwargs):
     return result
 
 
+# --------------------------------------------------------------------------- validation
+def validate(context, wrapped, instance, args, kwargs):
+    """modules/trainer/GenericTrainer.py ``GenericTrainer.__validate(self, train_progress)``: OneTrainer's own
+    validation (master rank, when ``validate_after`` says so) over its VALIDATION concepts, at one fixed
+    timestep. The batches it measures (taken where their loss is computed, ``record_losses``) are then
+    measured by the plugin at each cluster's midpoint, through the same predict and calculate_loss, and
+    logged at the same step (``context.run_validation``)."""
+    run = context.run
+    if run is None or run.validation is None:
+        return wrapped(*args, **kwargs)
+    bound = bind_arguments(wrapped, args, kwargs)
+    context.held_out = []
+    try:
+        result = wrapped(*args, **kwargs)
+    finally:
+        batches, context.held_out = context.held_out, None
+    if batches:
+        context.run_validation(bound["self"], batches, bound["train_progress"])
+    return result
+
+
+def end(context, wrapped, instance, args, kwargs):
+    """modules/trainer/GenericTrainer.py ``GenericTrainer.end(self)``: after the last step, before the backup
+    and the final save. OneTrainer validates at the start of its epochs (``validate_after``), so the
+    plugin adds a last pass over the validation concepts here unless this step was measured already."""
+    run = context.run
+    if run is not None and run.validation is not None:
+        context.final_validation(bind_arguments(wrapped, args, kwargs)["self"])
+    return wrapped(*args, **kwargs)
+
+
+GENERIC_TRAINER = "modules.trainer.GenericTrainer"
 _LOSS_PARAMS = ["self", "batch", "data", "config"]
+_LOSS_READS = ["batch", "data", "config"]
 
 TRAINING = Instrumentor(
     LIBRARY,
@@ -448,7 +521,7 @@ TRAINING = Instrumentor(
             NOISE_MIXIN,
             "ModelSetupNoiseMixin._get_timestep_discrete",
             "timesteps from one cluster per optimizer step (every model)",
-            ("sampler", "probe"),
+            ("sampler", "probe", "validation"),
             params=["self", "num_train_timesteps", "deterministic", "generator", "batch_size", "config", "shift"],
             reads=["self", "num_train_timesteps", "deterministic", "batch_size", "config"],
             wrapper=get_timestep_discrete,
@@ -459,6 +532,7 @@ TRAINING = Instrumentor(
             "cosine strength (unmasked)",
             "loss",
             params=_LOSS_PARAMS,
+            reads=_LOSS_READS,
             wrapper=unmasked_losses,
         ),
         FunctionPatch(
@@ -467,13 +541,14 @@ TRAINING = Instrumentor(
             "cosine strength (masked training)",
             "loss",
             params=_LOSS_PARAMS,
+            reads=_LOSS_READS,
             wrapper=masked_losses,
         ),
         FunctionPatch(
             LOSS_MIXIN,
             "ModelSetupDiffusionLossMixin._diffusion_losses",
-            "per-cluster loss; the probe's batches (diffusion models)",
-            ("logs", "probe"),
+            "per-cluster loss; the probe's and the validation's batches (diffusion models)",
+            ("logs", "probe", "validation"),
             params=["self", "batch", "data", "config", "train_device", "betas", "alphas_cumprod_fun"],
             reads=["batch"],
             wrapper=record_losses,
@@ -481,8 +556,8 @@ TRAINING = Instrumentor(
         FunctionPatch(
             LOSS_MIXIN,
             "ModelSetupDiffusionLossMixin._flow_matching_losses",
-            "per-cluster loss; the probe's batches (flow models)",
-            ("logs", "probe"),
+            "per-cluster loss; the probe's and the validation's batches (flow models)",
+            ("logs", "probe", "validation"),
             params=["self", "batch", "data", "config", "train_device", "sigmas"],
             reads=["batch"],
             wrapper=record_losses,
@@ -495,6 +570,22 @@ TRAINING = Instrumentor(
             params=["self", "model", "config", "scheduler", "tensorboard"],
             reads=["self", "model", "config", "tensorboard"],
             wrapper=report_to_tensorboard,
+        ),
+        FunctionPatch(
+            GENERIC_TRAINER,
+            "GenericTrainer._GenericTrainer__validate",
+            "validation: the clusters' midpoints on OneTrainer's validation batches",
+            "validation",
+            params=["self", "train_progress"],
+            wrapper=validate,
+        ),
+        FunctionPatch(
+            GENERIC_TRAINER,
+            "GenericTrainer.end",
+            "validation: a last pass at the end of training",
+            "validation",
+            params=["self"],
+            wrapper=end,
         ),
     ],
 )

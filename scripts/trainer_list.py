@@ -37,6 +37,9 @@ _TRAINER_KEYS = {
     "torch",
     "check",
     "debian",
+    "versions",
+    "short",
+    "test_versions",
 }
 _TRAINER_REQUIRED = {"library", "tests", "venv", "install", "check"}
 _SOURCE_KEYS = {"repo", "commit", "marker", "dir_variable", "beside", "note"}
@@ -77,6 +80,17 @@ class Trainer:
     packages: tuple[str, ...] = ()
     torch: tuple[str, ...] = ()
     debian: tuple[str, ...] = ()
+    #: other versions of the trainer (its first source) scripts/compat-matrix checks: "REF: what it is"
+    versions: tuple[str, ...] = ()
+    #: the refs of ``versions`` in CI's short form of the matrix
+    short: tuple[str, ...] = ()
+    #: refs its tests read besides the pins (exported like them, to <source>@<ref>; a test skips without one)
+    test_versions: tuple[str, ...] = ()
+
+    @property
+    def refs(self) -> dict[str, str]:
+        """{ref: what it is} of ``versions``, in file order."""
+        return dict(entry.split(": ", 1) for entry in self.versions)
 
     @property
     def venv_variable(self) -> str:
@@ -97,7 +111,7 @@ def read_trainers(path: Path = LIST_FILE) -> dict[str, Trainer]:
             raise ValueError(f"{where} install must be one of {', '.join(INSTALLS)}, not {fields['install']!r}")
         if fields["install"] == "requirements" and not fields.get("requirements"):
             raise ValueError(f'{where} install = "requirements" needs requirements = "<file in the export>"')
-        for key in ("packages", "torch", "debian"):
+        for key in ("packages", "torch", "debian", "versions", "short", "test_versions"):
             if not isinstance(fields.get(key, []), list):
                 raise ValueError(f"{where} {key} must be a list of strings")
             fields[key] = tuple(fields.get(key, ()))
@@ -113,6 +127,12 @@ def read_trainers(path: Path = LIST_FILE) -> dict[str, Trainer]:
                 raise ValueError(f"{source_where}: the source name {source_name} is also used by [{seen[source_name]}]")
             seen[source_name] = name
             made.append(Source(source_name, name, **source))
+        bad = [v for v in fields["versions"] if ": " not in v or not v.split(": ", 1)[0].strip()]
+        if bad:
+            raise ValueError(f'{where} versions must read "REF: what it is", not {bad[0]!r}')
+        listed = {v.split(": ", 1)[0] for v in fields["versions"]}
+        if set(fields["short"]) - listed:
+            raise ValueError(f"{where} short names {', '.join(sorted(set(fields['short']) - listed))}, not in versions")
         trainers[name] = Trainer(name, sources=tuple(made), **fields)
     every = {s.name for t in trainers.values() for s in t.sources}
     for trainer in trainers.values():
@@ -151,6 +171,12 @@ def source_dir(source: Source, pins: dict[str, Source], environ=os.environ) -> P
     return Path(environ.get("LOLI_TRAINERS_DIR") or DEFAULT_TRAINERS_DIR).expanduser() / source.name
 
 
+def version_dir(source: Source, ref: str, pins: dict[str, Source], environ=os.environ) -> Path:
+    """The folder another version of a source is exported to (scripts/get-trainers NAME@REF): beside the
+    source's own, named <name>@<ref> (characters other than letters, digits, '.', '_', '-' become '-')."""
+    return source_dir(source, pins, environ).parent / f"{source.name}@{re.sub(r'[^A-Za-z0-9._-]+', '-', ref)}"
+
+
 def venv_dir(trainer: Trainer, environ=os.environ, root: Path = ROOT) -> Path:
     return Path(environ.get(trainer.venv_variable) or root / trainer.venv)
 
@@ -171,13 +197,20 @@ _PAIR = re.compile(rf"({_KEY})\s*=\s*({_TEXT}|\[\s*(?:{_TEXT}\s*(?:,\s*{_TEXT}\s
 
 
 def parse_toml_subset(text: str) -> dict:
-    """The subset of TOML trainers.toml uses; anything else is an error naming the line."""
+    """The subset of TOML trainers.toml uses (a list may span lines); anything else is an error naming the
+    line."""
     tables: dict = {}
     current = None
+    pending = ""  # the lines so far of a list written over several lines
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if pending or re.fullmatch(rf"{_KEY}\s*=\s*\[[^\]]*", line.split("#")[0].strip()):
+            pending += " " + re.sub(r"\s*#.*$", "", line) if pending else line
+            if not pending.rstrip().endswith("]"):
+                continue
+            line, pending = pending, ""
         table, pair = _TABLE.fullmatch(line), _PAIR.fullmatch(line)
         if table:
             current = tables
@@ -211,6 +244,9 @@ def shell(trainer: Trainer, environ=os.environ) -> str:
         "names": list(pins),
         "exports": [str(source_dir(s, every, environ)) for s in trainer.sources],
         "markers": [s.marker for s in trainer.sources],
+        # other versions its tests read, as get-trainers names them; the versions of CI's short compat-matrix
+        "test_versions": [f"{trainer.sources[0].name}@{ref}" for ref in trainer.test_versions],
+        "short": list(trainer.short),
     }
     lines = []
     for key, value in values.items():

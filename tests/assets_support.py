@@ -62,13 +62,14 @@ def write_tokenizer(folder: Path) -> None:
     )
 
 
-def write_images(folder: Path, n: int = 4) -> None:
-    """``n`` random 64x64 RGB images ``img<i>.png`` from a fixed seed, each with its caption ``img<i>.txt``."""
+def write_images(folder: Path, n: int = 4, seed: int = 0, name: str = "thing") -> None:
+    """``n`` random 64x64 RGB images ``img<i>.png`` from a fixed seed, each with its caption ``img<i>.txt``
+    ("a photo of ``name`` number i"; another seed and name for a held-out set)."""
     import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"a photo of thing number {i}")
+        (folder / f"img{i}.txt").write_text(f"a photo of {name} number {i}")

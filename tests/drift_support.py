@@ -6,11 +6,18 @@ values as hex, one optimizer step on fixed gradients."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+
+def _support():
+    """tests/trainer_support.py, imported when first used: the drift drivers import this module (as a
+    top-level one, tests/ on sys.path) for hexes and step_once only."""
+    try:
+        from . import trainer_support
+    except ImportError:
+        import trainer_support
+    return trainer_support
 
 
 def drifted_copy(src: Path, dest: Path, edits: dict[str, list[tuple[str, str]]]) -> Path:
@@ -48,25 +55,13 @@ def drifted_copies(src: Path, tmp_path_factory, rel: str, drifts: dict[str, list
 
 def run_driver(driver: Path, tree: Path, argv: list[str], disable: bool = False, extra_env: dict | None = None):
     """Run ``driver`` (a script printing one JSON line last) in a fresh interpreter of this venv, from
-    ``tree``; returns (completed process, parsed JSON or None)."""
-    env = {**os.environ, **(extra_env or {})}
-    env.pop("LOLI_PLUGIN_DISABLE", None)
-    if disable:
-        env["LOLI_PLUGIN_DISABLE"] = "1"
-    proc = subprocess.run(
-        [sys.executable, str(driver), str(tree), json.dumps(argv)],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return proc, (json.loads(lines[-1]) if lines and proc.returncode == 0 else None)
+    ``tree``; returns (completed process, parsed JSON or None). (scripts/compat_checks.py, as the matrix.)"""
+    return _support().compat_checks().run_driver(sys.executable, driver, tree, argv, disable=disable, env=extra_env)
 
 
 def plugin_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "loli-plugin" in line]
+    """What loli-plugin printed (lines that start with its name)."""
+    return _support().plugin_lines(stderr)
 
 
 def hexes(t) -> list[str]:

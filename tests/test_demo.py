@@ -22,8 +22,12 @@ pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
 from loli_plugin.bench import base  # noqa: E402
-from loli_plugin.bench.digits import PRETRAIN, Objective, pretrain, tiny_unet  # noqa: E402
+from loli_plugin.bench.backbones import BACKBONES  # noqa: E402
+from loli_plugin.bench.digits import PRETRAIN, pretrain  # noqa: E402
 from loli_plugin.cli import main  # noqa: E402
+
+# every shipped base: (backbone, objective)
+SHIPPED = [("unet", "eps"), ("unet", "flow"), ("dit", "flow")]
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +75,20 @@ def test_demo_runs_are_bench_quality_runs(demo_run):
     assert fd_line.split(" | ")[3] == f"{row['horizons']['3']['fd']:.2f}"
 
 
-@pytest.mark.parametrize("objective", base.OBJECTIVES)
-def test_shipped_base_is_unaltered_output_of_the_current_recipe(objective):
-    state, meta = base.load(base.shipped(objective))
-    assert meta["objective"] == objective
-    assert json.loads(meta["recipe"]) == PRETRAIN, "the recipe changed: regenerate with `loli-plugin bench make-base`"
+@pytest.mark.parametrize("backbone,objective", SHIPPED)
+def test_shipped_base_is_unaltered_output_of_the_current_recipe(backbone, objective):
+    state, meta = base.load(base.shipped(objective, backbone))
+    assert meta["objective"] == objective and meta.get("backbone", "unet") == backbone
+    regenerate = f"loli-plugin bench make-base --backbone {backbone} --objective {objective}"
+    assert json.loads(meta["recipe"]) == BACKBONES[backbone].recipe, (
+        f"the recipe changed: regenerate with `{regenerate}`"
+    )
     assert base.state_sha256(state) == meta["sha256"], "the weights differ from what make-base wrote"
-    tiny_unet().load_state_dict(state)  # strict: every tensor of the current architecture, right shapes
+    BACKBONES[backbone].build().load_state_dict(state)  # strict: every tensor of the current architecture
+
+
+def test_the_unet_recipe_is_the_one_the_shipped_files_record():
+    assert BACKBONES["unet"].recipe == PRETRAIN
 
 
 def relative_distance(a: dict, b: dict) -> float:
@@ -85,40 +96,69 @@ def relative_distance(a: dict, b: dict) -> float:
     return float((num / sum((a[k].double() ** 2).sum() for k in a)).sqrt())
 
 
-@pytest.mark.parametrize("objective", base.OBJECTIVES)
-def test_regenerating_the_first_steps_reproduces_the_shipped_run(objective):
+@pytest.mark.parametrize("backbone,objective", SHIPPED)
+def test_regenerating_the_first_steps_reproduces_the_shipped_run(backbone, objective):
     """The first ``check.steps`` steps of today's generator against the same steps of the run that
     made the shipped file (recorded by make-base in the same run). Catches any change of data, model,
     initialisation, seed, noise, loss or optimizer, and a torch build whose kernels round
     differently; it does not see a change that acts only after those steps (the full check does)."""
-    _, meta = base.load(base.shipped(objective))
+    _, meta = base.load(base.shipped(objective, backbone))
     check = json.loads(meta["check"])
-    objective_ = Objective(objective)
-    state = pretrain(objective_, check["steps"])
-    losses = base.validation_losses(objective_, state)
+    b = BACKBONES[backbone]
+    objective_ = b.objective(objective)
+    state = pretrain(objective_, check["steps"], backbone=b)
+    losses = base.validation_losses(objective_, state, backbone)
     # other kernels round differently: measured at most 3.7e-6 after 30 steps; another seed: 1e-1
     assert losses == pytest.approx(check["validation"], rel=1e-4)
     if meta["machine"] == base.machine():
         assert base.state_sha256(state) == check["sha256"]
 
 
-def full_check(objective: str):
-    """The demo's base is checked in full on every run (~1.5 min of one CPU thread); the eps base, used
-    only by ``bench quality``, on its first steps, and in full with LOLI_FULL_BASE_CHECK=1."""
-    wanted = objective == "flow" or os.environ.get("LOLI_FULL_BASE_CHECK") == "1"
+def full_check(backbone: str, objective: str):
+    """The demo's base (UNet flow) and the transformer's (cheap: ~40 s of one CPU thread) are checked in full
+    on every run; the UNet eps base, used only by ``bench quality``, on its first steps, and in full with
+    LOLI_FULL_BASE_CHECK=1."""
+    wanted = (backbone, objective) != ("unet", "eps") or os.environ.get("LOLI_FULL_BASE_CHECK") == "1"
     return pytest.param(
+        backbone,
         objective,
         marks=pytest.mark.skipif(not wanted, reason="full regeneration of the eps base: LOLI_FULL_BASE_CHECK=1"),
     )
 
 
-@pytest.mark.parametrize("objective", [full_check(o) for o in base.OBJECTIVES])
-def test_make_base_reproduces_the_shipped_file(objective, tmp_path, capsys):
+@pytest.mark.parametrize("backbone,objective", [full_check(*s) for s in SHIPPED])
+def test_make_base_reproduces_the_shipped_file(backbone, objective, tmp_path, capsys):
     out = tmp_path / "base.safetensors"
-    assert main(["bench", "make-base", "--objective", objective, "--out", str(out)]) == 0
-    shipped, meta = base.load(base.shipped(objective))
+    assert main(["bench", "make-base", "--backbone", backbone, "--objective", objective, "--out", str(out)]) == 0
+    shipped, meta = base.load(base.shipped(objective, backbone))
     made, made_meta = base.load(out)
     if meta["machine"] == made_meta["machine"]:
         assert made_meta["sha256"] == meta["sha256"]
     # another CPU type: ~1e-3 after 600 steps; another seed: ~1.0
     assert relative_distance(made, shipped) < 1e-2
+
+
+def test_a_base_for_another_held_out_digit_is_made_once_and_cached(tmp_path, monkeypatch):
+    """Bases that hold out another digit than 9 are not shipped: the first use pre-trains one (here a
+    2-step recipe, to keep the test cheap) and later uses read the cached file."""
+    from dataclasses import replace
+
+    from loli_plugin.bench import backbones
+
+    tiny = replace(backbones.DIT, recipe=backbones.DIT.recipe | {"steps": 2})
+    monkeypatch.setitem(backbones.BACKBONES, "dit", tiny)
+    monkeypatch.setenv(base.CACHE_ENV, str(tmp_path))
+    logged = []
+    path = base.ensure("flow", "dit", 4, log=logged.append)
+    assert path.parent == tmp_path and "without4" in path.name and len(logged) == 1
+    state, meta = base.load(path)
+    assert json.loads(meta["recipe"]) == tiny.recipe | {"held_out": 4} and meta["backbone"] == "dit"
+    assert base.ensure("flow", "dit", 4, log=logged.append) == path and len(logged) == 1  # cached: not made again
+    assert base.ensure("flow", "dit", 9) == base.shipped("flow", "dit")  # 9: the shipped file
+
+
+def test_make_base_refuses_an_objective_the_backbone_does_not_train(tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    assert main(["bench", "make-base", "--backbone", "dit", "--objective", "eps", "--out", str(out)]) == 2
+    assert "the dit backbone is trained with flow only" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,5 +1,6 @@
 """A real `accelerate launch --num_processes 2` run (gloo on CPU) with LoliClustered and the cluster
-sampler: same cluster on every rank at every step, averaged gradients, identical banks."""
+sampler: same cluster on every rank at every step, averaged gradients, identical banks; the validation
+logs the mean over ranks."""
 
 import json
 import os
@@ -40,6 +41,8 @@ def test_two_processes_agree_on_clusters_params_and_banks(tmp_path, accum):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     result = json.loads(out.read_text())
     assert result["world"] == 2 and result["mismatches"] == 0
+    # the validation: each rank measured its own held-out samples; every rank logs the mean over ranks
+    assert result["validation"] == {"mean_over_ranks": True, "same_on_every_rank": True, "ranks_differ": True}
     assert result["same_params"] and result["same_banks"]  # DDP averaged the gradients; banks evolved identically
     assert sum(result["bank_steps"]) == 12 and set(result["bank_steps"]) <= {
         2,

@@ -214,6 +214,14 @@ def test_stratified_torch_replaces_only_the_first_draw():
         StratifiedTorch(torch, k=0, clusters=2, batch=4, where="test").rand(3)
 
 
+def test_stratified_torch_fixed_draws_take_the_quantile_asked_for():
+    """The probe's midpoint, and the validation's edges: (k + position) / K for every sample."""
+    mid = StratifiedTorch(torch, k=1, clusters=4, batch=3, where="test", midpoint=True).rand(3)
+    assert torch.equal(mid, torch.full((3,), 0.375))
+    edge = StratifiedTorch(torch, k=1, clusters=4, batch=2, where="test", position=0.001).randn(2, dtype=torch.float64)
+    assert torch.allclose(edge, torch.special.ndtri(torch.full((2,), 1.001 / 4, dtype=torch.float64)))
+
+
 def test_enum_patch_check_hook(fake_module):
     class Other(enum.Enum):
         A = 1

@@ -16,14 +16,19 @@ import pytest
 LIST_MODULE = Path(__file__).resolve().parents[1] / "scripts" / "trainer_list.py"
 
 
-@functools.cache
-def trainer_list():
-    """scripts/trainer_list.py, the reader of scripts/trainers.toml (a script folder, not a package)."""
-    spec = importlib.util.spec_from_file_location("loli_trainer_list", LIST_MODULE)
+def script_module(name: str):
+    """``scripts/<name>.py`` as a module (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"loli_{name}", LIST_MODULE.with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
+
+
+@functools.cache
+def trainer_list():
+    """scripts/trainer_list.py, the reader of scripts/trainers.toml."""
+    return script_module("trainer_list")
 
 
 def trainer(name: str):
@@ -44,6 +49,23 @@ def missing_export(name: str, how_to: str) -> str | None:
         if not (folder / source.marker).exists():
             return f"{source.name} not found at {folder}; {how_to}"
     return None
+
+
+def version_tree(name: str, ref: str) -> tuple[Path, str | None]:
+    """(folder, why it cannot be used or None) of another version of trainer ``name``'s own source, one of
+    its ``test_versions`` in scripts/trainers.toml (scripts/get-trainers NAME@REF writes it)."""
+    t = trainer(name)
+    if ref not in t.test_versions:
+        raise ValueError(f"{ref} is not in [{name}] test_versions of scripts/trainers.toml")
+    source = t.sources[0]
+    folder = trainer_list().version_dir(source, ref, trainer_list().read_pins())
+    if (folder / ".exported-commit").is_file():
+        return folder, None
+    return folder, (
+        f"{source.repo} {ref} not found at {folder}; `python scripts/get-trainers {source.name}@{ref}` exports it "
+        "from GitHub (offline: add `--mirrors DIR` for bare clones at DIR/<owner>+<name>/repo); "
+        f"`LOLI_TRAINERS={name} bash .ci/run` does it from the mirrors it finds"
+    )
 
 
 def how_to_get(name: str) -> str:
@@ -95,15 +117,110 @@ def run_python(code, path, env_extra=None, args=()):
     )
 
 
+#: the core venv installs loli-plugin editable (no .pth): a stand-in test's process installs the start-up
+#: finder as the .pth line would (it does nothing under LOLI_PLUGIN_DISABLE=1)
+STARTUP = "import _loli_plugin_autoload as a; a.install(); "
+
+#: A trainer script in the style of the kohya-ss trainers, for stand-in layouts (put in whatever package a
+#: test writes): it reads --optimizer_type and --optimizer_args as they do (a dotted name is imported, any
+#: other is torch.optim's; each value through ast.literal_eval), then steps with its own, stock, timesteps.
+#: Written here: no trainer code is copied.
+STANDIN_TRAINER = """
+import argparse, ast, importlib, sys
+import torch
+
+
+def setup_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--optimizer_type", default="AdamW")
+    parser.add_argument("--optimizer_args", nargs="*", default=[])
+    return parser
+
+
+class NetworkTrainer:
+    def get_optimizer(self, args, params):
+        kwargs = {}
+        for arg in args.optimizer_args:
+            key, value = arg.split("=", 1)
+            kwargs[key] = ast.literal_eval(value)
+        if "." in args.optimizer_type:
+            module, name = args.optimizer_type.rsplit(".", 1)
+            cls = getattr(importlib.import_module(module), name)
+        else:
+            cls = getattr(torch.optim, args.optimizer_type)
+        return cls(params, lr=1e-2, **kwargs)
+
+    def train(self, args):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4))]
+        optimizer = self.get_optimizer(args, params)
+        print("optimizer", type(optimizer).__name__, flush=True)
+        for step in range(3):
+            t = torch.randint(0, 1000, (4,))  # the trainer's stock timesteps
+            ((params[0] ** 2).sum() * t.float().mean() / 1000).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            print("step", step, flush=True)
+        print("final", [float(x).hex() for x in params[0].detach()], flush=True)
+
+
+def main():
+    NetworkTrainer().train(setup_parser().parse_args())
+"""
+#: the command lines of the stand-in trainer that ask for LoliClustered by its dotted class path and by its
+#: short name, and a plain one
+DOTTED = ["--optimizer_type", "loli_plugin.LoliClustered", "--optimizer_args", "inner='AdamW'", "clusters=4"]
+SHORT = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4"]
+PLAIN = ["--optimizer_type", "AdamW"]
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """A stand-in tree: ``{relative path: text}`` written under ``root``."""
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@functools.cache
+def compat_checks():
+    """scripts/compat_checks.py: runs a driver with and without the plugin and reads what it printed
+    (scripts/compat-matrix uses it too)."""
+    return script_module("compat_checks")
+
+
+def plugin_lines(stderr: str) -> list[str]:
+    """What loli-plugin printed: the lines that start with its name."""
+    return compat_checks().plugin_lines(stderr)
+
+
 def run_logged(
     cmd: list[str], cwd: Path, out: Path, env: dict | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a trainer's script from its folder; its output goes to ``out/train.log``, a failure shows its end.
-    ``timeout`` (seconds): a multi-process run whose ranks wait for each other forever fails instead of hanging."""
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    """Run a trainer's script from its folder (with ``env`` added to the environment); its output goes to
+    ``out/train.log`` and the CPU seconds it took to ``out/train.cpu`` (``run_measured``); a failure shows the
+    output's end. ``timeout`` (seconds): a multi-process run whose ranks wait for each other forever fails
+    instead of hanging."""
+    proc, _, cpu = run_measured(
+        cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env} if env else None, timeout=timeout
+    )
     (out / "train.log").write_text(proc.stdout + proc.stderr)
+    (out / "train.cpu").write_text(f"{cpu:.2f}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
+
+
+def cpu_seconds(out: Path) -> float:
+    """The CPU seconds of the trainer run whose output is in ``out`` (``run_logged``)."""
+    return float((out / "train.cpu").read_text())
+
+
+def validation_lines(out: Path) -> list[str]:
+    """The validation's per-pass lines (size, forward passes, wall and CPU seconds) in the output of the
+    trainer run in ``out`` (``train.log``, as ``run_logged`` and the OneTrainer tests write it)."""
+    text = (out / "train.log").read_text()
+    return [line for line in text.splitlines() if line.startswith("loli-plugin: validation at step")]
 
 
 def logged_scalars(log_dir: Path, run_glob: str = "*/network_train") -> dict[str, list[tuple[int, float]]]:
@@ -132,3 +249,17 @@ def fresh_run_fixture(adapter_module: str):
             adapter.problems.update(recorded)
 
     return _fresh_run
+
+
+def run_measured(cmd, **kwargs):
+    """``subprocess.run(cmd, **kwargs)``, plus the wall and CPU seconds (user + system) the trainer process
+    took: CPU time is what the validation's cost is stated in, since wall time on a shared machine moves
+    with the other jobs on it."""
+    import resource
+    import time
+
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    proc = subprocess.run(cmd, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, time.monotonic() - start, cpu

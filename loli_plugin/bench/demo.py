@@ -174,8 +174,8 @@ def print_samples(base: dict, results: dict) -> None:
     print("|---|---|---|---|---|")
     print(f"| FD | {base['fd']:.2f} | {a['fd']:.2f} | {b['fd']:.2f} | {change(b['fd'], a['fd'])} |")
     print(
-        f"| share labelled 9 | {base['share9']:.2f} | {a['share9']:.2f} | {b['share9']:.2f} "
-        f"| {(b['share9'] - a['share9']) * 100:+.0f} pp |"
+        f"| share labelled 9 | {base['share']:.2f} | {a['share']:.2f} | {b['share']:.2f} "
+        f"| {(b['share'] - a['share']) * 100:+.0f} pp |"
     )
 
 
@@ -304,7 +304,7 @@ def write_png(png: Path, results: dict, args) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
         if scores is not None:
-            title += f": FD {scores['fd']:.2f}, labelled 9: {scores['share9']:.0%}"
+            title += f": FD {scores['fd']:.2f}, labelled 9: {scores['share']:.0%}"
         ax.set_title(title, fontsize=10)
 
     colours = {"AdamW": "C1", "LoliClustered": "C0"}

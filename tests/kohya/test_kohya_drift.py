@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from ..drift_support import check_compatible_drift, check_plain_run_is_stock, drifted_copies, refusal
+from .compat import MODES
 from .conftest import KOHYA_DIR
 
 DRIVER = Path(__file__).with_name("drift_driver.py")
 PIN = "48d368f"  # the supported commit (scripts/trainers.toml), named in every message
 TRAIN_UTIL = "library/train_util.py"
-PLAIN = ["--optimizer_type", "AdamW", "--loss_type", "l2"]
-LOLI = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4", "--loss_type", "loli"]
+PLAIN, LOLI = MODES["plain"], MODES["LoliClustered"]
 
 GET_TIMESTEPS = (
     "def get_timesteps(min_timestep: int, max_timestep: int, b_size: int, device: torch.device) -> torch.Tensor:"

@@ -313,5 +313,5 @@ def test_the_dotted_route_without_the_hook_is_refused(kohya, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=kohya.dir)
     assert proc.returncode != 0 and "LoliUnsupportedTrainerError" in proc.stderr, proc.stderr[-3000:]
     message = proc.stderr[proc.stderr.index("LoliUnsupportedTrainerError") :]
-    assert "being built inside sd-scripts" in message and "start-up hook did not run" in message
+    assert "being built inside kohya-ss/sd-scripts" in message and "start-up hook did not run" in message
     assert "python -m loli_plugin.launch" in message and "LOLI_PLUGIN_DISABLE" in message

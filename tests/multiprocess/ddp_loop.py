@@ -72,6 +72,7 @@ def run(out_path: str, accum: int) -> None:
     )
     same_params = bool((accelerator.gather(flat[None]) == flat).all())
     same_banks = bool((accelerator.gather(banks[None]) == banks).all())
+    validation = _validate(accelerator, model, rank)
     if accelerator.is_main_process:
         with open(out_path, "w") as f:
             json.dump(
@@ -82,9 +83,45 @@ def run(out_path: str, accum: int) -> None:
                     "same_banks": same_banks,
                     "bank_steps": inner.bank_steps,
                     "clusters": clusters_seen,
+                    "validation": validation,
                 },
                 f,
             )
+
+
+def _validate(accelerator, model, rank: int) -> dict:
+    """loli_plugin.validation as the trainers run it on several ranks: every rank measures its own held-out
+    batches (as many as the others), hands the mean over ranks in (accelerator.reduce), and logs it."""
+    from loli_plugin.validation import Validation
+
+    validation = Validation(3)
+    held = torch.Generator().manual_seed(200 + rank)
+    batches = [{"latents": torch.randn(2, 8, generator=held)} for _ in range(2)]
+    own = []
+
+    def evaluate(batch, k, position):
+        t = torch.full((2, 1), (k + position) / 3)
+        noise = torch.randn(2, 8)  # the global RNG, reseeded by the validation
+        return ((model(torch.cat([(1 - t) * batch["latents"] + t * noise, t], dim=1)) - noise) ** 2).mean(dim=1)
+
+    for batch in batches:
+        own.append(validation.add(lambda k, p, seed, b=batch: evaluate(b, k, p), batch, 2))  # this rank alone
+    validation.discard()
+    for batch in batches:
+        validation.add(
+            lambda k, p, seed, b=batch: evaluate(b, k, p),
+            batch,
+            2,
+            reduce=lambda values: accelerator.reduce(values, reduction="mean"),
+        )
+    logged = validation.finish(step=1)
+    values = torch.tensor([logged[f"val/cluster_{k:02d}"] for k in range(3)])
+    per_rank = accelerator.gather(torch.stack(own).mean(dim=0)[None])  # each rank's own mean
+    return {
+        "mean_over_ranks": bool(torch.allclose(values, per_rank.mean(dim=0), rtol=1e-5)),
+        "same_on_every_rank": bool((accelerator.gather(values[None]) == values).all()),
+        "ranks_differ": bool((per_rank[0] != per_rank[1]).any()),
+    }
 
 
 def _check_torn_down() -> None:

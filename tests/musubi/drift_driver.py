@@ -3,8 +3,9 @@ before and at its first step, through musubi-tuner's own code: parse with Qwen-I
 ``NetworkTrainer.train`` (which stops at musubi's own "dataset_config is required"), build the optimizer
 and step it once, draw timesteps, compute the loss. Prints "stage ..." lines as it goes and, last, one
 JSON line with exact (hex) values, so two runs can be compared bit for bit. Used by
-test_musubi_drift.py on drifted copies of the pinned tree (its ``src`` goes first on sys.path, ahead of
-the musubi-tuner installed in the venv)."""
+test_musubi_drift.py on drifted copies of the pinned tree and by scripts/compat-matrix and
+test_musubi_old_layout.py on other versions (its ``src`` goes first on sys.path, ahead of the
+musubi-tuner installed in the venv); a version without compute_loss (before v0.3.0) skips the loss."""
 
 import json
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 tree, argv = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, f"{tree}/src")
+# the command line a LoRA script sees (what loli-plugin reads at musubi_tuner's import on a layout it cannot serve)
+sys.argv = [f"{tree}/src/musubi_tuner/qwen_image_train_network.py", "--dit", "unused", "--learning_rate", "1e-3", *argv]
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for drift_support
 
@@ -19,14 +22,18 @@ import torch  # noqa: E402
 from drift_support import hexes, step_once  # noqa: E402
 from musubi_tuner import qwen_image_train_network as script  # noqa: E402
 from musubi_tuner.modules.scheduling_flow_match_discrete import FlowMatchDiscreteScheduler  # noqa: E402
-from musubi_tuner.training.trainer_base import DiTOutput  # noqa: E402
+
+try:
+    from musubi_tuner.training.trainer_base import DiTOutput
+except ImportError:  # musubi-tuner before v0.3.0 (NetworkTrainer in hv_train_network.py): no compute_loss
+    DiTOutput = None
 
 assert script.__file__.startswith(tree), script.__file__  # the drifted copy, not the venv's
 
 
 out = {}
 parser = script.qwen_image_setup_parser(script.setup_parser_common())
-args = parser.parse_args(["--dit", "unused", "--learning_rate", "1e-3", *argv])
+args = parser.parse_args(sys.argv[1:])
 print("stage parsed", flush=True)
 trainer = script.QwenImageNetworkTrainer()
 try:
@@ -55,11 +62,18 @@ out["timesteps"] = hexes(timesteps)
 out["noisy"] = hexes(noisy[:, 0, 0, 0, 0])
 print("stage timesteps", flush=True)
 
-torch.manual_seed(3)
-pred, target = torch.randn(2, 16, 1, 8, 8), torch.randn(2, 16, 1, 8, 8)
-loss, _ = trainer.compute_loss(
-    args, DiTOutput(pred=pred, target=target), torch.tensor([100.0, 900.0]), scheduler, torch.float32, torch.float32, 0
-)
-out["loss"] = hexes(loss)
-print("stage loss", flush=True)
+if DiTOutput is not None:
+    torch.manual_seed(3)
+    pred, target = torch.randn(2, 16, 1, 8, 8), torch.randn(2, 16, 1, 8, 8)
+    loss, _ = trainer.compute_loss(
+        args,
+        DiTOutput(pred=pred, target=target),
+        torch.tensor([100.0, 900.0]),
+        scheduler,
+        torch.float32,
+        torch.float32,
+        0,
+    )
+    out["loss"] = hexes(loss)
+    print("stage loss", flush=True)
 print(json.dumps(out))

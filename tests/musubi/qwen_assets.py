@@ -3,7 +3,8 @@
 * a randomly initialised Qwen-Image DiT with ONE transformer block, made with musubi-tuner's own
   ``qwen_image_model.create_model(num_layers=1)`` and saved as safetensors in its own key layout (the
   script loads it with ``--num_layers 1``; every block is full width, so the file is ~0.8 GB in bf16);
-* four random 64x64 images with captions and a dataset config;
+* four random 64x64 images with captions and a dataset config, and two more (held out) with a second
+  dataset config, the validation set ``--loli_validation_dataset_config`` names;
 * their latent and text-encoder caches, written with musubi-tuner's own dataset classes and its
   ``save_latent_cache_qwen_image`` / ``save_text_encoder_output_cache_qwen_image``, holding random
   tensors of the real shapes (16-channel latents at 1/8 resolution, 3584-wide text embeddings) in place
@@ -27,16 +28,19 @@ IMAGES = 4
 TOKENS = 6  # text tokens per caption
 
 
-def write_dataset_config(out: Path) -> Path:
-    config = out / "dataset.toml"
+HELD_OUT = 2  # validation images
+
+
+def write_dataset_config(out: Path, name: str = "dataset.toml", data: str = "data", cache: str = "cache") -> Path:
+    config = out / name
     config.write_text(
         '[general]\nresolution = [64, 64]\ncaption_extension = ".txt"\nbatch_size = 1\nenable_bucket = false\n\n'
-        f'[[datasets]]\nimage_directory = "{out / "data"}"\ncache_directory = "{out / "cache"}"\nnum_repeats = 1\n'
+        f'[[datasets]]\nimage_directory = "{out / data}"\ncache_directory = "{out / cache}"\nnum_repeats = 1\n'
     )
     return config
 
 
-def write_caches(config: Path) -> None:
+def write_caches(config: Path, seed: int = 1) -> None:
     import torch
     from musubi_tuner.dataset import config_utils
     from musubi_tuner.dataset.config_utils import BlueprintGenerator, ConfigSanitizer
@@ -51,7 +55,7 @@ def write_caches(config: Path) -> None:
         config_utils.load_user_config(str(config)), argparse.Namespace(), architecture=ARCHITECTURE_QWEN_IMAGE
     )
     (dataset,) = config_utils.generate_dataset_group_by_blueprint(blueprint.dataset_group).datasets
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     for _, batch in dataset.retrieve_latent_cache_batches(1):
         for item in batch:
             height, width = item.content.shape[:2]
@@ -89,6 +93,11 @@ def main(out: str) -> None:
     config = write_dataset_config(out_dir)
     if not any((out_dir / "cache").glob("*_te.safetensors")):
         write_caches(config)
+    # the held-out set: its own images, config and caches (as the user caches it, with the same scripts)
+    write_images(out_dir / "val_data", HELD_OUT, seed=2, name="held-out thing")
+    val_config = write_dataset_config(out_dir, "val_dataset.toml", "val_data", "val_cache")
+    if not any((out_dir / "val_cache").glob("*_te.safetensors")):
+        write_caches(val_config, seed=3)
     dit = out_dir / "qwen_image_1layer.safetensors"
     if not dit.exists():
         write_dit(dit)

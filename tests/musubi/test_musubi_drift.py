@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from ..drift_support import check_compatible_drift, check_plain_run_is_stock, drifted_copies, refusal
+from .compat import MODES
 from .conftest import MUSUBI_DIR
 
 DRIVER = Path(__file__).with_name("drift_driver.py")
 PIN = "30c658c"  # the supported commit (scripts/trainers.toml), named in every message
 TRAINER_BASE = "src/musubi_tuner/training/trainer_base.py"
-PLAIN = ["--optimizer_type", "AdamW"]
-LOLI = ["--optimizer_type", "LoliClustered", "--optimizer_args", "inner=AdamW", "clusters=4", "--loss_type", "loli"]
+PLAIN, LOLI = MODES["plain"], MODES["LoliClustered"]
 
 GET_OPTIMIZER = (
     "    def get_optimizer(self, args, trainable_params: list[torch.nn.Parameter]) "

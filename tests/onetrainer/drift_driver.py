@@ -5,10 +5,12 @@ timesteps through the model-setup mixin, compute the loss. Prints "stage ..." li
 last, one JSON line with exact (hex) values, so two runs can be compared bit for bit. Used by
 test_onetrainer_drift.py on drifted copies of the pinned tree."""
 
+import inspect
 import json
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 tree, config = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, tree)
@@ -46,7 +48,11 @@ g = torch.Generator().manual_seed(0)
 params = [torch.nn.Parameter(torch.randn(8, 4, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))]
 collection = NamedParameterGroupCollection()
 collection.add_group(NamedParameterGroup("unet", params, 1e-2))
-optimizer = create.create_optimizer(collection, None, cfg)
+# the caller's last argument as the version has it: the layer keys, or the model (OneTrainer pull requests
+# #1344 and #1557, whose optimizer_util passes model=model); a stand-in, which this driver's optimizers ignore
+last = list(inspect.signature(create.create_optimizer).parameters)[3:]
+extra = {"model": SimpleNamespace(name="the caller's model")} if last == ["model"] else {}
+optimizer = create.create_optimizer(collection, None, cfg, **extra)
 out["optimizer"] = type(optimizer).__name__
 out["params_after_step"] = step_once(optimizer, params)
 print("stage optimizer", flush=True)

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from ..drift_support import check_plain_run_is_stock, drifted_copy, refusal, run_driver
+from .compat import MODES
 from .conftest import MGDS_DIR, OT_DIR
 
 DRIVER = Path(__file__).with_name("drift_driver.py")
 PIN = "23df383"  # the supported commit (scripts/trainers.toml), named in every message
-PLAIN = {"optimizer": {"optimizer": "ADAMW"}, "learning_rate": 1e-2}
-LOLI = {"optimizer": {"optimizer": "LOLI_CLUSTERED", "loli_inner": "ADAMW", "loli_clusters": 4}, "learning_rate": 1e-2}
+PLAIN, LOLI = MODES["plain"], MODES["LOLI_CLUSTERED"]
 COSINE = {**PLAIN, "cos_strength": 0.2}
 
 DRIFTS = {
@@ -28,6 +28,18 @@ DRIFTS = {
                 "        layer_key_fn: dict[int, str] | None = None,\n"
                 "        extra_option: bool = False,\n"
                 ") -> torch.optim.Optimizer | None:",
+            )
+        ]
+    },
+    # OneTrainer pull requests #1344 and #1557: create_optimizer's last parameter becomes the model (here
+    # printed, to see that the inner call gets it as the caller passed it)
+    "last parameter renamed to model": {
+        "modules/util/create.py": [
+            (
+                "        layer_key_fn: dict[int, str] | None = None,\n) -> torch.optim.Optimizer | None:\n",
+                "        model=None,\n) -> torch.optim.Optimizer | None:\n"
+                "    layer_key_fn = None\n"
+                '    print("create_optimizer: model", getattr(model, "name", model), flush=True)\n',
             )
         ]
     },
@@ -117,3 +129,17 @@ def test_an_unservable_config_is_never_silently_adamw(ot, monkeypatch):
         ADAPTER.check_request(cfg)
     plain = ot.TrainConfig.default_values().from_dict({"__version": version, "optimizer": {"optimizer": "ADAMW"}})
     ADAPTER.check_request(plain)  # a plain config is never refused
+
+
+def test_a_renamed_parameter_the_plugin_only_passes_on_keeps_it_working(trees):
+    """OneTrainer pull requests #1344 and #1557 rename create_optimizer's last parameter from layer_key_fn
+    to model. The plugin reads only the first three (its compatibility condition), so LOLI_CLUSTERED keeps
+    working, and OneTrainer's own branch, which builds the inner optimizer, gets the caller's model."""
+    proc, result = run_driver(DRIVER, trees["last parameter renamed to model"], LOLI, extra_env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result["optimizer"] == "LoliClustered" and result["optimizer_in_config"] == "LOLI_CLUSTERED"
+    assert "create_optimizer: model the caller's model" in proc.stdout  # the inner call, with the model
+    assert max(result["timesteps"]) - min(result["timesteps"]) < 250  # one cluster of four
+    assert [line for line in proc.stderr.splitlines() if line.startswith("loli-plugin:")] == [
+        line for line in proc.stderr.splitlines() if line.startswith("loli-plugin: LOLI_CLUSTERED(")
+    ]  # no drift line
