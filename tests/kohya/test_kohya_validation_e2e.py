@@ -21,7 +21,6 @@ from loli_plugin.compare import read_record
 
 from ..trainer_support import cpu_seconds, logged_scalars, run_logged, validation_lines
 from .conftest import KOHYA_DIR
-from .test_kohya_train_network_e2e import sd1_assets  # noqa: F401 - the session fixture
 
 K = 2
 STEPS = 2  # two training images, batch 1: one epoch; sd-scripts validates at its end
@@ -94,7 +93,7 @@ def scalars(log_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(sd1_assets, tmp_path_factory):  # noqa: F811 - the fixture imported above
+def runs(sd1_assets, tmp_path_factory):  # sd1_assets: conftest.py
     out, cpu = {}, {}
     for name, extra in (("val", ()), ("again", ()), ("off", ("--loli_validation", "off"))):
         folder = tmp_path_factory.mktemp(name)
