@@ -298,8 +298,8 @@ def test_uninstrument_puts_every_original_object_back(ot):
     import modules.ui.BaseTrainingTabView  # noqa: F401
 
     # enum member, lr report, defaults, 2 config factories, from_dict, create_trainer, create_optimizer,
-    # 2 UI views, timesteps, 2 cosine terms, 2 loss recorders, TensorBoard
-    assert check_uninstrument_restores_originals(adapter) == 16
+    # 2 UI views, timesteps, 2 cosine terms, 2 loss recorders, TensorBoard, the validation's pass and end
+    assert check_uninstrument_restores_originals(adapter) == 18
 
 
 def test_doctor_recognises_onetrainer(ot, tmp_path):
