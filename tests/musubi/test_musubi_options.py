@@ -326,5 +326,6 @@ def test_doctor_reports_the_checkout(musubi, tmp_path):
 
 
 def test_uninstrument_puts_every_original_object_back(musubi):
-    # parser, train, get_optimizer, sampler, density clamp, loss, logs, and the three family overrides
-    assert check_uninstrument_restores_originals(adapter) == 10
+    # parser, train, get_optimizer, sampler, density clamp, loss, logs, the three family overrides, and the
+    # validation's process_batch
+    assert check_uninstrument_restores_originals(adapter) == 11
