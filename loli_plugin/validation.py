@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 
+from .adapter import warn  # the plugin's one-line stderr report
 from .errors import LoliStateError
 from .probe import ProbeCurves, evaluating, preserved_rng, reseed
 
@@ -77,10 +77,6 @@ def fingerprint(digests) -> str:
     """The held-out set's fingerprint: independent of the order its batches came in."""
     joined = b"".join(d.to_bytes(8, "little") for d in sorted(digests))
     return "blake2b:" + hashlib.blake2b(joined, digest_size=8).hexdigest()
-
-
-def warn(message: str) -> None:
-    sys.stderr.write("loli-plugin: " + " ".join(message.split()) + "\n")
 
 
 class Validation(ProbeCurves):
