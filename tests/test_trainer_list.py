@@ -178,6 +178,14 @@ def test_a_fourth_trainer_in_its_places_is_fetched_built_and_tested(fourth):
     exported = fourth.tmp / "trainers" / "fake-trainer"
     assert (exported / ".exported-commit").read_text().strip() == fourth.commit
     assert "[loli] real fake tests: passed" in out.stderr and "1 passed" in out.stdout, out.stdout[-3000:]
+    # the venv this run built is gone once its stage ended (three CUDA-torch venvs filled CI's disk) ...
+    venv = Path(fourth.env["LOLI_FAKE_VENV"])
+    assert f"[loli] removing {venv} (" in out.stderr and not venv.exists(), out.stderr[-3000:]
+    # ... unless asked to keep it; and a venv that was there before the run is never removed
+    for keep in ("1", "0"):
+        again = fourth.ci(LOLI_TRAINERS="fake", LOLI_TRAINER_MIRRORS=str(fourth.mirrors), LOLI_KEEP_TRAINER_VENVS=keep)
+        assert "[loli] real fake tests: passed" in again.stderr, again.stderr[-3000:]
+        assert "[loli] removing" not in again.stderr and (venv / "bin" / "python").exists(), again.stderr[-3000:]
     # get-trainers lists it among the pins it knows, read from the same file
     listing = subprocess.run(
         [sys.executable, str(fourth.tree / "scripts" / "get-trainers"), "--help"],
