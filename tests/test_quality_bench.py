@@ -448,6 +448,23 @@ def test_crossover_table_reads_the_batch_sweep():
     assert by_batch["8"].endswith("| 0 | 2 | 2 |")  # worse on every seed, and beyond the spread, both scorers
 
 
+def test_horizon_table_pairs_each_counterpart_with_its_baseline_per_training_length():
+    rows = made_up({"AdamW": [10.0, 11.0, 12.0], quality_grid.RECOMMENDED: [13.0, 14.0, 15.0]}, batches=(1, 2))
+    # the same runs seen at 400 steps, where the counterpart is better on every seed (a checkpoint each)
+    for r in rows:
+        fd = r["horizons"]["200"]["fd"] * (0.5 if r["variant"] == quality_grid.RECOMMENDED else 1.0)
+        r["horizons"]["400"] = {**r["horizons"]["200"], "fd": fd, "fd_cnn": fd}
+    lines = quality_report.horizon_lines(quality_report.cells(rows))
+    assert "200 steps" in lines[0] and "400 steps" in lines[0]
+    (row,) = [line for line in lines[2:] if line.startswith(f"| {quality_grid.RECOMMENDED} vs AdamW |")]
+    short, long = row.split(" | ")[2:4]
+    assert short == "+27.4 %, 0 / 4 / 4"  # 2 batches x 2 scorers, each worse beyond the seed spread
+    assert long == "-36.3 %, 4 / 0 / 4 |"
+    # a baseline without its counterpart's runs has no row; one horizon alone gives no table
+    assert not any(line.startswith("| Loli Prodigy") for line in lines)
+    assert quality_report.horizon_lines(quality_report.cells(made_up({"AdamW": [1.0]}))) == []
+
+
 def test_coverage_counts_the_finished_runs_of_each_planned_cell():
     rows = made_up({"AdamW": [10.0, 11.0], "Loli K=10": [9.0, 9.5]}, batches=(1,))
     jobs = [
