@@ -1,7 +1,8 @@
 """The real ``train_network.py --deepspeed`` with ``--optimizer_type LoliClustered`` on CPU (DS_ACCELERATOR=cpu,
 gloo): two ranks under ZeRO-2 (each rank banks its half of the LoRA; LoRA+ gives two param groups, which ZeRO
 steps one at a time; logs and probe), and one rank under ZeRO-1 with gradient accumulation 2 (DeepSpeed runs the
-accumulation). Same SD1.x test model and options as test_kohya_train_network_e2e.py.
+accumulation), and two ranks under ZeRO-2 with the plugin's per-cluster validation on held-out images. Same SD1.x
+test model and options as test_kohya_train_network_e2e.py.
 
 What sd-scripts (at its pin, with its accelerate 1.6.0 and DeepSpeed 0.19.8) cannot do under ``--deepspeed``,
 whatever the optimizer, measured here; loli-plugin refuses each before training (test_kohya_options.py):
@@ -96,7 +97,7 @@ def test_two_ranks_log_the_loli_loss_clusters_and_probe(zero2):
 
 @pytest.mark.skipif(
     os.environ.get("CI") == "true" and os.environ.get("LOLI_DEEPSPEED_E2E") != "all",
-    reason="CI runs the two-rank case only (one sd-scripts run); this one-rank ZeRO-1 run with gradient accumulation "
+    reason="CI runs the two-rank cases only; this one-rank ZeRO-1 run with gradient accumulation "
     "runs with LOLI_DEEPSPEED_E2E=all pytest tests/kohya/test_kohya_deepspeed_e2e.py in sd-scripts' venv",
 )
 def test_one_rank_zero1_draws_one_cluster_for_every_micro_batch_deepspeed_accumulates(sd1_assets, tmp_path):
@@ -110,3 +111,21 @@ def test_one_rank_zero1_draws_one_cluster_for_every_micro_batch_deepspeed_accumu
 
     lora = trained(load_file(tmp_path / "out" / "lora.safetensors"))
     assert all(lora <= n <= lora + 16 for n in rank["bank_weights"])  # one rank: the whole LoRA (ZeRO pads it)
+
+
+def test_two_ranks_validate_per_cluster_on_held_out_images(sd1_assets, tmp_path):
+    """The plugin's validation (docs/validation.md) under ZeRO-2 on two ranks: sd-scripts' --validation_split holds
+    out two of the four images, its own validation loop runs at each epoch's end on every rank, and the per-cluster
+    values (a mean over ranks) reach TensorBoard from the main process."""
+    held_out = ("--validation_split", "0.5", "--validation_seed", "1")
+    proc, ranks = launch(sd1_assets, tmp_path, 2, "--zero_stage", "2", "--gradient_accumulation_steps", "1", *held_out)
+    output = proc.stdout + proc.stderr
+    assert "validation: 4 timesteps on each batch of sd-scripts' own validation passes" in output
+    assert all(rank["schedule_step"] == 4 for rank in ranks)
+    logs = scalars(tmp_path / "logs")
+    tags = {f"val/cluster_{k:02d}" for k in range(K)} | {"val/mean", "val/normalized"}
+    assert tags <= set(logs), sorted(logs)
+    assert "loss/validation/epoch_average" in logs  # sd-scripts' own validation ran alongside
+    # two training images on two ranks, batch 1: an epoch is one step, so one pass after each of the 4 steps
+    assert [step for step, _ in logs["val/mean"]] == [1, 2, 3, 4] and logs["val/normalized"][0][1] == 1.0
+    assert all(value > 0 for tag in tags - {"val/normalized"} for _, value in logs[tag])
