@@ -59,6 +59,11 @@ def baselines() -> dict:
     return BASELINES
 
 
+def setups_of(table: dict) -> list[tuple[str, str]]:
+    """The (backbone, objective) setups of a table's cells, in report order: the UNet's first."""
+    return sorted({(c[1], c[2]) for c in table}, key=lambda s: (s[0] != "unet", s[1]))
+
+
 def cells(rows: list[dict]) -> dict:
     """{(digit, backbone, objective, lr, batch, horizon): {variant: {seed: metrics}}}."""
     out: dict = defaultdict(lambda: defaultdict(dict))
@@ -250,7 +255,7 @@ def pair_lines(table: dict, metric: str) -> list[str]:
     """One row per baseline and setup, one column per digit, batch and horizon: the counterpart's paired
     change against its baseline ('!' where it is worse beyond the seed spread, '+' where better beyond it)."""
     keys = sorted({(c[0], c[4], c[5]) for c in table})
-    setups = sorted({(c[1], c[2]) for c in table}, key=lambda s: (s[0] != "unet", s[1]))
+    setups = setups_of(table)
     head = " | ".join(f"{d}: b{b} {h}" for d, b, h in keys)
     lines = [
         f"| {METRICS[metric][0]}: counterpart vs its baseline | setup | {head} | median |",
@@ -320,7 +325,7 @@ def summary_lines(table: dict, variants: list[str]) -> list[str]:
 
 def best_baseline_lines(table: dict) -> list[str]:
     """How often each baseline is the best of its cell, per setup (FD on the MLP's features)."""
-    setups = sorted({(c[1], c[2]) for c in table}, key=lambda s: (s[0] != "unet", s[1]))
+    setups = setups_of(table)
     counts = {s: defaultdict(int) for s in setups}
     for cell, by_variant in table.items():
         if cell[4] > RULE_SMALL_BATCH:
@@ -402,7 +407,7 @@ def horizon_lines(table: dict) -> list[str]:
     and worse beyond the seed spread. Each cluster's optimizer state takes about horizon / K of the steps,
     so this is where a too-short run shows."""
     horizons = sorted({c[5] for c in table})
-    setups = sorted({(c[1], c[2]) for c in table}, key=lambda s: (s[0] != "unet", s[1]))
+    setups = setups_of(table)
     if len(horizons) < 2:
         return []
     lines = [
@@ -720,7 +725,7 @@ def write(rows: list[dict], settings: dict, references: dict, out: Path, command
         head += ["## Prodigy's d", "", *learned, ""]
     head += ["## References", "", *reference_lines(references), ""]
     body = []
-    setups = sorted({(c[1], c[2]) for c in table}, key=lambda s: (s[0] != "unet", s[1]))
+    setups = setups_of(table)
     for setup in setups:
         body += [f"## {setup_name(*setup)}: overview", ""]
         for metric in METRICS:
@@ -766,7 +771,7 @@ def plot(table: dict, variants: list[str], path: Path, metrics: list[str]) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    setups = sorted({(c[1], c[2]) for c in table}, key=lambda s: (s[0] != "unet", s[1]))
+    setups = setups_of(table)
     panels = [(m, s) for m in metrics for s in setups]
     others = [v for v in variants if v != REFERENCE]
     fig, axes = plt.subplots(len(panels), 1, figsize=(18, 4.2 * len(panels)), squeeze=False)
